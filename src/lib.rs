@@ -1,1 +1,167 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+#![deny(unsafe_code)]
+
+use std::sync::{Arc, OnceLock, RwLock};
+
+pub use transport_core::*;
+
+#[cfg(feature = "tcp")]
+pub use transport_tcp as tcp;
+
+/// Schemes framewire knows, with the cargo feature that compiles their backend in.
+pub const KNOWN_SCHEMES: [(&str, &str); 6] = [
+    ("tcp", "tcp"),
+    ("unix", "tcp"),
+    ("zmq+tcp", "zmq"),
+    ("zmq+ipc", "zmq"),
+    ("shm-ring", "shm-ring"),
+    ("shm-pool", "shm-pool"),
+];
+
+/// Routes endpoint URLs to backends by scheme.
+///
+/// [`Registry::with_builtins`] holds the backends compiled in; a custom backend
+/// crate (written against `transport-core` alone) is added with
+/// [`Registry::register`]. The free functions [`publish`], [`subscribe`] and
+/// [`register`] use one process-wide registry.
+#[derive(Clone, Default)]
+pub struct Registry {
+    backends: Vec<Arc<dyn DynTransport>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("schemes", &self.schemes())
+            .finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Registry::default()
+    }
+
+    /// A registry with every backend compiled into this build.
+    pub fn with_builtins() -> Self {
+        #[allow(unused_mut)]
+        let mut r = Registry::new();
+        #[cfg(feature = "tcp")]
+        r.backends.push(Arc::new(transport_tcp::TcpTransport::default()));
+        r
+    }
+
+    /// Adds a backend. Fails if one of its schemes is already taken.
+    pub fn register(&mut self, backend: Arc<dyn DynTransport>) -> Result<()> {
+        for s in backend.schemes() {
+            if self.find(s).is_some() {
+                return Err(Error::InvalidOption {
+                    option: "scheme".into(),
+                    reason: format!("scheme `{s}` is already registered"),
+                });
+            }
+        }
+        self.backends.push(backend);
+        Ok(())
+    }
+
+    /// Every scheme this registry routes.
+    pub fn schemes(&self) -> Vec<&'static str> {
+        self.backends
+            .iter()
+            .flat_map(|b| b.schemes().iter().copied())
+            .collect()
+    }
+
+    fn find(&self, scheme: &str) -> Option<&Arc<dyn DynTransport>> {
+        self.backends.iter().find(|b| b.schemes().contains(&scheme))
+    }
+
+    /// The backend for an endpoint, or an error that names what to enable.
+    pub fn backend(&self, endpoint: &Endpoint) -> Result<Arc<dyn DynTransport>> {
+        let scheme = endpoint.scheme();
+        if let Some(b) = self.find(scheme) {
+            return Ok(b.clone());
+        }
+        let hint = match KNOWN_SCHEMES.iter().find(|(s, _)| *s == scheme) {
+            Some((_, feature)) => format!(
+                "its backend is not compiled in; enable the cargo feature `{feature}` of framewire"
+            ),
+            None => format!(
+                "this build accepts {}; a custom backend must be registered first",
+                self.schemes()
+                    .iter()
+                    .map(|s| format!("{s}://"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        Err(Error::UnknownScheme {
+            scheme: scheme.to_owned(),
+            hint,
+        })
+    }
+
+    /// What the backend of `url` can do there.
+    pub fn capabilities(&self, url: &str) -> Result<Capabilities> {
+        let ep = Endpoint::parse(url)?;
+        self.backend(&ep)?.capabilities(&ep)
+    }
+
+    /// Creates a publisher for `url`.
+    pub async fn publish(&self, url: &str, opts: PublishOptions) -> Result<Box<dyn Publisher>> {
+        let ep = Endpoint::parse(url)?;
+        self.backend(&ep)?.publish_dyn(&ep, &opts).await
+    }
+
+    /// Creates a subscriber for `url`.
+    pub async fn subscribe(
+        &self,
+        url: &str,
+        opts: SubscribeOptions,
+    ) -> Result<Box<dyn Subscriber>> {
+        let ep = Endpoint::parse(url)?;
+        self.backend(&ep)?.subscribe_dyn(&ep, &opts).await
+    }
+}
+
+fn global() -> &'static RwLock<Registry> {
+    static GLOBAL: OnceLock<RwLock<Registry>> = OnceLock::new();
+    GLOBAL.get_or_init(|| RwLock::new(Registry::with_builtins()))
+}
+
+fn snapshot() -> Registry {
+    match global().read() {
+        Ok(r) => r.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
+/// Adds a custom backend to the process-wide registry used by [`publish`] and [`subscribe`].
+pub fn register(backend: Arc<dyn DynTransport>) -> Result<()> {
+    match global().write() {
+        Ok(mut r) => r.register(backend),
+        Err(poisoned) => poisoned.into_inner().register(backend),
+    }
+}
+
+/// Every scheme the process-wide registry routes.
+pub fn schemes() -> Vec<&'static str> {
+    snapshot().schemes()
+}
+
+/// What the backend of `url` can do there.
+pub fn capabilities(url: &str) -> Result<Capabilities> {
+    snapshot().capabilities(url)
+}
+
+/// Creates a publisher for `url`, choosing the backend by scheme.
+pub async fn publish(url: &str, opts: PublishOptions) -> Result<Box<dyn Publisher>> {
+    snapshot().publish(url, opts).await
+}
+
+/// Creates a subscriber for `url`, choosing the backend by scheme.
+pub async fn subscribe(url: &str, opts: SubscribeOptions) -> Result<Box<dyn Subscriber>> {
+    snapshot().subscribe(url, opts).await
+}

@@ -421,7 +421,7 @@ pub async fn slow_subscriber_under_drop_oldest<H: Harness>(h: &'static H) {
             Err(e) => panic!("recv: {e}"),
         }
     }
-    assert!(missed > 0, "a stalled subscriber must have missed frames");
+    assert!(missed > 0, "a stalled subscriber must have missed frames (received {received}, publisher {:?})", publ.stats());
     // Frames before the first one received are not lag: the subscriber reads
     // from where it stands, so count from there.
     assert!(received + missed <= n);

@@ -178,6 +178,25 @@ pub struct Capabilities {
     pub counts_subscribers: bool,
 }
 
+impl Capabilities {
+    /// Conservative capabilities for a backend named `name`: no zero-copy, no
+    /// loan in place, one host, block only, `max_payload` 0, depth 1. Set the
+    /// fields that apply (the struct is `#[non_exhaustive]`, so build it this way).
+    pub fn new(name: &'static str) -> Capabilities {
+        Capabilities {
+            name,
+            zero_copy_views: false,
+            loan_in_place: false,
+            cross_host: false,
+            cross_process: false,
+            policies: vec![Policy::Block],
+            max_payload: 0,
+            queue_depth: 1,
+            counts_subscribers: false,
+        }
+    }
+}
+
 /// Counters kept by publishers and subscribers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -555,6 +574,13 @@ impl SeqTracker {
             pending: None,
             stats,
         }
+    }
+
+    /// Sets the sequence number the next frame should carry (e.g. the
+    /// publisher's next number at the moment this subscriber joined), so that
+    /// frames dropped before the first one received count as lag too.
+    pub fn expect_next(&mut self, seq: u64) {
+        self.next = Some(seq);
     }
 
     /// A frame held back after a lag report; return it before reading more.

@@ -1,0 +1,139 @@
+#![doc = include_str!("../README.md")]
+//!
+//! ## Example
+//!
+//! ```
+//! use transport_core::{Frame, Publisher, Subscriber, Transport, Endpoint};
+//! use transport_tcp::TcpTransport;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> transport_core::Result<()> {
+//! let t = TcpTransport::default();
+//! let mut publ = t.publish(&Endpoint::parse("tcp://127.0.0.1:0")?, &Default::default()).await?;
+//! let mut sub = t.subscribe(publ.endpoint(), &Default::default()).await?;
+//! publ.send(Frame::new(vec![7u8; 1 << 20]).with_topic("cam/0")).await?;
+//! let f = sub.recv().await?;
+//! assert_eq!((f.seq, f.payload.len(), f.topic.as_str()), (0, 1 << 20, "cam/0"));
+//! # Ok(()) }
+//! ```
+#![deny(unsafe_code)]
+
+mod publisher;
+mod subscriber;
+mod wire;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use transport_core::{
+    COMMON_PARAMS, Capabilities, Endpoint, Error, Policy, PublishOptions, Result,
+    SubscribeOptions, Transport,
+};
+
+pub use publisher::TcpPublisher;
+pub use subscriber::TcpSubscriber;
+
+/// Endpoint parameters this backend accepts.
+pub const PARAMS: [&str; 6] = [
+    COMMON_PARAMS[0],
+    COMMON_PARAMS[1],
+    "queue",
+    "max_payload",
+    "write_timeout",
+    "handshake_timeout",
+];
+
+/// Default of `queue=`.
+pub const DEFAULT_QUEUE: usize = 4;
+/// Default of `max_payload=`.
+pub const DEFAULT_MAX_PAYLOAD: u64 = 1 << 30;
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Config {
+    queue: usize,
+    max_payload: u64,
+    write_timeout: Duration,
+    handshake_timeout: Duration,
+}
+
+impl Config {
+    fn from_endpoint(e: &Endpoint) -> Result<Config> {
+        if !matches!(e.scheme(), "tcp" | "unix") {
+            return Err(Error::UnknownScheme {
+                scheme: e.scheme().to_owned(),
+                hint: "transport-tcp handles tcp:// and unix://".into(),
+            });
+        }
+        e.check_params(&PARAMS)?;
+        let queue = e.parse_param::<usize>("queue")?.unwrap_or(DEFAULT_QUEUE);
+        if queue == 0 {
+            return Err(Error::InvalidOption {
+                option: "queue".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        let max_payload = e.size("max_payload")?.unwrap_or(DEFAULT_MAX_PAYLOAD);
+        if max_payload > transport_core::codec::MAX_PAYLOAD {
+            return Err(Error::InvalidOption {
+                option: "max_payload".into(),
+                reason: format!("at most {}", transport_core::codec::MAX_PAYLOAD),
+            });
+        }
+        Ok(Config {
+            queue,
+            max_payload,
+            write_timeout: e.duration("write_timeout")?.unwrap_or(Duration::from_secs(10)),
+            handshake_timeout: e
+                .duration("handshake_timeout")?
+                .unwrap_or(Duration::from_secs(5)),
+        })
+    }
+}
+
+/// The TCP / Unix-socket backend.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TcpTransport;
+
+#[async_trait]
+impl Transport for TcpTransport {
+    type Publisher = TcpPublisher;
+    type Subscriber = TcpSubscriber;
+
+    fn schemes(&self) -> &'static [&'static str] {
+        &["tcp", "unix"]
+    }
+
+    fn capabilities(&self, endpoint: &Endpoint) -> Result<Capabilities> {
+        let cfg = Config::from_endpoint(endpoint)?;
+        let mut c = Capabilities::new("tcp");
+        c.cross_host = endpoint.scheme() == "tcp";
+        c.cross_process = true;
+        c.policies = Policy::ALL.to_vec();
+        c.max_payload = cfg.max_payload;
+        c.queue_depth = cfg.queue;
+        c.counts_subscribers = true;
+        Ok(c)
+    }
+
+    async fn publish(&self, endpoint: &Endpoint, opts: &PublishOptions) -> Result<TcpPublisher> {
+        let cfg = Config::from_endpoint(endpoint)?;
+        let policy = opts.resolve_policy(endpoint)?;
+        publisher::bind(endpoint, cfg, policy, opts.trace_name.clone()).await
+    }
+
+    async fn subscribe(
+        &self,
+        endpoint: &Endpoint,
+        opts: &SubscribeOptions,
+    ) -> Result<TcpSubscriber> {
+        let cfg = Config::from_endpoint(endpoint)?;
+        let mode = opts.resolve_mode(endpoint)?;
+        opts_policy_check(endpoint)?;
+        subscriber::connect(endpoint, cfg, mode, opts.topic_prefix.clone()).await
+    }
+}
+
+/// Subscribers accept the publisher's `policy=` so one URL serves both, but it must parse.
+fn opts_policy_check(endpoint: &Endpoint) -> Result<()> {
+    endpoint.parse_param::<Policy>("policy").map(|_| ())
+}

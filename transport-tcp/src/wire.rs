@@ -1,0 +1,181 @@
+//! The socket protocol: a handshake, then envelope messages from publisher to subscriber.
+//!
+//! ```text
+//! subscriber -> publisher   hello:  "FWHS" | version u16 | 0u16
+//! publisher  -> subscriber  hello:  "FWHS" | version u16 | 0u16 | max_payload u64 | next_seq u64
+//! publisher  -> subscriber  frames: prefix | header | payload   (transport_core::codec)
+//! ```
+//!
+//! After the handshake a subscriber sends nothing; any byte it sends is a
+//! protocol error and closes its connection. EOF from either side is a disconnect.
+
+use std::io::IoSlice;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use transport_core::codec::{self, PREFIX_LEN, Prefix, VERSION};
+use transport_core::{Error, Frame, Result};
+
+const HELLO_MAGIC: [u8; 4] = *b"FWHS";
+pub(crate) const CLIENT_HELLO_LEN: usize = 8;
+pub(crate) const SERVER_HELLO_LEN: usize = 24;
+
+pub(crate) fn client_hello() -> [u8; CLIENT_HELLO_LEN] {
+    let mut b = [0u8; CLIENT_HELLO_LEN];
+    b[..4].copy_from_slice(&HELLO_MAGIC);
+    b[4..6].copy_from_slice(&VERSION.to_le_bytes());
+    b
+}
+
+/// `next_seq` is the sequence number of the first frame the new subscriber
+/// will get, so that it can count frames dropped before its first receipt.
+pub(crate) fn server_hello(max_payload: u64, next_seq: u64) -> [u8; SERVER_HELLO_LEN] {
+    let mut b = [0u8; SERVER_HELLO_LEN];
+    b[..4].copy_from_slice(&HELLO_MAGIC);
+    b[4..6].copy_from_slice(&VERSION.to_le_bytes());
+    b[8..16].copy_from_slice(&max_payload.to_le_bytes());
+    b[16..24].copy_from_slice(&next_seq.to_le_bytes());
+    b
+}
+
+/// Checks a hello's magic and version; returns the peer's version on mismatch.
+pub(crate) fn check_hello(b: &[u8]) -> Result<()> {
+    if b[..4] != HELLO_MAGIC {
+        return Err(Error::Protocol(format!(
+            "bad handshake {:02x?}: the peer does not speak framewire",
+            &b[..4]
+        )));
+    }
+    let theirs = u16::from_le_bytes([b[4], b[5]]);
+    if theirs != VERSION {
+        return Err(Error::VersionMismatch {
+            ours: VERSION,
+            theirs,
+        });
+    }
+    Ok(())
+}
+
+/// `(max_payload, next_seq)` of a server hello.
+pub(crate) fn server_hello_fields(b: &[u8; SERVER_HELLO_LEN]) -> (u64, u64) {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[8..16]);
+    let max = u64::from_le_bytes(a);
+    a.copy_from_slice(&b[16..24]);
+    (max, u64::from_le_bytes(a))
+}
+
+/// A frame encoded for the wire: its prefix+header, and its payload (shared
+/// between every subscriber's queue, never copied).
+#[derive(Debug)]
+pub(crate) struct Encoded {
+    pub header: Bytes,
+    pub payload: Bytes,
+}
+
+impl Encoded {
+    pub fn new(frame: &Frame) -> Result<Encoded> {
+        let mut h = BytesMut::new();
+        codec::encode_header(frame, &mut h)?;
+        Ok(Encoded {
+            header: h.freeze(),
+            payload: frame.payload.clone(),
+        })
+    }
+}
+
+/// Writes one message with vectored writes (no user-space copy of the payload).
+///
+/// Each write call must make progress within `stall`; a peer that stops
+/// reading for that long is cut off.
+pub(crate) async fn write_encoded<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    msg: &Encoded,
+    stall: Duration,
+) -> Result<()> {
+    let mut header = msg.header.clone();
+    let mut payload = msg.payload.clone();
+    while header.has_remaining() || payload.has_remaining() {
+        let slices = [IoSlice::new(&header), IoSlice::new(&payload)];
+        let n = match tokio::time::timeout(stall, w.write_vectored(&slices)).await {
+            Ok(Ok(0)) => return Err(Error::Disconnected("subscriber closed its connection".into())),
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Err(Error::io("writing a frame", e)),
+            Err(_) => {
+                return Err(Error::Timeout(
+                    stall,
+                    "for the subscriber to read (write_timeout); it stopped reading",
+                ));
+            }
+        };
+        let from_header = n.min(header.len());
+        header.advance(from_header);
+        payload.advance(n - from_header);
+    }
+    Ok(())
+}
+
+/// Reads one message. `Ok(None)` is a clean end of stream at a message boundary.
+///
+/// The payload is read straight into its own buffer, allocated once at the
+/// length the (already checked) prefix announces.
+pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max_payload: u64,
+) -> Result<Option<Frame>> {
+    let mut prefix = [0u8; PREFIX_LEN];
+    let mut got = 0;
+    while got < PREFIX_LEN {
+        let n = r
+            .read(&mut prefix[got..])
+            .await
+            .map_err(|e| Error::io("reading a frame", e))?;
+        if n == 0 {
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(Error::Protocol(format!(
+                    "connection closed after {got} bytes of a {PREFIX_LEN}-byte prefix"
+                )))
+            };
+        }
+        got += n;
+    }
+    let p = Prefix::decode(&prefix, max_payload)?;
+    let mut header = vec![0u8; p.header_len as usize];
+    r.read_exact(&mut header)
+        .await
+        .map_err(|e| truncated(e, "header"))?;
+    let mut frame = codec::decode_header(&header, p.payload_len)?;
+    let len = usize::try_from(p.payload_len).map_err(|_| Error::PayloadTooLarge {
+        len: p.payload_len,
+        limit: usize::MAX as u64,
+        option: "max_payload",
+    })?;
+    let mut payload = BytesMut::with_capacity(len);
+    while payload.len() < len {
+        let want = (len - payload.len()) as u64;
+        let n = (&mut *r)
+            .take(want)
+            .read_buf(&mut payload)
+            .await
+            .map_err(|e| Error::io("reading a payload", e))?;
+        if n == 0 {
+            return Err(Error::Protocol(format!(
+                "connection closed after {} of {len} payload bytes",
+                payload.len()
+            )));
+        }
+    }
+    frame.payload = payload.freeze();
+    Ok(Some(frame))
+}
+
+fn truncated(e: std::io::Error, what: &str) -> Error {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        Error::Protocol(format!("connection closed in the middle of a {what}"))
+    } else {
+        Error::io(format!("reading a {what}"), e)
+    }
+}
