@@ -120,8 +120,9 @@ async fn read_loop<R, W>(
     R: AsyncRead + Unpin,
 {
     // `_w` stays open while we read: closing it would tell the publisher we left.
+    let pool = wire::RecvPool::new();
     loop {
-        let item = match wire::read_frame(&mut r, max_payload).await {
+        let item = match wire::read_frame(&mut r, max_payload, &pool).await {
             Ok(Some(mut f)) => {
                 f.stamp_received();
                 StatCounters::add(&stats.frames_received, 1);
