@@ -48,7 +48,7 @@ impl Registry {
         #[allow(unused_mut)]
         let mut r = Registry::new();
         #[cfg(feature = "tcp")]
-        r.backends.push(Arc::new(transport_tcp::TcpTransport::default()));
+        r.backends.push(Arc::new(transport_tcp::TcpTransport));
         r
     }
 

@@ -14,7 +14,9 @@ async fn routes_by_scheme() {
     let mut s = framewire::subscribe(&url, SubscribeOptions::default())
         .await
         .expect("subscribe");
-    p.wait_for_subscribers(1, Duration::from_secs(10)).await.unwrap();
+    p.wait_for_subscribers(1, Duration::from_secs(10))
+        .await
+        .unwrap();
     p.send(Frame::new(vec![1u8, 2, 3])).await.unwrap();
     let f = tokio::time::timeout(Duration::from_secs(10), s.recv())
         .await
@@ -22,7 +24,11 @@ async fn routes_by_scheme() {
         .unwrap();
     assert_eq!(&f.payload[..], &[1, 2, 3]);
     assert!(framewire::schemes().contains(&"unix"));
-    assert!(framewire::capabilities("tcp://127.0.0.1:1").unwrap().cross_host);
+    assert!(
+        framewire::capabilities("tcp://127.0.0.1:1")
+            .unwrap()
+            .cross_host
+    );
 }
 
 #[tokio::test]
@@ -42,7 +48,10 @@ async fn schemes_of_disabled_features_name_the_feature() {
         .err()
         .expect("unknown scheme");
     let msg = e.to_string();
-    assert!(msg.contains("tcp://") && msg.contains("registered"), "{msg}");
+    assert!(
+        msg.contains("tcp://") && msg.contains("registered"),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -104,12 +104,17 @@ impl Prefix {
 
 /// Checks that a frame's header fits the caps before it is encoded.
 pub fn check_header(frame: &Frame) -> Result<()> {
-    let bad = |what: String| Err(Error::InvalidOption {
-        option: "frame".into(),
-        reason: what,
-    });
+    let bad = |what: String| {
+        Err(Error::InvalidOption {
+            option: "frame".into(),
+            reason: what,
+        })
+    };
     if frame.topic.len() > MAX_TOPIC {
-        return bad(format!("topic of {} bytes exceeds {MAX_TOPIC}", frame.topic.len()));
+        return bad(format!(
+            "topic of {} bytes exceeds {MAX_TOPIC}",
+            frame.topic.len()
+        ));
     }
     if frame.metadata.len() > MAX_METADATA {
         return bad(format!(
@@ -127,10 +132,16 @@ pub fn check_header(frame: &Frame) -> Result<()> {
         _ => {}
     }
     if frame.trace.len() > MAX_HOPS {
-        return bad(format!("trace of {} hops exceeds {MAX_HOPS}", frame.trace.len()));
+        return bad(format!(
+            "trace of {} hops exceeds {MAX_HOPS}",
+            frame.trace.len()
+        ));
     }
     if let Some(h) = frame.trace.iter().find(|h| h.name.len() > MAX_HOP_NAME) {
-        return bad(format!("hop name `{}` exceeds {MAX_HOP_NAME} bytes", h.name));
+        return bad(format!(
+            "hop name `{}` exceeds {MAX_HOP_NAME} bytes",
+            h.name
+        ));
     }
     frame.layout.check(frame.payload.len() as u64)
 }
@@ -252,7 +263,9 @@ impl<'a> Reader<'a> {
     /// taking at least `min_item` bytes) before anything is allocated for it.
     fn count(&mut self, n: usize, cap: usize, min_item: usize, what: &str) -> Result<usize> {
         if n > cap {
-            return Err(Error::Protocol(format!("{what} count {n} exceeds the cap of {cap}")));
+            return Err(Error::Protocol(format!(
+                "{what} count {n} exceeds the cap of {cap}"
+            )));
         }
         if n.saturating_mul(min_item) > self.buf.len() {
             return Err(Error::Protocol(format!(
@@ -357,7 +370,12 @@ pub fn decode(buf: &Bytes, max_payload: u64) -> Result<Frame> {
     let prefix: &[u8; PREFIX_LEN] = buf
         .get(..PREFIX_LEN)
         .and_then(|p| p.try_into().ok())
-        .ok_or_else(|| Error::Protocol(format!("message of {} bytes is shorter than the prefix", buf.len())))?;
+        .ok_or_else(|| {
+            Error::Protocol(format!(
+                "message of {} bytes is shorter than the prefix",
+                buf.len()
+            ))
+        })?;
     let p = Prefix::decode(prefix, max_payload)?;
     let hend = PREFIX_LEN + p.header_len as usize;
     let total = (hend as u64).saturating_add(p.payload_len);
@@ -408,7 +426,10 @@ mod tests {
     fn every_truncation_is_an_error() {
         let enc = encode(&sample()).unwrap();
         for n in 0..enc.len() {
-            assert!(decode(&enc.slice(..n), u64::MAX).is_err(), "prefix of {n} bytes");
+            assert!(
+                decode(&enc.slice(..n), u64::MAX).is_err(),
+                "prefix of {n} bytes"
+            );
         }
     }
 
@@ -436,7 +457,10 @@ mod tests {
         ));
         p[12..20].copy_from_slice(&0u64.to_le_bytes());
         p[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(Prefix::decode(&p, u64::MAX), Err(Error::Protocol(_))));
+        assert!(matches!(
+            Prefix::decode(&p, u64::MAX),
+            Err(Error::Protocol(_))
+        ));
         p[4] = 9;
         assert!(matches!(
             Prefix::decode(&p, u64::MAX),

@@ -30,15 +30,17 @@ impl Endpoint {
             url: url.to_owned(),
             reason: reason.to_owned(),
         };
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| bad("expected `scheme://address[?key=value&...]`, e.g. tcp://127.0.0.1:7000"))?;
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            bad("expected `scheme://address[?key=value&...]`, e.g. tcp://127.0.0.1:7000")
+        })?;
         if scheme.is_empty()
             || !scheme
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '+' || c == '-')
         {
-            return Err(bad("the scheme must be lowercase letters, digits, `+` or `-`"));
+            return Err(bad(
+                "the scheme must be lowercase letters, digits, `+` or `-`",
+            ));
         }
         let (address, query) = match rest.split_once('?') {
             Some((a, q)) => (a, Some(q)),
@@ -48,7 +50,11 @@ impl Endpoint {
             return Err(bad("the address after `://` is empty"));
         }
         let mut params: Vec<(String, String)> = Vec::new();
-        for pair in query.into_iter().flat_map(|q| q.split('&')).filter(|p| !p.is_empty()) {
+        for pair in query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter(|p| !p.is_empty())
+        {
             let (k, v) = pair
                 .split_once('=')
                 .ok_or_else(|| bad(&format!("query parameter `{pair}` has no `=value`")))?;
@@ -215,7 +221,9 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
         }
     };
     if num.is_empty() {
-        return Err(format!("`{s}` is not a size; write e.g. 4096, 64KiB or 24MiB"));
+        return Err(format!(
+            "`{s}` is not a size; write e.g. 4096, 64KiB or 24MiB"
+        ));
     }
     if let Ok(n) = num.parse::<u64>() {
         return n
@@ -248,7 +256,11 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
         "ms" => n / 1e3,
         "s" | "" => n,
         "m" => n * 60.0,
-        other => return Err(format!("unknown duration unit `{other}`; use ns, us, ms, s or m")),
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}`; use ns, us, ms, s or m"
+            ));
+        }
     };
     Duration::try_from_secs_f64(secs).map_err(|e| format!("`{s}`: {e}"))
 }
@@ -274,8 +286,14 @@ mod tests {
     #[test]
     fn unknown_params_list_what_is_accepted() {
         let e = Endpoint::parse("tcp://h:1?slots=3").unwrap();
-        let msg = e.check_params(&["policy", "queue"]).unwrap_err().to_string();
-        assert!(msg.contains("slots") && msg.contains("policy, queue"), "{msg}");
+        let msg = e
+            .check_params(&["policy", "queue"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("slots") && msg.contains("policy, queue"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -59,7 +59,9 @@ pub enum Error {
     InvalidLayout(String),
 
     /// The channel is full and the backpressure policy is `fail`.
-    #[error("channel full ({detail}) under policy `fail`; raise `{option}`, read faster, or use policy=block|drop-oldest")]
+    #[error(
+        "channel full ({detail}) under policy `fail`; raise `{option}`, read faster, or use policy=block|drop-oldest"
+    )]
     Full {
         /// The option that sets the capacity (`queue`, `slots`, `capacity`).
         option: &'static str,
@@ -71,7 +73,9 @@ pub enum Error {
     ///
     /// Receiving goes on with the oldest frame still available; the next `recv`
     /// returns it.
-    #[error("subscriber lagged: {missed} frame(s) were dropped before it could read them; read faster or raise the queue size")]
+    #[error(
+        "subscriber lagged: {missed} frame(s) were dropped before it could read them; read faster or raise the queue size"
+    )]
     Lagged {
         /// How many frames this subscriber missed.
         missed: u64,
@@ -89,7 +93,9 @@ pub enum Error {
     Protocol(String),
 
     /// The peer speaks another protocol version.
-    #[error("protocol version mismatch: we speak {ours}, the peer speaks {theirs}; run the same framewire version on both sides")]
+    #[error(
+        "protocol version mismatch: we speak {ours}, the peer speaks {theirs}; run the same framewire version on both sides"
+    )]
     VersionMismatch {
         /// Our version.
         ours: u16,
@@ -115,7 +121,9 @@ pub enum Error {
     },
 
     /// A loan from another publisher was handed to `send_loan`.
-    #[error("this loan belongs to another publisher or backend; send it through the publisher that lent it")]
+    #[error(
+        "this loan belongs to another publisher or backend; send it through the publisher that lent it"
+    )]
     ForeignLoan,
 
     /// An operating-system I/O error.
@@ -165,7 +173,12 @@ pub fn fmt_size(n: u64) -> String {
                     return if self.0 % scale == 0 {
                         write!(f, "{} {unit}", self.0 / scale)
                     } else {
-                        write!(f, "{:.2} {unit} ({} B)", self.0 as f64 / scale as f64, self.0)
+                        write!(
+                            f,
+                            "{:.2} {unit} ({} B)",
+                            self.0 as f64 / scale as f64,
+                            self.0
+                        )
                     };
                 }
             }

@@ -341,7 +341,10 @@ mod tests {
             shape: vec![u64::MAX, 2],
         };
         assert!(huge.expected_len().is_err());
-        assert_eq!(Layout::Parts(vec![1, 2, 3]).expected_len().unwrap(), Some(6));
+        assert_eq!(
+            Layout::Parts(vec![1, 2, 3]).expected_len().unwrap(),
+            Some(6)
+        );
     }
 
     #[test]

@@ -40,9 +40,8 @@ pub use endpoint::Endpoint;
 pub use error::{BoxError, Error, Result, fmt_size};
 pub use frame::{DType, Frame, Hop, Layout, PixelFormat, monotonic_ns};
 pub use transport::{
-    COMMON_PARAMS, Capabilities, DynTransport, Loan, LoanBuffer, Policy, PublishOptions,
-    Publisher, RecvMode, SeqTracker, StatCounters, Stats, SubscribeOptions, Subscriber, Transport,
-    wait_until,
+    COMMON_PARAMS, Capabilities, DynTransport, Loan, LoanBuffer, Policy, PublishOptions, Publisher,
+    RecvMode, SeqTracker, StatCounters, Stats, SubscribeOptions, Subscriber, Transport, wait_until,
 };
 
 /// Re-exported so that backends and users name the same versions.

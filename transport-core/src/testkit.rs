@@ -210,13 +210,22 @@ fn layouts_for(len: usize) -> Vec<Layout> {
 pub async fn round_trip_every_layout_and_size<H: Harness>(h: &'static H) {
     let ep = h.endpoint(None);
     let max = caps(h, &ep).max_payload;
-    let (mut publ, mut subs) =
-        connect(h, &ep, PublishOptions::default(), SubscribeOptions::default(), 1).await;
+    let (mut publ, mut subs) = connect(
+        h,
+        &ep,
+        PublishOptions::default(),
+        SubscribeOptions::default(),
+        1,
+    )
+    .await;
     let mut sub = subs.pop().expect("one subscriber");
     let mut plan = Vec::new();
     for len in [0usize, 1, 4096, 1 << 20, 24 << 20, 64 << 20] {
         if len as u64 > max {
-            skip("round_trip sizes", &format!("{len} B exceeds max_payload {max}"));
+            skip(
+                "round_trip sizes",
+                &format!("{len} B exceeds max_payload {max}"),
+            );
             continue;
         }
         for layout in layouts_for(len) {
@@ -239,7 +248,10 @@ pub async fn round_trip_every_layout_and_size<H: Harness>(h: &'static H) {
         let f = recv(&mut sub).await.expect("recv");
         assert_eq!(f.seq, i as u64, "sequence");
         assert_eq!(f.payload.len(), len, "length of frame {i}");
-        assert!(pattern::check(i as u64, &f.payload), "payload of frame {i} ({len} B) differs");
+        assert!(
+            pattern::check(i as u64, &f.payload),
+            "payload of frame {i} ({len} B) differs"
+        );
         assert_eq!(f.layout, layout);
         assert_eq!(f.topic, format!("t/{i}"));
         assert_eq!(&f.metadata[..], format!("meta {i}").as_bytes());
@@ -250,9 +262,14 @@ pub async fn round_trip_every_layout_and_size<H: Harness>(h: &'static H) {
 /// Frames arrive in order, numbered 0, 1, 2, ... with monotonic timestamps.
 pub async fn ordering_and_sequence_numbers<H: Harness>(h: &'static H) {
     let ep = h.endpoint(None);
-    let (mut publ, mut subs) =
-        connect(h, &ep, PublishOptions::default().trace_name("src"), SubscribeOptions::default(), 1)
-            .await;
+    let (mut publ, mut subs) = connect(
+        h,
+        &ep,
+        PublishOptions::default().trace_name("src"),
+        SubscribeOptions::default(),
+        1,
+    )
+    .await;
     let mut sub = subs.pop().expect("one subscriber");
     let n = 300u64;
     let sender = tokio::spawn(async move {
@@ -283,8 +300,14 @@ pub async fn ordering_and_sequence_numbers<H: Harness>(h: &'static H) {
 /// Three subscribers each receive every frame.
 pub async fn fan_out_to_three_subscribers<H: Harness>(h: &'static H) {
     let ep = h.endpoint(None);
-    let (mut publ, subs) =
-        connect(h, &ep, PublishOptions::default(), SubscribeOptions::default(), 3).await;
+    let (mut publ, subs) = connect(
+        h,
+        &ep,
+        PublishOptions::default(),
+        SubscribeOptions::default(),
+        3,
+    )
+    .await;
     let n = 20u64;
     let mut readers = Vec::new();
     for mut sub in subs {
@@ -310,27 +333,44 @@ pub async fn fan_out_to_three_subscribers<H: Harness>(h: &'static H) {
 /// A subscriber that joins late gets the frames sent after it joined, in order.
 pub async fn late_subscriber_gets_later_frames<H: Harness>(h: &'static H) {
     let ep = h.endpoint(None);
-    let (mut publ, mut subs) =
-        connect(h, &ep, PublishOptions::default(), SubscribeOptions::default(), 1).await;
+    let (mut publ, mut subs) = connect(
+        h,
+        &ep,
+        PublishOptions::default(),
+        SubscribeOptions::default(),
+        1,
+    )
+    .await;
     let mut early = subs.pop().expect("one subscriber");
     for i in 0..5 {
-        publ.send(Frame::new(pattern::make(i, 1000))).await.expect("send");
+        publ.send(Frame::new(pattern::make(i, 1000)))
+            .await
+            .expect("send");
     }
     within("flush", publ.flush()).await.expect("flush");
     for i in 0..5 {
         assert_eq!(recv(&mut early).await.expect("recv").seq, i);
     }
     let t = h.transport();
-    let mut late = within("subscribe", t.subscribe(publ.endpoint(), &SubscribeOptions::default()))
-        .await
-        .expect("late subscriber");
+    let mut late = within(
+        "subscribe",
+        t.subscribe(publ.endpoint(), &SubscribeOptions::default()),
+    )
+    .await
+    .expect("late subscriber");
     settle(&mut publ, 2).await;
     for i in 5..10 {
-        publ.send(Frame::new(pattern::make(i, 1000))).await.expect("send");
+        publ.send(Frame::new(pattern::make(i, 1000)))
+            .await
+            .expect("send");
     }
     within("flush", publ.flush()).await.expect("flush");
     let first = recv(&mut late).await.expect("late recv");
-    assert!(first.seq >= 5, "late subscriber got frame {} sent before it joined", first.seq);
+    assert!(
+        first.seq >= 5,
+        "late subscriber got frame {} sent before it joined",
+        first.seq
+    );
     assert!(pattern::check(first.seq, &first.payload));
     for i in first.seq + 1..10 {
         let f = recv(&mut late).await.expect("late recv");
@@ -364,7 +404,10 @@ pub async fn slow_subscriber_under_block<H: Harness>(h: &'static H) {
                 .await
                 .expect("send");
             let q = publ.stats().queued;
-            assert!(q <= bound, "{q} frames queued, more than the declared depth {bound}");
+            assert!(
+                q <= bound,
+                "{q} frames queued, more than the declared depth {bound}"
+            );
         }
         within("flush", publ.flush()).await.expect("flush");
         publ
@@ -399,11 +442,18 @@ pub async fn slow_subscriber_under_drop_oldest<H: Harness>(h: &'static H) {
     let mut sub = subs.pop().expect("one subscriber");
     let n = 64u64;
     for i in 0..n {
-        within("send under drop-oldest", publ.send(Frame::new(pattern::make(i, 1 << 20))))
-            .await
-            .expect("send");
+        within(
+            "send under drop-oldest",
+            publ.send(Frame::new(pattern::make(i, 1 << 20))),
+        )
+        .await
+        .expect("send");
         let q = publ.stats().queued;
-        assert!(q <= c.queue_depth as u64, "{q} frames queued, more than {}", c.queue_depth);
+        assert!(
+            q <= c.queue_depth as u64,
+            "{q} frames queued, more than {}",
+            c.queue_depth
+        );
     }
     within("flush", publ.flush()).await.expect("flush");
     let (mut received, mut missed, mut last) = (0u64, 0u64, None::<u64>);
@@ -421,7 +471,11 @@ pub async fn slow_subscriber_under_drop_oldest<H: Harness>(h: &'static H) {
             Err(e) => panic!("recv: {e}"),
         }
     }
-    assert!(missed > 0, "a stalled subscriber must have missed frames (received {received}, publisher {:?})", publ.stats());
+    assert!(
+        missed > 0,
+        "a stalled subscriber must have missed frames (received {received}, publisher {:?})",
+        publ.stats()
+    );
     // Frames before the first one received are not lag: the subscriber reads
     // from where it stands, so count from there.
     assert!(received + missed <= n);
@@ -449,8 +503,16 @@ pub async fn slow_subscriber_under_fail<H: Harness>(h: &'static H) {
     let mut sub = subs.pop().expect("one subscriber");
     let mut sent = 0u64;
     let err = loop {
-        assert!(sent < 1000, "1000 frames of 1 MiB accepted by a stalled subscriber under fail");
-        match within("send under fail", publ.send(Frame::new(pattern::make(sent, 1 << 20)))).await {
+        assert!(
+            sent < 1000,
+            "1000 frames of 1 MiB accepted by a stalled subscriber under fail"
+        );
+        match within(
+            "send under fail",
+            publ.send(Frame::new(pattern::make(sent, 1 << 20))),
+        )
+        .await
+        {
             Ok(()) => sent += 1,
             Err(e) => break e,
         }
@@ -462,12 +524,17 @@ pub async fn slow_subscriber_under_fail<H: Harness>(h: &'static H) {
         other => panic!("expected Error::Full, got {other}"),
     }
     for i in 0..sent {
-        let f = recv(&mut sub).await.expect("frames accepted before the failure arrive");
+        let f = recv(&mut sub)
+            .await
+            .expect("frames accepted before the failure arrive");
         assert_eq!(f.seq, i);
     }
-    within("send after draining", publ.send(Frame::new(pattern::make(sent, 10))))
-        .await
-        .expect("send works again once drained");
+    within(
+        "send after draining",
+        publ.send(Frame::new(pattern::make(sent, 10))),
+    )
+    .await
+    .expect("send works again once drained");
     assert_eq!(recv(&mut sub).await.expect("recv").seq, sent);
 }
 
@@ -475,10 +542,18 @@ pub async fn slow_subscriber_under_fail<H: Harness>(h: &'static H) {
 /// after they have read what was sent.
 pub async fn publisher_drop_disconnects_subscribers<H: Harness>(h: &'static H) {
     let ep = h.endpoint(None);
-    let (mut publ, subs) =
-        connect(h, &ep, PublishOptions::default(), SubscribeOptions::default(), 2).await;
+    let (mut publ, subs) = connect(
+        h,
+        &ep,
+        PublishOptions::default(),
+        SubscribeOptions::default(),
+        2,
+    )
+    .await;
     for i in 0..3 {
-        publ.send(Frame::new(pattern::make(i, 4096))).await.expect("send");
+        publ.send(Frame::new(pattern::make(i, 4096)))
+            .await
+            .expect("send");
     }
     within("flush", publ.flush()).await.expect("flush");
     drop(publ);
@@ -503,8 +578,14 @@ pub async fn oversize_payload_is_refused<H: Harness>(h: &'static H) {
     let Ok(len) = usize::try_from(max + 1) else {
         return skip("oversize_payload_is_refused", "max_payload exceeds memory");
     };
-    let (mut publ, mut subs) =
-        connect(h, &ep, PublishOptions::default(), SubscribeOptions::default(), 1).await;
+    let (mut publ, mut subs) = connect(
+        h,
+        &ep,
+        PublishOptions::default(),
+        SubscribeOptions::default(),
+        1,
+    )
+    .await;
     let mut sub = subs.pop().expect("one subscriber");
     // calloc'd: the pages are never touched unless the backend copies them.
     let big = Bytes::from(vec![0u8; len]);
@@ -515,8 +596,13 @@ pub async fn oversize_payload_is_refused<H: Harness>(h: &'static H) {
         }
         other => panic!("expected PayloadTooLarge, got {other:?}"),
     }
-    assert!(matches!(publ.loan(len).await, Err(Error::PayloadTooLarge { .. })));
-    publ.send(Frame::new(pattern::make(0, 10))).await.expect("send after refusal");
+    assert!(matches!(
+        publ.loan(len).await,
+        Err(Error::PayloadTooLarge { .. })
+    ));
+    publ.send(Frame::new(pattern::make(0, 10)))
+        .await
+        .expect("send after refusal");
     within("flush", publ.flush()).await.expect("flush");
     let f = recv(&mut sub).await.expect("recv");
     assert_eq!(f.seq, 0, "the refused frame used no sequence number");
@@ -528,8 +614,14 @@ pub async fn oversize_payload_is_refused<H: Harness>(h: &'static H) {
 pub async fn loan_path_round_trip<H: Harness>(h: &'static H) {
     let depth = 3;
     let ep = h.endpoint(Some(depth));
-    let (mut publ, mut subs) =
-        connect(h, &ep, PublishOptions::default(), SubscribeOptions::default(), 1).await;
+    let (mut publ, mut subs) = connect(
+        h,
+        &ep,
+        PublishOptions::default(),
+        SubscribeOptions::default(),
+        1,
+    )
+    .await;
     let mut sub = subs.pop().expect("one subscriber");
     for _ in 0..depth * 3 {
         let loan = within("loan", publ.loan(1 << 20)).await.expect("loan");
@@ -546,7 +638,9 @@ pub async fn loan_path_round_trip<H: Harness>(h: &'static H) {
                 dtype: DType::U16,
                 shape: vec![512, 1024],
             };
-            within("send_loan", publ.send_loan(loan)).await.expect("send_loan");
+            within("send_loan", publ.send_loan(loan))
+                .await
+                .expect("send_loan");
         }
         within("flush", publ.flush()).await.expect("flush");
         publ
@@ -556,7 +650,13 @@ pub async fn loan_path_round_trip<H: Harness>(h: &'static H) {
         assert_eq!(f.seq, i);
         assert_eq!(f.topic, "loaned");
         assert!(pattern::check(i, &f.payload));
-        assert!(matches!(f.layout, Layout::Tensor { dtype: DType::U16, .. }));
+        assert!(matches!(
+            f.layout,
+            Layout::Tensor {
+                dtype: DType::U16,
+                ..
+            }
+        ));
     }
     drop(sender.await.expect("sender"));
 }
@@ -564,8 +664,14 @@ pub async fn loan_path_round_trip<H: Harness>(h: &'static H) {
 /// With no option and no `recv=` parameter, subscribers receive owned copies.
 pub async fn default_receive_mode_is_owned<H: Harness>(h: &'static H) {
     let ep = h.endpoint(None);
-    let (_publ, subs) =
-        connect(h, &ep, PublishOptions::default(), SubscribeOptions::default(), 1).await;
+    let (_publ, subs) = connect(
+        h,
+        &ep,
+        PublishOptions::default(),
+        SubscribeOptions::default(),
+        1,
+    )
+    .await;
     assert_eq!(subs[0].recv_mode(), RecvMode::Owned);
 }
 
@@ -575,7 +681,11 @@ pub async fn owned_frames_do_not_pin_publisher_memory<H: Harness>(h: &'static H)
     let depth = 2;
     let ep = h.endpoint(Some(depth));
     let c = caps(h, &ep);
-    let policy = if c.policies.contains(&Policy::Fail) { Policy::Fail } else { Policy::Block };
+    let policy = if c.policies.contains(&Policy::Fail) {
+        Policy::Fail
+    } else {
+        Policy::Block
+    };
     let (mut publ, mut subs) = connect(
         h,
         &ep,
@@ -595,7 +705,10 @@ pub async fn owned_frames_do_not_pin_publisher_memory<H: Harness>(h: &'static H)
         kept.push(f);
     }
     for (i, f) in kept.iter().enumerate() {
-        assert!(pattern::check(i as u64, &f.payload), "owned frame {i} changed under us");
+        assert!(
+            pattern::check(i as u64, &f.payload),
+            "owned frame {i} changed under us"
+        );
     }
 }
 
@@ -606,7 +719,10 @@ pub async fn views_are_not_copies<H: Harness>(h: &'static H) {
     let ep = h.endpoint(Some(depth));
     let c = caps(h, &ep);
     if !c.zero_copy_views || !c.policies.contains(&Policy::Fail) {
-        return skip("views_are_not_copies", "backend declares no zero-copy views");
+        return skip(
+            "views_are_not_copies",
+            "backend declares no zero-copy views",
+        );
     }
     let (mut publ, mut subs) = connect(
         h,
@@ -630,7 +746,11 @@ pub async fn views_are_not_copies<H: Harness>(h: &'static H) {
             Err(e) => panic!("send: {e}"),
         }
     }
-    assert!(full, "{} views held and the pool is still not full: views are copies", held.len());
+    assert!(
+        full,
+        "{} views held and the pool is still not full: views are copies",
+        held.len()
+    );
     drop(held);
     // Releases travel back to the publisher; allow them a moment.
     let mut ok = false;
@@ -647,15 +767,24 @@ pub async fn views_are_not_copies<H: Harness>(h: &'static H) {
 /// Cancelling `recv` (a timeout firing) loses no frame.
 pub async fn cancelled_recv_loses_no_frame<H: Harness>(h: &'static H) {
     let ep = h.endpoint(None);
-    let (mut publ, mut subs) =
-        connect(h, &ep, PublishOptions::default(), SubscribeOptions::default(), 1).await;
+    let (mut publ, mut subs) = connect(
+        h,
+        &ep,
+        PublishOptions::default(),
+        SubscribeOptions::default(),
+        1,
+    )
+    .await;
     let mut sub = subs.pop().expect("one subscriber");
     let n = 200u64;
     let sender = tokio::spawn(async move {
         for i in 0..n {
-            publ.send(Frame::new(pattern::make(i, 2000 + (i as usize * 997) % 70_000)))
-                .await
-                .expect("send");
+            publ.send(Frame::new(pattern::make(
+                i,
+                2000 + (i as usize * 997) % 70_000,
+            )))
+            .await
+            .expect("send");
             if i % 7 == 0 {
                 tokio::time::sleep(Duration::from_micros(300)).await;
             }
@@ -667,11 +796,17 @@ pub async fn cancelled_recv_loses_no_frame<H: Harness>(h: &'static H) {
     let mut cancelled = 0u32;
     let deadline = tokio::time::Instant::now() + PEER_TIMEOUT;
     while next < n {
-        assert!(tokio::time::Instant::now() < deadline, "stuck at frame {next}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stuck at frame {next}"
+        );
         match tokio::time::timeout(Duration::from_micros(50), sub.recv()).await {
             Err(_) => cancelled += 1,
             Ok(Ok(f)) => {
-                assert_eq!(f.seq, next, "frame lost or reordered after {cancelled} cancellations");
+                assert_eq!(
+                    f.seq, next,
+                    "frame lost or reordered after {cancelled} cancellations"
+                );
                 assert!(pattern::check(f.seq, &f.payload));
                 next += 1;
             }

@@ -114,7 +114,9 @@ impl PublishOptions {
     pub fn resolve_policy(&self, endpoint: &Endpoint) -> Result<Policy> {
         match self.policy {
             Some(p) => Ok(p),
-            None => Ok(endpoint.parse_param::<Policy>("policy")?.unwrap_or_default()),
+            None => Ok(endpoint
+                .parse_param::<Policy>("policy")?
+                .unwrap_or_default()),
         }
     }
 }
@@ -144,7 +146,9 @@ impl SubscribeOptions {
     pub fn resolve_mode(&self, endpoint: &Endpoint) -> Result<RecvMode> {
         match self.recv_mode {
             Some(m) => Ok(m),
-            None => Ok(endpoint.parse_param::<RecvMode>("recv")?.unwrap_or_default()),
+            None => Ok(endpoint
+                .parse_param::<RecvMode>("recv")?
+                .unwrap_or_default()),
         }
     }
 }

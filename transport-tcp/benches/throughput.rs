@@ -59,9 +59,17 @@ fn bench(c: &mut Criterion) {
         .expect("runtime");
     let (mut publ, mut sub) = rt.block_on(async {
         let ep = Endpoint::parse("tcp://127.0.0.1:0").expect("endpoint");
-        let mut p = TcpTransport.publish(&ep, &Default::default()).await.expect("publish");
-        let s = TcpTransport.subscribe(p.endpoint(), &Default::default()).await.expect("subscribe");
-        p.wait_for_subscribers(1, Duration::from_secs(5)).await.expect("subscriber");
+        let mut p = TcpTransport
+            .publish(&ep, &Default::default())
+            .await
+            .expect("publish");
+        let s = TcpTransport
+            .subscribe(p.endpoint(), &Default::default())
+            .await
+            .expect("subscribe");
+        p.wait_for_subscribers(1, Duration::from_secs(5))
+            .await
+            .expect("subscriber");
         (p, s)
     });
     let payload = bytes::Bytes::from(vec![7u8; SIZE]);

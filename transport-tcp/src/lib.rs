@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use transport_core::{
-    COMMON_PARAMS, Capabilities, Endpoint, Error, Policy, PublishOptions, Result,
-    SubscribeOptions, Transport,
+    COMMON_PARAMS, Capabilities, Endpoint, Error, Policy, PublishOptions, Result, SubscribeOptions,
+    Transport,
 };
 
 pub use publisher::TcpPublisher;
@@ -82,7 +82,9 @@ impl Config {
         Ok(Config {
             queue,
             max_payload,
-            write_timeout: e.duration("write_timeout")?.unwrap_or(Duration::from_secs(10)),
+            write_timeout: e
+                .duration("write_timeout")?
+                .unwrap_or(Duration::from_secs(10)),
             handshake_timeout: e
                 .duration("handshake_timeout")?
                 .unwrap_or(Duration::from_secs(5)),

@@ -171,7 +171,8 @@ async fn bind_unix(path: &std::path::Path) -> Result<UnixListener> {
     }
     tracing::info!(path = %path.display(), "removing a stale socket left by a previous run");
     std::fs::remove_file(path).map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
-    let l = UnixListener::bind(path).map_err(|e| Error::io(format!("binding {}", path.display()), e))?;
+    let l = UnixListener::bind(path)
+        .map_err(|e| Error::io(format!("binding {}", path.display()), e))?;
     finish_unix_bind(path, l)
 }
 
@@ -261,7 +262,10 @@ where
     let reply = {
         let mut subs = shared.subs.lock().unwrap_or_else(|p| p.into_inner());
         subs.push(q.clone());
-        wire::server_hello(shared.cfg.max_payload, shared.next_seq.load(Ordering::Relaxed))
+        wire::server_hello(
+            shared.cfg.max_payload,
+            shared.next_seq.load(Ordering::Relaxed),
+        )
     };
     shared.stats.subscribers.fetch_add(1, Ordering::Relaxed);
     shared.membership.notify_waiters();
@@ -462,9 +466,12 @@ impl Publisher for TcpPublisher {
 
     async fn wait_for_subscribers(&mut self, n: usize, timeout: Duration) -> Result<()> {
         let shared = self.shared.clone();
-        wait_until(&shared.membership, timeout, "for subscribers to connect", || {
-            shared.stats.subscribers.load(Ordering::Relaxed) as usize >= n
-        })
+        wait_until(
+            &shared.membership,
+            timeout,
+            "for subscribers to connect",
+            || shared.stats.subscribers.load(Ordering::Relaxed) as usize >= n,
+        )
         .await
     }
 

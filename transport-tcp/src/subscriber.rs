@@ -46,13 +46,19 @@ pub(crate) async fn connect(
         let s = within(timeout, UnixStream::connect(&addr), &addr).await?;
         let (mut r, mut w) = s.into_split();
         let next = handshake(&mut r, &mut w, timeout).await?;
-        (next, tokio::spawn(read_loop(r, w, cfg.max_payload, tx, stats.clone())))
+        (
+            next,
+            tokio::spawn(read_loop(r, w, cfg.max_payload, tx, stats.clone())),
+        )
     } else {
         let s = within(timeout, TcpStream::connect(&addr), &addr).await?;
         let _ = s.set_nodelay(true);
         let (mut r, mut w) = s.into_split();
         let next = handshake(&mut r, &mut w, timeout).await?;
-        (next, tokio::spawn(read_loop(r, w, cfg.max_payload, tx, stats.clone())))
+        (
+            next,
+            tokio::spawn(read_loop(r, w, cfg.max_payload, tx, stats.clone())),
+        )
     };
     let mut tracker = SeqTracker::new(stats.clone());
     tracker.expect_next(next_seq);
@@ -95,7 +101,9 @@ where
         let mut hello = [0u8; wire::SERVER_HELLO_LEN];
         r.read_exact(&mut hello).await.map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                Error::Disconnected("the publisher closed the connection during the handshake".into())
+                Error::Disconnected(
+                    "the publisher closed the connection during the handshake".into(),
+                )
             } else {
                 Error::io("reading the handshake", e)
             }
@@ -158,7 +166,9 @@ impl Subscriber for TcpSubscriber {
                         }
                         None => {
                             self.ended = true;
-                            return Err(Error::Disconnected("the publisher closed the connection".into()));
+                            return Err(Error::Disconnected(
+                                "the publisher closed the connection".into(),
+                            ));
                         }
                     }
                 }

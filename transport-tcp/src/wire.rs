@@ -99,7 +99,11 @@ pub(crate) async fn write_encoded<W: AsyncWrite + Unpin>(
     while header.has_remaining() || payload.has_remaining() {
         let slices = [IoSlice::new(&header), IoSlice::new(&payload)];
         let n = match tokio::time::timeout(stall, w.write_vectored(&slices)).await {
-            Ok(Ok(0)) => return Err(Error::Disconnected("subscriber closed its connection".into())),
+            Ok(Ok(0)) => {
+                return Err(Error::Disconnected(
+                    "subscriber closed its connection".into(),
+                ));
+            }
             Ok(Ok(n)) => n,
             Ok(Err(e)) => return Err(Error::io("writing a frame", e)),
             Err(_) => {

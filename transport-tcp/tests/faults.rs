@@ -7,7 +7,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use transport_core::codec::{MAGIC, PREFIX_LEN, VERSION};
 use transport_core::{
-    Endpoint, Error, Frame, PublishOptions, Publisher, Subscriber, SubscribeOptions, Transport,
+    Endpoint, Error, Frame, PublishOptions, Publisher, SubscribeOptions, Subscriber, Transport,
     pattern,
 };
 use transport_tcp::TcpTransport;
@@ -52,8 +52,12 @@ async fn first_error_then_disconnect(ep: Endpoint) -> Error {
     let mut sub = within(TcpTransport.subscribe(&ep, &SubscribeOptions::default()))
         .await
         .expect("handshake succeeds");
-    let err = within(sub.recv()).await.expect_err("garbage is not a frame");
-    let next = within(sub.recv()).await.expect_err("the connection is gone");
+    let err = within(sub.recv())
+        .await
+        .expect_err("garbage is not a frame");
+    let next = within(sub.recv())
+        .await
+        .expect_err("the connection is gone");
     assert!(next.is_disconnect(), "then a disconnect, got {next}");
     err
 }
@@ -70,14 +74,23 @@ async fn hostile_length_prefix_is_refused_without_allocating() {
     let ep = fake_publisher(VERSION, prefix(10, 1 << 63)).await;
     let e = first_error_then_disconnect(ep).await;
     assert!(
-        matches!(e, Error::PayloadTooLarge { option: "max_payload", .. }),
+        matches!(
+            e,
+            Error::PayloadTooLarge {
+                option: "max_payload",
+                ..
+            }
+        ),
         "{e}"
     );
     // A length within the cap but over this subscriber's own max_payload.
     let ep = fake_publisher(VERSION, prefix(10, 5 << 20)).await;
     let ep = ep.with_param("max_payload", "4MiB");
     let e = first_error_then_disconnect(ep).await;
-    assert!(matches!(e, Error::PayloadTooLarge { limit, .. } if limit == 4 << 20), "{e}");
+    assert!(
+        matches!(e, Error::PayloadTooLarge { limit, .. } if limit == 4 << 20),
+        "{e}"
+    );
     // A header length over the header cap.
     let ep = fake_publisher(VERSION, prefix(u32::MAX, 0)).await;
     let e = first_error_then_disconnect(ep).await;
@@ -122,10 +135,17 @@ async fn raw_peer(p: &transport_tcp::TcpPublisher) -> TcpStream {
     TcpStream::connect(p.endpoint().address()).await.unwrap()
 }
 
-async fn send_and_check(p: &mut transport_tcp::TcpPublisher, s: &mut transport_tcp::TcpSubscriber, n: u64, size: usize) {
+async fn send_and_check(
+    p: &mut transport_tcp::TcpPublisher,
+    s: &mut transport_tcp::TcpSubscriber,
+    n: u64,
+    size: usize,
+) {
     let start = p.stats().frames_sent;
     for i in start..start + n {
-        within(p.send(Frame::new(pattern::make(i, size)))).await.unwrap();
+        within(p.send(Frame::new(pattern::make(i, size))))
+            .await
+            .unwrap();
         let f = within(s.recv()).await.unwrap();
         assert_eq!(f.seq, i);
         assert!(pattern::check(i, &f.payload));
@@ -156,7 +176,9 @@ async fn garbage_handshake_closes_only_that_peer() {
 async fn bytes_after_the_handshake_close_only_that_peer() {
     let (mut p, mut s) = publisher("").await;
     let mut bad = raw_peer(&p).await;
-    bad.write_all(&[b'F', b'W', b'H', b'S', VERSION as u8, 0, 0, 0]).await.unwrap();
+    bad.write_all(&[b'F', b'W', b'H', b'S', VERSION as u8, 0, 0, 0])
+        .await
+        .unwrap();
     let mut hello = [0u8; 24];
     bad.read_exact(&mut hello).await.unwrap();
     within(p.wait_for_subscribers(2, T)).await.unwrap();
@@ -177,7 +199,10 @@ async fn silent_peer_is_dropped_after_the_handshake_timeout() {
     send_and_check(&mut p, &mut s, 2, 1000).await;
     let mut buf = [0u8; 8];
     let n = within(silent.read(&mut buf)).await.unwrap_or(0);
-    assert_eq!(n, 0, "the publisher hangs up on a peer that never says hello");
+    assert_eq!(
+        n, 0,
+        "the publisher hangs up on a peer that never says hello"
+    );
 }
 
 #[tokio::test]
@@ -202,11 +227,17 @@ async fn a_peer_that_stops_reading_is_cut_off_and_the_others_go_on() {
         s
     });
     for i in 0..40 {
-        within(p.send(Frame::new(pattern::make(i, 1 << 20)))).await.unwrap();
+        within(p.send(Frame::new(pattern::make(i, 1 << 20))))
+            .await
+            .unwrap();
     }
     within(p.flush()).await.unwrap();
     within(reader).await.unwrap();
-    assert_eq!(p.subscriber_count(), Some(1), "the stalled peer was dropped");
+    assert_eq!(
+        p.subscriber_count(),
+        Some(1),
+        "the stalled peer was dropped"
+    );
     drop(stalled);
 }
 
@@ -215,7 +246,10 @@ async fn oversize_and_bad_options_are_clear_errors() {
     let e = TcpTransport
         .capabilities(&Endpoint::parse("tcp://127.0.0.1:0?slots=4").unwrap())
         .unwrap_err();
-    assert!(e.to_string().contains("queue"), "lists what is accepted: {e}");
+    assert!(
+        e.to_string().contains("queue"),
+        "lists what is accepted: {e}"
+    );
     let e = TcpTransport
         .capabilities(&Endpoint::parse("tcp://127.0.0.1:0?queue=0").unwrap())
         .unwrap_err();
@@ -247,7 +281,10 @@ async fn unix_sockets_are_private_and_cleaned_up() {
         .expect_err("a live publisher's socket is not taken over");
     assert!(e.to_string().contains("another publisher"), "{e}");
     drop(p);
-    assert!(!path.exists(), "the socket file is removed with its publisher");
+    assert!(
+        !path.exists(),
+        "the socket file is removed with its publisher"
+    );
     // A regular file at the path is never deleted.
     std::fs::write(&path, b"precious").unwrap();
     let e = within(TcpTransport.publish(&ep, &PublishOptions::default()))

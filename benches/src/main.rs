@@ -1,0 +1,368 @@
+//! `framewire-bench`: every backend compiled in, side by side in one run,
+//! across real processes. See `framewire-bench --help`.
+
+mod pipeline;
+mod proc;
+mod report;
+mod stats;
+mod sweep;
+mod transports;
+mod waterfall;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use framewire::endpoint::parse_size;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use sweep::{Kind, SendMode};
+
+/// Compare framewire's backends on this machine, across real processes.
+///
+/// With no subcommand: a quick comparison of every compiled backend
+/// (2, 8 and 32 MiB frames of bytes, 3 runs; under a minute).
+#[derive(Parser)]
+#[command(name = "framewire-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Throughput and latency over payload sizes x kinds x transports.
+    Sweep(SweepArgs),
+    /// A chain of processes, source -> filters -> sink, at a video resolution.
+    Pipeline(PipelineArgs),
+    /// Two pipeline results (files, or a git ref) on one time axis.
+    Waterfall(WaterfallArgs),
+    #[command(hide = true, name = "__produce")]
+    Produce { config: String },
+    #[command(hide = true, name = "__consume")]
+    Consume { config: String },
+    #[command(hide = true, name = "__stage")]
+    Stage { config: String },
+}
+
+#[derive(Args, Clone)]
+struct SweepArgs {
+    /// Transports, comma separated; the first is the speedup baseline [default: all compiled in, tcp first].
+    #[arg(long, value_delimiter = ',')]
+    transports: Vec<String>,
+    /// Payload sizes (B, KiB, MiB, GiB).
+    #[arg(long, value_delimiter = ',', default_value = "2MiB,8MiB,32MiB", value_parser = parse_size)]
+    sizes: Vec<u64>,
+    /// Payload kinds.
+    #[arg(long, value_delimiter = ',', default_value = "bytes,tensor,packets")]
+    kinds: Vec<Kind>,
+    /// Frames per run.
+    #[arg(long, default_value_t = 50)]
+    num_items: usize,
+    /// Measured runs per configuration (after one discarded warm-up pass).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// How the producer hands payloads over.
+    #[arg(long, value_enum, default_value = "copy")]
+    send: SendMode,
+    /// Receive owned copies instead of views (views are the default here).
+    #[arg(long)]
+    owned: bool,
+    /// The producer writes every byte of each frame and the consumer reads every byte.
+    #[arg(long)]
+    touch: bool,
+    /// Run each configuration in a fresh consumer process (makes CPU and peak RSS per configuration).
+    #[arg(long)]
+    isolate: bool,
+    /// Write the rows as CSV.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Write the rows as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write an SVG plot of MB/s against size.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct PipelineArgs {
+    /// Transport: tcp, unix, zmq, shm-ring, shm-pool.
+    #[arg(long)]
+    transport: String,
+    /// Filters between source and sink.
+    #[arg(long, default_value_t = 2)]
+    hops: usize,
+    /// Frame size as WIDTHxHEIGHT of RGB pixels (3840x2160 is 24.9 MB).
+    #[arg(long, default_value = "3840x2160", value_parser = parse_resolution)]
+    resolution: (u32, u32),
+    /// Frames measured in each phase (latency, then throughput).
+    #[arg(long, default_value_t = 60)]
+    frames: usize,
+    /// Simulated work per filter per frame, in ms (a sleep: it uses no CPU).
+    #[arg(long, default_value_t = 0.0)]
+    work_ms: f64,
+    /// Write the result as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct WaterfallArgs {
+    /// Baseline result file (from `pipeline --json`).
+    #[arg(long, conflicts_with = "baseline_ref")]
+    baseline: Option<PathBuf>,
+    /// Or: build and run the same pipeline at this git ref in a temporary worktree.
+    #[arg(long)]
+    baseline_ref: Option<String>,
+    /// Current result file; without it the pipeline is run now with the arguments below.
+    #[arg(long)]
+    current: Option<PathBuf>,
+    /// Pipeline arguments, for runs made by this command.
+    #[arg(long, default_value = "tcp")]
+    transport: String,
+    #[arg(long, default_value_t = 2)]
+    hops: usize,
+    #[arg(long, default_value = "3840x2160", value_parser = parse_resolution)]
+    resolution: (u32, u32),
+    #[arg(long, default_value_t = 30)]
+    frames: usize,
+    #[arg(long, default_value_t = 0.0)]
+    work_ms: f64,
+}
+
+fn parse_resolution(s: &str) -> Result<(u32, u32), String> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("`{s}` is not WIDTHxHEIGHT, e.g. 3840x2160"))?;
+    let p = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("`{v}` in `{s}` is not a positive number"))
+    };
+    Ok((p(w)?, p(h)?))
+}
+
+fn progress(len: u64, what: &str) -> ProgressBar {
+    // indicatif draws nothing when stderr is not a terminal.
+    let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_owned());
+    pb
+}
+
+async fn sweep(args: SweepArgs) -> Result<(), String> {
+    let transports = if args.transports.is_empty() {
+        transports::compiled()
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    } else {
+        args.transports.clone()
+    };
+    transports::check(&transports)?;
+    let baseline = transports.first().cloned().ok_or("no transport to run")?;
+    let configs: Vec<sweep::Config> = args
+        .sizes
+        .iter()
+        .flat_map(|&size| {
+            let transports = &transports;
+            args.kinds
+                .iter()
+                .flat_map(move |&kind| transports.iter().map(move |t| (size, kind, t.clone())))
+        })
+        .map(|(size, kind, transport)| {
+            Ok(sweep::Config {
+                url: transports::url(&transport, size)?,
+                transport,
+                size,
+                kind,
+                num_items: args.num_items,
+                runs: args.runs,
+                send: args.send,
+                view: !args.owned,
+                touch: args.touch,
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    let pb = progress(configs.len() as u64, "sweep");
+    let mut rows = Vec::new();
+    for cfg in &configs {
+        pb.set_message(format!(
+            "{} {} {}",
+            cfg.transport,
+            cfg.kind.name(),
+            cfg.size
+        ));
+        let row = if args.isolate {
+            sweep::consume_isolated(cfg).await?
+        } else {
+            sweep::consume(cfg).await?
+        };
+        rows.push(row);
+        pb.inc(1);
+        sweep::settle().await;
+    }
+    pb.finish_and_clear();
+    sweep::add_speedups(&mut rows, &baseline);
+    println!("{}", report::table(&rows));
+    println!(
+        "{} frames x {} runs per row after a discarded warm-up pass; MB/s is the mean over runs \
+         with its 95% CI; latency is one-way (send stamp to receipt, CLOCK_MONOTONIC) over all \
+         measured frames; speedup is against {baseline}; send={}, recv={}{}.",
+        args.num_items,
+        args.runs,
+        args.send.name(),
+        if args.owned { "owned" } else { "view" },
+        if args.isolate {
+            "; CPU and peak RSS per configuration (consumer + producer processes)"
+        } else {
+            "; without --isolate, CPU is per configuration but peak RSS is this process's high-water mark"
+        }
+    );
+    if let Some(p) = &args.csv {
+        report::write_csv(p, &rows)?;
+    }
+    if let Some(p) = &args.json {
+        report::write_json(p, &rows)?;
+    }
+    if let Some(p) = &args.plot {
+        report::write_svg(p, &rows)?;
+    }
+    Ok(())
+}
+
+fn plan_of(a: &PipelineArgs) -> pipeline::Plan {
+    pipeline::Plan {
+        transport: a.transport.clone(),
+        hops: a.hops,
+        width: a.resolution.0,
+        height: a.resolution.1,
+        frames: a.frames.max(2),
+        warmup: 5,
+        work_ms: a.work_ms,
+    }
+}
+
+async fn run_pipeline(a: &PipelineArgs) -> Result<pipeline::Report, String> {
+    let plan = plan_of(a);
+    let pb = progress(0, &format!("pipeline {}", a.transport));
+    let r = pipeline::run(plan, &pb).await;
+    pb.finish_and_clear();
+    r
+}
+
+async fn main_async(cli: Cli) -> Result<(), String> {
+    match cli.cmd {
+        None => {
+            // The quick default comparison.
+            sweep(SweepArgs {
+                transports: Vec::new(),
+                sizes: vec![2 << 20, 8 << 20, 32 << 20],
+                kinds: vec![Kind::Bytes],
+                num_items: 20,
+                runs: 3,
+                send: SendMode::Copy,
+                owned: false,
+                touch: false,
+                isolate: false,
+                csv: None,
+                json: None,
+                plot: None,
+            })
+            .await
+        }
+        Some(Cmd::Sweep(a)) => sweep(a).await,
+        Some(Cmd::Pipeline(a)) => {
+            let r = run_pipeline(&a).await?;
+            pipeline::print(&r);
+            if let Some(p) = &a.json {
+                let s = serde_json::to_string_pretty(&r).map_err(|e| e.to_string())?;
+                std::fs::write(p, s + "\n").map_err(|e| format!("writing {}: {e}", p.display()))?;
+            }
+            Ok(())
+        }
+        Some(Cmd::Waterfall(w)) => {
+            let pa = PipelineArgs {
+                transport: w.transport.clone(),
+                hops: w.hops,
+                resolution: w.resolution,
+                frames: w.frames,
+                work_ms: w.work_ms,
+                json: None,
+            };
+            let args = vec![
+                "--transport".to_owned(),
+                pa.transport.clone(),
+                "--hops".into(),
+                pa.hops.to_string(),
+                "--resolution".into(),
+                format!("{}x{}", pa.resolution.0, pa.resolution.1),
+                "--frames".into(),
+                pa.frames.to_string(),
+                "--work-ms".into(),
+                pa.work_ms.to_string(),
+            ];
+            let base = match (&w.baseline, &w.baseline_ref) {
+                (Some(p), _) => waterfall::load(p)?,
+                (None, Some(r)) => {
+                    let r = r.clone();
+                    tokio::task::spawn_blocking(move || waterfall::run_at_ref(&r, &args))
+                        .await
+                        .map_err(|e| e.to_string())??
+                }
+                (None, None) => return Err("give --baseline FILE or --baseline-ref GITREF".into()),
+            };
+            let cur = match &w.current {
+                Some(p) => waterfall::load(p)?,
+                None => run_pipeline(&pa).await?,
+            };
+            waterfall::print(&base, &cur);
+            Ok(())
+        }
+        Some(Cmd::Produce { config }) => {
+            let cfg = serde_json::from_str(&config).map_err(|e| e.to_string())?;
+            sweep::produce(cfg).await
+        }
+        Some(Cmd::Consume { config }) => {
+            let cfg: sweep::Config = serde_json::from_str(&config).map_err(|e| e.to_string())?;
+            let row = sweep::consume(&cfg).await?;
+            println!(
+                "ROW {}",
+                serde_json::to_string(&row).map_err(|e| e.to_string())?
+            );
+            Ok(())
+        }
+        Some(Cmd::Stage { config }) => {
+            let stage = serde_json::from_str(&config).map_err(|e| e.to_string())?;
+            pipeline::run_stage(stage).await
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("framewire-bench: cannot start the runtime: {e}");
+            std::process::exit(2);
+        }
+    };
+    let result = rt.block_on(main_async(cli));
+    rt.shutdown_timeout(Duration::from_secs(2));
+    if let Err(e) = result {
+        eprintln!("framewire-bench: {e}");
+        std::process::exit(1);
+    }
+}
