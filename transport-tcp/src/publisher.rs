@@ -288,6 +288,8 @@ where
             let _ = w.shutdown().await;
             tracing::debug!(%peer, "subscriber connection closed");
         }
+        // A subscriber that leaves is ordinary; anything else is worth a warning.
+        Err(Error::Disconnected(why)) => tracing::debug!(%peer, %why, "subscriber left"),
         Err(e) => tracing::warn!(%peer, error = %e, "dropping subscriber connection"),
     }
 }
