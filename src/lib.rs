@@ -8,6 +8,9 @@ pub use transport_core::*;
 #[cfg(feature = "tcp")]
 pub use transport_tcp as tcp;
 
+#[cfg(feature = "shm-pool")]
+pub use transport_shm_pool as shm_pool;
+
 /// Schemes framewire knows, with the cargo feature that compiles their backend in.
 pub const KNOWN_SCHEMES: [(&str, &str); 6] = [
     ("tcp", "tcp"),
@@ -49,6 +52,9 @@ impl Registry {
         let mut r = Registry::new();
         #[cfg(feature = "tcp")]
         r.backends.push(Arc::new(transport_tcp::TcpTransport));
+        #[cfg(feature = "shm-pool")]
+        r.backends
+            .push(Arc::new(transport_shm_pool::ShmPoolTransport));
         r
     }
 

@@ -288,9 +288,21 @@ impl Frame {
     /// Called by publishers before a frame goes out: stamps sequence number and
     /// time, appends a hop when `trace_name` is set, and checks the layout.
     pub fn stamp_for_send(&mut self, seq: u64, trace_name: Option<&str>) -> Result<()> {
+        self.stamp_for_send_at(seq, trace_name, monotonic_ns())
+    }
+
+    /// [`Frame::stamp_for_send`] with the send time given: for publishers that
+    /// copy the payload before they can stamp it, so the copy counts as part
+    /// of the hand-off.
+    pub fn stamp_for_send_at(
+        &mut self,
+        seq: u64,
+        trace_name: Option<&str>,
+        now_ns: u64,
+    ) -> Result<()> {
         self.layout.check(self.payload.len() as u64)?;
         self.seq = seq;
-        self.timestamp_ns = monotonic_ns();
+        self.timestamp_ns = now_ns;
         if let Some(name) = trace_name {
             self.trace.push(Hop {
                 name: name.to_owned(),

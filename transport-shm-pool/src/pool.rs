@@ -1,0 +1,496 @@
+//! The slot pool: one sealed memfd segment holding a control page and `slots`
+//! page-aligned slots, plus a lock-free free list.
+//!
+//! ```text
+//! offset 0              magic "FWSHMPL1" | version u32 | slots u32 | slot_size u64 | stride u64 | data_offset u64
+//! offset 64 + 16 * i    slot i: generation u64 | len u64   (written by the publisher only)
+//! data_offset + stride * i   slot i's bytes (slot_size of them, the stride rounds up to a page)
+//! ```
+//!
+//! The publisher maps the segment read-write and pre-faults it at creation
+//! (`MAP_POPULATE`), then seals it (`F_SEAL_SHRINK | F_SEAL_GROW`, and
+//! `F_SEAL_FUTURE_WRITE` so that no further writable mapping can ever be made,
+//! then `F_SEAL_SEAL`). Subscribers receive a read-only reopened descriptor and
+//! map it `PROT_READ`. Offsets, never pointers, live in shared memory.
+//!
+//! [`SlotPool`] is public for benchmarks and for building other protocols on
+//! it; [`ShmPoolTransport`](crate::ShmPoolTransport) is the usual way in.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_queue::ArrayQueue;
+use memmap2::{MmapOptions, MmapRaw};
+use transport_core::{Error, Result};
+
+use crate::config::{MAX_POOL_BYTES, MAX_SLOTS};
+use crate::sys;
+use crate::wire::Hello;
+
+const MAGIC: [u8; 8] = *b"FWSHMPL1";
+const LAYOUT_VERSION: u32 = 1;
+const CTRL_HEADER: u64 = 64;
+const SLOT_HEADER: u64 = 16;
+
+/// Where everything is in a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// Number of slots.
+    pub slots: u32,
+    /// Largest payload of a slot.
+    pub slot_size: u64,
+    /// Distance between slots, page aligned.
+    pub stride: u64,
+    /// Offset of slot 0.
+    pub data_offset: u64,
+    /// Length of the whole segment.
+    pub len: u64,
+}
+
+impl Geometry {
+    /// The geometry of a pool of `slots` slots of `slot_size` bytes.
+    pub fn new(slots: usize, slot_size: u64) -> Result<Geometry> {
+        let bad = |reason: String| Error::InvalidOption {
+            option: "slots".into(),
+            reason,
+        };
+        let n = u32::try_from(slots)
+            .ok()
+            .filter(|n| (1..=MAX_SLOTS as u32).contains(n))
+            .ok_or_else(|| bad(format!("{slots} slots; give 1 to {MAX_SLOTS}")))?;
+        let stride = sys::page_align(slot_size.max(1))
+            .ok_or_else(|| bad(format!("slot_size {slot_size} overflows")))?;
+        let data_offset = sys::page_align(CTRL_HEADER + SLOT_HEADER * u64::from(n))
+            .ok_or_else(|| bad("control page overflows".into()))?;
+        let len = stride
+            .checked_mul(u64::from(n))
+            .and_then(|d| d.checked_add(data_offset))
+            .filter(|&l| l <= MAX_POOL_BYTES + data_offset)
+            .ok_or_else(|| {
+                bad(format!(
+                    "{slots} slots of {slot_size} B exceed {MAX_POOL_BYTES} B"
+                ))
+            })?;
+        Ok(Geometry {
+            slots: n,
+            slot_size,
+            stride,
+            data_offset,
+            len,
+        })
+    }
+
+    /// The geometry a peer announced, checked to be self-consistent.
+    pub(crate) fn from_hello(h: &Hello) -> Result<Geometry> {
+        let g = Geometry::new(h.slots as usize, h.slot_size)
+            .map_err(|e| Error::Protocol(format!("the publisher announced a bad pool: {e}")))?;
+        if (g.stride, g.data_offset, g.len) != (h.stride, h.data_offset, h.segment_len) {
+            return Err(Error::Protocol(format!(
+                "the publisher announced stride {} / data offset {} / length {}, but {} slots of {} B need {} / {} / {}",
+                h.stride,
+                h.data_offset,
+                h.segment_len,
+                h.slots,
+                h.slot_size,
+                g.stride,
+                g.data_offset,
+                g.len
+            )));
+        }
+        Ok(g)
+    }
+
+    fn header_bytes(&self) -> [u8; CTRL_HEADER as usize] {
+        let mut b = [0u8; CTRL_HEADER as usize];
+        b[0..8].copy_from_slice(&MAGIC);
+        b[8..12].copy_from_slice(&LAYOUT_VERSION.to_le_bytes());
+        b[12..16].copy_from_slice(&self.slots.to_le_bytes());
+        b[16..24].copy_from_slice(&self.slot_size.to_le_bytes());
+        b[24..32].copy_from_slice(&self.stride.to_le_bytes());
+        b[32..40].copy_from_slice(&self.data_offset.to_le_bytes());
+        b
+    }
+
+    fn slot_offset(&self, index: u32) -> usize {
+        (self.data_offset + self.stride * u64::from(index)) as usize
+    }
+
+    fn slot_header_offset(&self, index: u32) -> usize {
+        (CTRL_HEADER + SLOT_HEADER * u64::from(index)) as usize
+    }
+}
+
+/// A mapped segment: the part publisher and subscriber share.
+struct Mapping {
+    map: MmapRaw,
+    geo: Geometry,
+}
+
+impl Mapping {
+    /// The generation and length words of slot `index` (`index < slots`).
+    fn slot_header(&self, index: u32) -> (&AtomicU64, &AtomicU64) {
+        assert!(index < self.geo.slots, "slot index checked by the caller");
+        let off = self.geo.slot_header_offset(index);
+        // SAFETY: `off` lies in the control page, inside the mapping (the
+        // geometry puts data_offset past every slot header), and is 16-aligned
+        // in a page-aligned mapping, so both words are aligned `AtomicU64`s.
+        // The mapping lives as long as `self`; the segment is sealed against
+        // shrinking. Both processes access these words only through atomics.
+        unsafe {
+            let p = self.map.as_ptr().add(off);
+            (&*p.cast::<AtomicU64>(), &*p.add(8).cast::<AtomicU64>())
+        }
+    }
+
+    fn slot_ptr(&self, index: u32) -> *mut u8 {
+        assert!(index < self.geo.slots, "slot index checked by the caller");
+        // SAFETY: slot `index` starts inside the mapping (geometry checked at
+        // creation: data_offset + stride * slots == len), so the offset stays
+        // within the same allocation.
+        unsafe { self.map.as_mut_ptr().add(self.geo.slot_offset(index)) }
+    }
+}
+
+/// The publisher's pool: a read-write, pre-faulted, sealed memfd segment and
+/// a lock-free free list of its slots.
+///
+/// Creating one is the cold path (memfd, truncate, map and pre-fault every
+/// page, seal); taking a free slot is the warm path, a lock-free pop with no
+/// system call.
+///
+/// ```
+/// use transport_shm_pool::pool::SlotPool;
+/// let pool = SlotPool::create("doc", 2, 4096).unwrap();
+/// let mut a = pool.try_acquire().unwrap();
+/// a.as_mut_slice()[..5].copy_from_slice(b"hello");
+/// let b = pool.try_acquire().unwrap();
+/// assert!(pool.try_acquire().is_none(), "both slots are taken");
+/// drop((a, b));
+/// assert_eq!(pool.free_slots(), 2);
+/// ```
+pub struct SlotPool {
+    map: Mapping,
+    fd: OwnedFd,
+    id: u64,
+    free: ArrayQueue<u32>,
+}
+
+impl std::fmt::Debug for SlotPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotPool")
+            .field("geometry", &self.map.geo)
+            .field("segment", &self.id)
+            .field("free", &self.free.len())
+            .finish()
+    }
+}
+
+impl SlotPool {
+    /// Creates a pool of `slots` slots of `slot_size` bytes: the cold path.
+    ///
+    /// `name` only labels the memfd (it shows in `/proc/<pid>/fd`); nothing
+    /// appears in `/dev/shm` or anywhere on disk.
+    pub fn create(name: &str, slots: usize, slot_size: u64) -> Result<SlotPool> {
+        let geo = Geometry::new(slots, slot_size)?;
+        let ctx = || {
+            format!(
+                "creating an shm-pool segment of {slots} slots x {}",
+                transport_core::fmt_size(slot_size)
+            )
+        };
+        let label = format!("framewire-shm-pool:{name}");
+        let fd = sys::memfd(&label, geo.len).map_err(|e| Error::io(ctx(), e))?;
+        let len =
+            usize::try_from(geo.len).map_err(|e| Error::io(ctx(), std::io::Error::other(e)))?;
+        let map = MmapOptions::new()
+            .len(len)
+            .populate()
+            .map_raw(&fd)
+            .map_err(|e| Error::io(ctx(), e))?;
+        let header = geo.header_bytes();
+        // SAFETY: the mapping is at least one page long (data_offset >= one
+        // page) and nobody else has the segment yet.
+        unsafe { std::ptr::copy_nonoverlapping(header.as_ptr(), map.as_mut_ptr(), header.len()) };
+        sys::seal(fd.as_fd(), true).map_err(|e| Error::io(ctx(), e))?;
+        let id = sys::inode(fd.as_fd()).map_err(|e| Error::io(ctx(), e))?;
+        let free = ArrayQueue::new(geo.slots as usize);
+        for i in 0..geo.slots {
+            // Cannot fail: the queue has room for every slot.
+            let _ = free.push(i);
+        }
+        Ok(SlotPool {
+            map: Mapping { map, geo },
+            fd,
+            id,
+            free,
+        })
+    }
+
+    /// Takes a free slot, or `None` when every slot is in use: the warm path.
+    /// The slot goes back when the lease drops.
+    pub fn try_acquire(&self) -> Option<SlotLease<'_>> {
+        self.pop().map(|index| SlotLease { pool: self, index })
+    }
+
+    /// Number of slots.
+    pub fn slots(&self) -> usize {
+        self.map.geo.slots as usize
+    }
+
+    /// Largest payload of a slot.
+    pub fn slot_size(&self) -> u64 {
+        self.map.geo.slot_size
+    }
+
+    /// Slots free now.
+    pub fn free_slots(&self) -> usize {
+        self.free.len()
+    }
+
+    /// The segment's identity (the memfd's inode number).
+    pub fn segment_id(&self) -> u64 {
+        self.id
+    }
+
+    /// Where everything is in the segment.
+    pub fn geometry(&self) -> Geometry {
+        self.map.geo
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    pub(crate) fn pop(&self) -> Option<u32> {
+        self.free.pop()
+    }
+
+    /// Returns a slot to the free list. Each index is pushed at most once per
+    /// pop (the publisher's accounting guarantees it); the queue has room for
+    /// every slot, so a failed push would be a double free and is refused.
+    pub(crate) fn push(&self, index: u32) {
+        if self.free.push(index).is_err() {
+            tracing::error!(index, "shm-pool: slot returned twice; ignored");
+            debug_assert!(false, "slot {index} returned twice");
+        }
+    }
+
+    /// Writes slot `index`'s header: its generation and payload length.
+    pub(crate) fn set_header(&self, index: u32, generation: u64, len: u64) {
+        let (g, l) = self.map.slot_header(index);
+        // Release: pairs with the subscriber's acquire loads in
+        // `SegmentMap::header`; the payload is written before this.
+        l.store(len, Ordering::Release);
+        g.store(generation, Ordering::Release);
+    }
+
+    /// A writable view of slot `index`'s first `len` bytes.
+    ///
+    /// # Safety
+    /// The caller owns slot `index` exclusively (popped from the free list and
+    /// not published, or in flight with no holder), for as long as the slice
+    /// lives, and `len <= slot_size`.
+    #[allow(clippy::mut_from_ref)] // exclusivity is this unsafe fn's documented contract
+    pub(crate) unsafe fn slot_mut(&self, index: u32, len: usize) -> &mut [u8] {
+        debug_assert!(len as u64 <= self.map.geo.slot_size);
+        // SAFETY: in bounds (slot_size <= stride) per the caller's contract; no
+        // other reference to this slot exists in this process (exclusive
+        // ownership), and no subscriber reads it (it holds no claim).
+        unsafe { std::slice::from_raw_parts_mut(self.map.slot_ptr(index), len) }
+    }
+
+    /// A read-only view of slot `index`'s first `len` bytes.
+    ///
+    /// # Safety
+    /// As for [`slot_mut`](Self::slot_mut), and nobody writes the slot while
+    /// the slice lives.
+    pub(crate) unsafe fn slot(&self, index: u32, len: usize) -> &[u8] {
+        debug_assert!(len as u64 <= self.map.geo.slot_size);
+        // SAFETY: see the caller's contract.
+        unsafe { std::slice::from_raw_parts(self.map.slot_ptr(index), len) }
+    }
+}
+
+/// A slot taken from a [`SlotPool`]; it goes back to the free list on drop.
+#[derive(Debug)]
+pub struct SlotLease<'a> {
+    pool: &'a SlotPool,
+    index: u32,
+}
+
+impl SlotLease<'_> {
+    /// The slot's index.
+    pub fn index(&self) -> usize {
+        self.index as usize
+    }
+
+    /// The whole slot, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        let len = self.pool.slot_size() as usize;
+        // SAFETY: the lease owns the slot exclusively until it drops, and the
+        // slice borrows the lease mutably.
+        unsafe { self.pool.slot_mut(self.index, len) }
+    }
+}
+
+impl Drop for SlotLease<'_> {
+    fn drop(&mut self) {
+        self.pool.push(self.index);
+    }
+}
+
+/// A subscriber's read-only mapping of a publisher's segment.
+pub(crate) struct SegmentMap {
+    map: Mapping,
+    id: u64,
+}
+
+impl std::fmt::Debug for SegmentMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegmentMap")
+            .field("geometry", &self.map.geo)
+            .field("segment", &self.id)
+            .finish()
+    }
+}
+
+impl SegmentMap {
+    /// Maps a segment received from a publisher, read-only and pre-faulted,
+    /// after checking the fd (sealed, large enough, the announced inode) and
+    /// the control header against the announced geometry.
+    pub(crate) fn open(fd: OwnedFd, hello: &Hello) -> Result<SegmentMap> {
+        let geo = Geometry::from_hello(hello)?;
+        let io = |e: std::io::Error| Error::io("mapping the publisher's segment", e);
+        sys::check_sealed(fd.as_fd(), geo.len).map_err(io)?;
+        let id = sys::inode(fd.as_fd()).map_err(io)?;
+        if id != hello.segment {
+            return Err(Error::Protocol(format!(
+                "the segment fd is inode {id}, the publisher announced {}",
+                hello.segment
+            )));
+        }
+        if !sys::is_read_only(fd.as_fd()).map_err(io)? {
+            tracing::debug!(
+                "shm-pool: the publisher sent a writable segment fd; mapping it read-only anyway"
+            );
+        }
+        let len = usize::try_from(geo.len).map_err(|e| io(std::io::Error::other(e)))?;
+        let map = MmapOptions::new()
+            .len(len)
+            .populate()
+            .map_raw_read_only(&fd)
+            .map_err(io)?;
+        let mut header = [0u8; CTRL_HEADER as usize];
+        // SAFETY: the mapping is at least one page long; the control header is
+        // written once, before the segment is sealed and shared, and never again.
+        unsafe { std::ptr::copy_nonoverlapping(map.as_ptr(), header.as_mut_ptr(), header.len()) };
+        if header != geo.header_bytes() {
+            return Err(Error::Protocol(
+                "the segment's control header does not match the announced pool".into(),
+            ));
+        }
+        Ok(SegmentMap {
+            map: Mapping { map, geo },
+            id,
+        })
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(crate) fn geometry(&self) -> Geometry {
+        self.map.geo
+    }
+
+    /// Slot `index`'s generation and length as the publisher last wrote them.
+    pub(crate) fn header(&self, index: u32) -> (u64, u64) {
+        let (g, l) = self.map.slot_header(index);
+        // Acquire: pairs with the release stores in `SlotPool::set_header`.
+        let generation = g.load(Ordering::Acquire);
+        (generation, l.load(Ordering::Acquire))
+    }
+
+    /// Start of slot `index` (`index < slots`).
+    pub(crate) fn slot_ptr(&self, index: u32) -> *const u8 {
+        self.map.slot_ptr(index).cast_const()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometry_is_page_aligned_and_checked() {
+        let g = Geometry::new(3, 5000).unwrap();
+        let p = sys::page_size() as u64;
+        assert_eq!(g.stride % p, 0);
+        assert!(g.stride >= 5000);
+        assert_eq!(g.data_offset % p, 0);
+        assert_eq!(g.len, g.data_offset + 3 * g.stride);
+        assert!(Geometry::new(0, 1).is_err());
+        assert!(Geometry::new(MAX_SLOTS + 1, 1).is_err());
+        assert!(Geometry::new(2, u64::MAX).is_err());
+        assert!(Geometry::new(4096, 1 << 40).is_err());
+    }
+
+    #[test]
+    fn warm_acquire_and_release() {
+        let pool = SlotPool::create("unit", 3, 10_000).unwrap();
+        assert_eq!(pool.free_slots(), 3);
+        let mut leases: Vec<_> = (0..3).map(|_| pool.try_acquire().unwrap()).collect();
+        assert!(pool.try_acquire().is_none());
+        let mut seen: Vec<usize> = leases.iter().map(SlotLease::index).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, vec![0, 1, 2]);
+        leases[1].as_mut_slice().fill(7);
+        assert_eq!(leases[1].as_mut_slice().len(), 10_000);
+        leases.clear();
+        assert_eq!(pool.free_slots(), 3);
+    }
+
+    #[test]
+    fn segment_is_sealed_and_mapped_read_only_by_subscribers() {
+        let pool = SlotPool::create("unit", 2, 4096).unwrap();
+        let seals = rustix::fs::fcntl_get_seals(pool.fd()).unwrap();
+        use rustix::fs::SealFlags;
+        assert!(seals.contains(SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL));
+        assert!(
+            rustix::fs::ftruncate(pool.fd(), 0).is_err(),
+            "sealed against shrinking"
+        );
+        let ro = sys::reopen_read_only(pool.fd()).unwrap();
+        assert!(sys::is_read_only(ro.as_fd()).unwrap());
+        // A read-only fd cannot be mapped writable at all.
+        assert!(MmapOptions::new().len(4096).map_raw(&ro).is_err());
+        let g = pool.geometry();
+        let hello = Hello {
+            version: crate::wire::VERSION,
+            flags: 0,
+            segment: pool.segment_id(),
+            slots: g.slots,
+            slot_size: g.slot_size,
+            stride: g.stride,
+            data_offset: g.data_offset,
+            segment_len: g.len,
+            claims_len: 0,
+        };
+        pool.set_header(1, 42, 3);
+        let seg = SegmentMap::open(ro, &hello).unwrap();
+        assert_eq!(seg.header(1), (42, 3));
+        assert_eq!(seg.id(), pool.segment_id());
+        let bad = Hello {
+            stride: g.stride * 2,
+            ..hello
+        };
+        let ro = sys::reopen_read_only(pool.fd()).unwrap();
+        assert!(SegmentMap::open(ro, &bad).is_err());
+        let bad = Hello {
+            segment: 1,
+            ..hello
+        };
+        let ro = sys::reopen_read_only(pool.fd()).unwrap();
+        assert!(SegmentMap::open(ro, &bad).is_err());
+    }
+}

@@ -1,0 +1,531 @@
+//! The subscribing side: the read-only mapping, the claim table, the checks
+//! on every descriptor, views that release their slot on drop.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::Interest;
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use transport_core::codec::{self, PREFIX_LEN, Prefix};
+use transport_core::{
+    Endpoint, Error, Frame, RecvMode, Result, StatCounters, Stats, SubscribeOptions, Subscriber,
+    async_trait,
+};
+
+use crate::config::{self, Config};
+use crate::pool::SegmentMap;
+use crate::publisher::HANDSHAKE_TIMEOUT;
+use crate::sys;
+use crate::wire::{self, ClaimTable, Desc, Msg, RecvBuf, Take};
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What a view's drop (or the subscriber) asks the release task to send.
+enum Ctl {
+    Release(u32, u64),
+    /// Finish a write that `write_now` could not complete.
+    Kick,
+    Unsubscribe,
+}
+
+/// The socket's write side, shared by `recv` and the release task.
+struct LinkIo {
+    stream: UnixStream,
+    out: Mutex<BytesMut>,
+}
+
+impl LinkIo {
+    fn append(&self, out: &mut BytesMut, c: &Ctl) {
+        match c {
+            Ctl::Release(index, generation) => wire::encode(
+                &Msg::Release {
+                    index: *index,
+                    generation: *generation,
+                },
+                out,
+            ),
+            Ctl::Unsubscribe => wire::encode(&Msg::Unsubscribe, out),
+            Ctl::Kick => {}
+        }
+    }
+
+    /// Writes what is buffered; `WouldBlock` when the socket is full. A broken
+    /// socket drops the buffer (the publisher is gone; nothing to release to).
+    fn flush(&self) -> io::Result<()> {
+        let mut out = lock(&self.out);
+        while !out.is_empty() {
+            match sys::send_nb(self.stream.as_fd(), &out) {
+                Ok(n) => out.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => out.clear(),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What views share with their subscriber: the mapping stays mapped and the
+/// socket stays open (so the publisher keeps the slots reserved) until the
+/// last view is gone.
+struct Link {
+    io: Arc<LinkIo>,
+    seg: SegmentMap,
+    claims: ClaimTable,
+    tx: mpsc::UnboundedSender<Ctl>,
+}
+
+impl Link {
+    /// Sends a release from `recv` itself (owned mode, rejected descriptors):
+    /// written at once when the socket has room, by the task otherwise.
+    fn release_now(&self, index: u32, generation: u64) {
+        {
+            let mut out = lock(&self.io.out);
+            self.io.append(&mut out, &Ctl::Release(index, generation));
+        }
+        if self.io.flush().is_err() {
+            let _ = self.tx.send(Ctl::Kick);
+        }
+    }
+}
+
+/// Writes releases for the views (and the unsubscribe) and ends, closing the
+/// socket, once the subscriber and all its views are gone.
+async fn release_task(io: Arc<LinkIo>, mut rx: mpsc::UnboundedReceiver<Ctl>) {
+    while let Some(first) = rx.recv().await {
+        {
+            let mut out = lock(&io.out);
+            io.append(&mut out, &first);
+            while let Ok(c) = rx.try_recv() {
+                io.append(&mut out, &c);
+            }
+        }
+        loop {
+            match io.stream.try_io(Interest::WRITABLE, || io.flush()) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if io.stream.writable().await.is_err() {
+                        return;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// A zero-copy view of a slot: the owner behind a view-mode payload.
+/// Dropping it (with the payload's last clone) queues the slot's release.
+struct SlotView {
+    link: Arc<Link>,
+    index: u32,
+    generation: u64,
+    len: usize,
+}
+
+impl AsRef<[u8]> for SlotView {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: the slot was checked (index in range, len <= slot_size,
+        // generation matches the slot header) and claimed (TAKEN) before this
+        // view was made; the publisher does not write a slot while any
+        // subscriber holds it, and this one holds it until this view drops. The
+        // mapping is read-only and lives in `link` as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.link.seg.slot_ptr(self.index), self.len) }
+    }
+}
+
+impl Drop for SlotView {
+    fn drop(&mut self) {
+        // Never blocks, never panics: a lock-free channel push. If the task is
+        // gone (runtime shut down), the socket closes when the link does and
+        // the publisher frees the slot on EOF.
+        let _ = self.link.tx.send(Ctl::Release(self.index, self.generation));
+    }
+}
+
+/// The subscriber of an `shm-pool://` endpoint.
+///
+/// In [`RecvMode::View`] each payload is a read-only view of the publisher's
+/// slot that holds the slot until its last clone is dropped; in
+/// [`RecvMode::Owned`] (the default) the payload is copied out and the slot
+/// released before `recv` returns.
+pub struct ShmPoolSubscriber {
+    link: Arc<Link>,
+    rx: RecvBuf,
+    name: String,
+    mode: RecvMode,
+    prefix: String,
+    busy_poll: Option<Duration>,
+    may_reclaim: bool,
+    missed: u64,
+    held: Option<Frame>,
+    closed: Option<String>,
+    stats: StatCounters,
+}
+
+impl std::fmt::Debug for ShmPoolSubscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShmPoolSubscriber")
+            .field("name", &self.name)
+            .field("mode", &self.mode)
+            .field("segment", &self.link.seg)
+            .finish_non_exhaustive()
+    }
+}
+
+fn invalid(what: String) -> Error {
+    Error::InvalidReference(what)
+}
+
+/// Decodes the frame header carried by a descriptor for a payload of `len` bytes.
+fn decode_frame_header(header: &[u8], len: u64, max: u64) -> Result<Frame> {
+    let prefix: &[u8; PREFIX_LEN] = header
+        .get(..PREFIX_LEN)
+        .and_then(|p| p.try_into().ok())
+        .ok_or_else(|| {
+            Error::Protocol("descriptor header shorter than the envelope prefix".into())
+        })?;
+    let p = Prefix::decode(prefix, max)?;
+    if p.payload_len != len {
+        return Err(Error::Protocol(format!(
+            "descriptor says {len} bytes, its frame header {}",
+            p.payload_len
+        )));
+    }
+    let body = &header[PREFIX_LEN..];
+    if body.len() != p.header_len as usize {
+        return Err(Error::Protocol(format!(
+            "frame header of {} bytes, its prefix announces {}",
+            body.len(),
+            p.header_len
+        )));
+    }
+    codec::decode_header(body, len)
+}
+
+impl ShmPoolSubscriber {
+    pub(crate) async fn connect(
+        endpoint: &Endpoint,
+        opts: &SubscribeOptions,
+    ) -> Result<ShmPoolSubscriber> {
+        let cfg = Config::from_endpoint(endpoint)?;
+        let mode = opts.resolve_mode(endpoint)?;
+        let uid = sys::euid();
+        let sock = config::socket_name(uid, &cfg.name);
+        let stream = sys::connect(&sock).await.map_err(|e| {
+            let what = match e.kind() {
+                io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound => format!(
+                    "no publisher for shm-pool `{}` (abstract socket @{sock}); start the publisher first",
+                    cfg.name
+                ),
+                _ => format!("connecting to shm-pool `{}` (abstract socket @{sock})", cfg.name),
+            };
+            Error::io(what, e)
+        })?;
+        let peer = sys::peer_uid(stream.as_fd()).map_err(|e| Error::io("SO_PEERCRED", e))?;
+        if peer != uid {
+            // Abstract names carry no permissions: anyone can bind one first.
+            return Err(Error::io(
+                format!("shm-pool `{}`", cfg.name),
+                io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "the socket @{sock} is served by uid {peer}, not by this user (uid {uid}); refusing it"
+                    ),
+                ),
+            ));
+        }
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, Self::handshake(stream, cfg, mode, opts))
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout(HANDSHAKE_TIMEOUT, "the shm-pool handshake")),
+        }
+    }
+
+    async fn handshake(
+        stream: UnixStream,
+        cfg: Config,
+        mode: RecvMode,
+        opts: &SubscribeOptions,
+    ) -> Result<ShmPoolSubscriber> {
+        let mut rx = RecvBuf::new();
+        let subscribe = Msg::Subscribe {
+            version: wire::VERSION,
+            prefix: opts.topic_prefix.clone(),
+        };
+        wire::send(&stream, &subscribe, None, "SUBSCRIBE").await?;
+        let hello = match rx.recv(&stream, "HELLO").await? {
+            Msg::Hello(h) => h,
+            Msg::Reject { reason } => return Err(refused(&cfg.name, reason)),
+            other => return Err(Error::Protocol(format!("expected HELLO, got {other:?}"))),
+        };
+        if hello.version != wire::VERSION {
+            return Err(Error::VersionMismatch {
+                ours: wire::VERSION,
+                theirs: hello.version,
+            });
+        }
+        let fd = rx
+            .take_fd()
+            .ok_or_else(|| Error::Protocol("HELLO arrived without the segment fd".into()))?;
+        let seg = SegmentMap::open(fd, &hello)?;
+        if hello.claims_len != wire::claims_len(hello.slots) {
+            return Err(Error::Protocol(format!(
+                "HELLO asks for a claim table of {} bytes, {} slots need {}",
+                hello.claims_len,
+                hello.slots,
+                wire::claims_len(hello.slots)
+            )));
+        }
+        let (claims, claims_fd) = ClaimTable::create(hello.slots)
+            .map_err(|e| Error::io("creating the claim table memfd", e))?;
+        let msg = Msg::Claims {
+            len: hello.claims_len,
+        };
+        wire::send(&stream, &msg, Some(claims_fd.as_fd()), "CLAIMS").await?;
+        drop(claims_fd);
+        match rx.recv(&stream, "READY").await? {
+            Msg::Ready { .. } => {}
+            Msg::Reject { reason } => return Err(refused(&cfg.name, reason)),
+            other => return Err(Error::Protocol(format!("expected READY, got {other:?}"))),
+        }
+        let (tx, rx_ctl) = mpsc::unbounded_channel();
+        let io = Arc::new(LinkIo {
+            stream,
+            out: Mutex::new(BytesMut::new()),
+        });
+        tokio::spawn(release_task(io.clone(), rx_ctl));
+        Ok(ShmPoolSubscriber {
+            link: Arc::new(Link {
+                io,
+                seg,
+                claims,
+                tx,
+            }),
+            rx,
+            name: cfg.name,
+            mode,
+            prefix: opts.topic_prefix.clone(),
+            busy_poll: cfg.busy_poll,
+            may_reclaim: hello.flags & wire::HELLO_RECLAIMS != 0,
+            missed: 0,
+            held: None,
+            closed: None,
+            stats: StatCounters::default(),
+        })
+    }
+
+    /// Number of slots in the publisher's pool.
+    pub fn slots(&self) -> usize {
+        self.link.seg.geometry().slots as usize
+    }
+
+    /// Largest payload of a slot.
+    pub fn slot_size(&self) -> u64 {
+        self.link.seg.geometry().slot_size
+    }
+
+    /// Checks a descriptor, claims its slot and builds the frame. `None`
+    /// when the descriptor is skipped (taken back by the publisher under
+    /// drop-oldest, or filtered by topic).
+    fn on_desc(&mut self, d: Desc, header: &[u8]) -> Option<Result<Frame>> {
+        self.missed = self.missed.saturating_add(d.missed);
+        let geo = self.link.seg.geometry();
+        if d.segment != self.link.seg.id() {
+            return Some(Err(invalid(format!(
+                "descriptor names segment {}, but this subscriber of `{}` maps only segment {}",
+                d.segment,
+                self.name,
+                self.link.seg.id()
+            ))));
+        }
+        if d.index >= geo.slots {
+            return Some(Err(invalid(format!(
+                "slot index {} is out of range: pool `{}` has {} slots",
+                d.index, self.name, geo.slots
+            ))));
+        }
+        if d.len > geo.slot_size {
+            return Some(Err(invalid(format!(
+                "length {} runs past the end of slot {} (slot_size {})",
+                d.len, d.index, geo.slot_size
+            ))));
+        }
+        match self
+            .link
+            .claims
+            .take(d.index, d.generation, self.may_reclaim)
+        {
+            Take::Taken => {}
+            Take::Stale => {
+                self.missed = self.missed.saturating_add(1);
+                return None;
+            }
+            Take::Invalid => {
+                return Some(Err(invalid(format!(
+                    "slot {} generation {} is not on offer to this subscriber (already taken, stale or forged)",
+                    d.index, d.generation
+                ))));
+            }
+        }
+        // From here on the slot is ours: every way out releases it or hands
+        // it to a view.
+        let (generation, len) = self.link.seg.header(d.index);
+        if generation != d.generation || len != d.len {
+            self.link.release_now(d.index, d.generation);
+            return Some(Err(invalid(format!(
+                "slot {} holds generation {generation} ({len} B) but the descriptor says generation {} ({} B)",
+                d.index, d.generation, d.len
+            ))));
+        }
+        let mut frame = match decode_frame_header(header, d.len, geo.slot_size) {
+            Ok(f) => f,
+            Err(e) => {
+                self.link.release_now(d.index, d.generation);
+                return Some(Err(e));
+            }
+        };
+        if !frame.topic.starts_with(self.prefix.as_str()) {
+            self.link.release_now(d.index, d.generation);
+            return None;
+        }
+        let len = d.len as usize;
+        frame.payload = match self.mode {
+            RecvMode::View => Bytes::from_owner(SlotView {
+                link: self.link.clone(),
+                index: d.index,
+                generation: d.generation,
+                len,
+            }),
+            _ => {
+                // SAFETY: as in `SlotView::as_ref`: checked and claimed above,
+                // released only after this copy.
+                let src =
+                    unsafe { std::slice::from_raw_parts(self.link.seg.slot_ptr(d.index), len) };
+                let b = Bytes::copy_from_slice(src);
+                self.link.release_now(d.index, d.generation);
+                b
+            }
+        };
+        frame.stamp_received();
+        StatCounters::add(&self.stats.frames_received, 1);
+        StatCounters::add(&self.stats.bytes_received, len as u64);
+        if self.missed > 0 {
+            let missed = std::mem::take(&mut self.missed);
+            StatCounters::add(&self.stats.lagged, missed);
+            self.held = Some(frame);
+            return Some(Err(Error::Lagged { missed }));
+        }
+        Some(Ok(frame))
+    }
+
+    /// Reads more from the socket (after an optional spin); records EOF.
+    async fn read_more(&mut self) {
+        let fd = self.link.io.stream.as_fd();
+        if let Some(spin) = self.busy_poll {
+            let seen = self.link.claims.written();
+            match self.rx.fill(fd) {
+                Ok(n) => return self.after_read(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return self.after_read(Err(e)),
+            }
+            let deadline = Instant::now() + spin;
+            while self.link.claims.written() == seen && Instant::now() < deadline {
+                std::hint::spin_loop();
+            }
+        }
+        let r = sys::recv_some(&self.link.io.stream, &mut self.rx).await;
+        self.after_read(r);
+    }
+
+    fn after_read(&mut self, r: io::Result<usize>) {
+        match r {
+            Ok(0) => {
+                self.closed = Some(format!(
+                    "the publisher of shm-pool `{}` went away",
+                    self.name
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.closed = Some(format!(
+                    "reading from the publisher of shm-pool `{}`: {e}",
+                    self.name
+                ));
+            }
+        }
+    }
+}
+
+fn refused(name: &str, reason: String) -> Error {
+    Error::Backend {
+        backend: "shm-pool",
+        source: format!("the publisher of `{name}` refused this subscriber: {reason}").into(),
+    }
+}
+
+#[async_trait]
+impl Subscriber for ShmPoolSubscriber {
+    async fn recv(&mut self) -> Result<Frame> {
+        loop {
+            if let Some(f) = self.held.take() {
+                return Ok(f);
+            }
+            loop {
+                let body = match self.rx.next_message() {
+                    Ok(Some(b)) => b,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.closed = Some(format!("protocol error earlier: {e}"));
+                        return Err(e);
+                    }
+                };
+                match wire::decode(body) {
+                    Ok(Msg::Desc { desc, header }) => {
+                        if let Some(r) = self.on_desc(desc, &header) {
+                            return r;
+                        }
+                    }
+                    Ok(other) => {
+                        let e = Error::Protocol(format!(
+                            "unexpected message from the publisher: {other:?}"
+                        ));
+                        self.closed = Some(e.to_string());
+                        return Err(e);
+                    }
+                    Err(e) => {
+                        self.closed = Some(format!("protocol error earlier: {e}"));
+                        return Err(e);
+                    }
+                }
+            }
+            if let Some(reason) = &self.closed {
+                return Err(Error::Disconnected(reason.clone()));
+            }
+            self.read_more().await;
+        }
+    }
+
+    fn recv_mode(&self) -> RecvMode {
+        self.mode
+    }
+
+    fn stats(&self) -> Stats {
+        self.stats.snapshot()
+    }
+}
+
+impl Drop for ShmPoolSubscriber {
+    fn drop(&mut self) {
+        // Descriptors not taken yet go back at once; views still alive keep
+        // their slots (and the socket) until they drop.
+        let _ = self.link.tx.send(Ctl::Unsubscribe);
+    }
+}

@@ -1,0 +1,271 @@
+//! Thin, safe wrappers over the system calls the pool needs: memfds and their
+//! seals, the abstract-namespace rendezvous socket, and non-blocking
+//! `sendmsg`/`recvmsg` with file descriptors attached.
+
+use std::collections::VecDeque;
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::linux::net::SocketAddrExt;
+use std::time::Duration;
+
+use rustix::fs::{MemfdFlags, Mode, OFlags, SealFlags};
+use rustix::io::Errno;
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+
+/// Most file descriptors accepted with one `recvmsg`; the protocol sends one at a time.
+const MAX_FDS_PER_READ: usize = 4;
+
+/// The effective uid of this process.
+pub(crate) fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// The system's page size.
+pub(crate) fn page_size() -> usize {
+    rustix::param::page_size()
+}
+
+/// Rounds `n` up to a multiple of the page size, `None` on overflow.
+pub(crate) fn page_align(n: u64) -> Option<u64> {
+    let p = page_size() as u64;
+    n.checked_add(p - 1).map(|v| v / p * p)
+}
+
+/// Creates a memfd of `len` bytes that accepts seals.
+pub(crate) fn memfd(name: &str, len: u64) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
+    rustix::fs::ftruncate(&fd, len)?;
+    Ok(fd)
+}
+
+/// Seals a memfd's size (no shrink, no grow) and then its seals.
+///
+/// With `future_write`, no new writable mapping or `write(2)` is possible any
+/// more (the caller's existing writable mapping keeps working); kernels older
+/// than 5.1 lack that seal and go on without it.
+pub(crate) fn seal(fd: BorrowedFd<'_>, future_write: bool) -> io::Result<()> {
+    rustix::fs::fcntl_add_seals(fd, SealFlags::SHRINK | SealFlags::GROW)?;
+    if future_write {
+        match rustix::fs::fcntl_add_seals(fd, SealFlags::FUTURE_WRITE) {
+            Ok(()) | Err(Errno::INVAL) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    rustix::fs::fcntl_add_seals(fd, SealFlags::SEAL)?;
+    Ok(())
+}
+
+/// Checks that `fd` is a memfd that can neither shrink nor be unsealed, and
+/// holds at least `len` bytes: mapping `len` bytes of it can never SIGBUS.
+pub(crate) fn check_sealed(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    let seals = rustix::fs::fcntl_get_seals(fd).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the peer's file descriptor is not a sealable memfd ({e})"),
+        )
+    })?;
+    let need = SealFlags::SHRINK | SealFlags::SEAL;
+    if !seals.contains(need) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the peer's memfd lacks the seals {need:?} (has {seals:?})"),
+        ));
+    }
+    let size = rustix::fs::fstat(fd)?.st_size;
+    if u64::try_from(size).unwrap_or(0) < len {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the peer's memfd holds {size} bytes, {len} announced"),
+        ));
+    }
+    Ok(())
+}
+
+/// The inode number of a file: the identity of a memfd segment (the same in
+/// every process that holds it).
+pub(crate) fn inode(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    Ok(rustix::fs::fstat(fd)?.st_ino)
+}
+
+/// True when `fd` was opened read-only.
+pub(crate) fn is_read_only(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let fl = rustix::fs::fcntl_getfl(fd)?;
+    Ok(!fl.intersects(OFlags::WRONLY | OFlags::RDWR))
+}
+
+/// Opens a second, read-only file description of `fd` through `/proc/self/fd`:
+/// what subscribers get, so that they cannot map the segment writable at all.
+pub(crate) fn reopen_read_only(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    Ok(rustix::fs::open(
+        path.as_str(),
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+fn abstract_addr(name: &str) -> io::Result<std::os::unix::net::SocketAddr> {
+    std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+}
+
+/// Listens on `name` in the abstract namespace (nothing on disk).
+///
+/// A name still held by a publisher being torn down is retried for a moment.
+pub(crate) async fn listen(name: &str) -> io::Result<tokio::net::UnixListener> {
+    let addr = abstract_addr(name)?;
+    let mut tries = 0;
+    loop {
+        match std::os::unix::net::UnixListener::bind_addr(&addr) {
+            Ok(l) => {
+                l.set_nonblocking(true)?;
+                return tokio::net::UnixListener::from_std(l);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries < 25 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Connects to `name` in the abstract namespace without blocking the thread.
+pub(crate) async fn connect(name: &str) -> io::Result<tokio::net::UnixStream> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let addr = SocketAddrUnix::new_abstract_name(name.as_bytes())?;
+    let mut tries = 0;
+    loop {
+        let fd = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+            None,
+        )?;
+        match rustix::net::connect(&fd, &addr) {
+            Ok(()) => {
+                return tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(fd));
+            }
+            // The listener's backlog is full: it is busy accepting; try again shortly.
+            Err(Errno::AGAIN) if tries < 500 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The uid of the process at the other end of a Unix socket (`SO_PEERCRED`).
+pub(crate) fn peer_uid(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    Ok(rustix::net::sockopt::socket_peercred(fd)?.uid.as_raw())
+}
+
+/// One non-blocking `send` (no `SIGPIPE`).
+pub(crate) fn send_nb(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    Ok(rustix::net::send(
+        fd,
+        buf,
+        SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+    )?)
+}
+
+/// One non-blocking `sendmsg` carrying `pass` with `SCM_RIGHTS`; the
+/// descriptor travels with the first byte sent.
+pub(crate) fn send_fd_nb(
+    fd: BorrowedFd<'_>,
+    buf: &[u8],
+    pass: BorrowedFd<'_>,
+) -> io::Result<usize> {
+    let fds = [pass];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(io::Error::other(
+            "the SCM_RIGHTS control buffer is too small",
+        ));
+    }
+    Ok(rustix::net::sendmsg(
+        fd,
+        &[io::IoSlice::new(buf)],
+        &mut control,
+        SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+    )?)
+}
+
+/// One non-blocking `recvmsg` into `buf`; descriptors that arrive are appended
+/// to `fds` (close-on-exec). Returns the bytes read, 0 at end of stream.
+pub(crate) fn recv_nb(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut VecDeque<OwnedFd>,
+) -> io::Result<usize> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_READ))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = rustix::net::recvmsg(
+        fd,
+        &mut [io::IoSliceMut::new(buf)],
+        &mut control,
+        RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+    )?;
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = m {
+            fds.extend(received);
+        }
+    }
+    if msg.flags.contains(ReturnFlags::CTRUNC) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the peer sent more file descriptors than the protocol allows",
+        ));
+    }
+    Ok(msg.bytes)
+}
+
+/// Sends all of `buf` (with `pass` attached to its first byte), waiting for
+/// the socket to accept it. For the handshake; frames use the queues.
+pub(crate) async fn send_all(
+    stream: &tokio::net::UnixStream,
+    buf: &[u8],
+    mut pass: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
+    let mut pos = 0;
+    while pos < buf.len() {
+        stream.writable().await?;
+        let r = stream.try_io(tokio::io::Interest::WRITABLE, || match pass {
+            Some(p) => send_fd_nb(stream.as_fd(), &buf[pos..], p),
+            None => send_nb(stream.as_fd(), &buf[pos..]),
+        });
+        match r {
+            Ok(n) => {
+                pos += n;
+                pass = None;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads once (waiting until something arrives) into `rx`; 0 at end of stream.
+pub(crate) async fn recv_some(
+    stream: &tokio::net::UnixStream,
+    rx: &mut crate::wire::RecvBuf,
+) -> io::Result<usize> {
+    loop {
+        // Fast path first: the data may be there before the reactor has seen it.
+        match rx.fill(stream.as_fd()) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            other => return other,
+        }
+        stream.readable().await?;
+        match stream.try_io(tokio::io::Interest::READABLE, || rx.fill(stream.as_fd())) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            other => return other,
+        }
+    }
+}

@@ -1,0 +1,662 @@
+//! The socket protocol between a publisher and its subscribers, and the claim
+//! table each subscriber shares with its publisher.
+//!
+//! Public so that it is documented in one place and other implementations (or
+//! tests that play a hostile peer) can speak it. Every message on the Unix
+//! stream socket is framed as
+//!
+//! ```text
+//! len u32 (of kind + body) | kind u8 | body
+//! ```
+//!
+//! with little-endian integers. The exchange:
+//!
+//! ```text
+//! subscriber                                   publisher
+//!   SUBSCRIBE(version, topic prefix)     ->
+//!                                        <-    HELLO(geometry) + read-only segment fd
+//!   CLAIMS(len) + claim-table memfd      ->
+//!                                        <-    READY(subscriber id)   or REJECT(reason)
+//!                                        <-    DESC(segment, slot, generation, len, missed, frame header) ...
+//!   RELEASE(slot, generation) ...        ->
+//!   UNSUBSCRIBE                          ->    (when the subscriber is dropped)
+//! ```
+//!
+//! The frame header inside DESC is [`transport_core::codec`]'s prefix and
+//! header for a frame whose payload is the slot's first `len` bytes.
+//!
+//! # The claim table
+//!
+//! Subscribers map the pool read-only, so the one word of shared state a
+//! subscriber must be able to write lives in a small memfd it creates, seals
+//! against shrinking and hands to the publisher: word 0 counts the publisher's
+//! writes to this subscriber's socket (for busy polling), and from byte 64 on,
+//! one word per slot holds `generation << 2 | state`, with the states
+//! [`OFFERED`] (the publisher sent a descriptor), [`TAKEN`] (the subscriber
+//! started reading it) and [`RECLAIMED`] (the publisher took it back, under
+//! `drop-oldest`, before it was read). Taking and reclaiming are
+//! compare-and-swap from `OFFERED`, so exactly one side wins: a slot the
+//! subscriber is reading is never reused, and a descriptor the publisher took
+//! back is never read.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use memmap2::{MmapOptions, MmapRaw};
+use transport_core::{Error, Result, codec};
+
+use crate::sys;
+
+/// Version of this protocol; peers with another version are refused.
+pub const VERSION: u16 = 1;
+/// Largest message (kind + body): a DESC with the largest frame header.
+pub const MAX_MESSAGE: usize = codec::MAX_HEADER as usize + codec::PREFIX_LEN + 64;
+/// Most file descriptors a peer may have in flight before they are used.
+const MAX_PENDING_FDS: usize = 4;
+
+const K_SUBSCRIBE: u8 = 0x01;
+const K_CLAIMS: u8 = 0x02;
+const K_RELEASE: u8 = 0x03;
+const K_UNSUBSCRIBE: u8 = 0x04;
+const K_HELLO: u8 = 0x81;
+const K_READY: u8 = 0x82;
+const K_REJECT: u8 = 0x83;
+const K_DESC: u8 = 0x84;
+
+/// [`Hello::flags`] bit: the publisher runs `drop-oldest` and may reclaim
+/// descriptors that were not read yet, so a stale descriptor is a drop, not
+/// a forgery.
+pub const HELLO_RECLAIMS: u32 = 1;
+
+/// The pool's shape, sent by the publisher with the read-only segment fd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello {
+    /// Protocol version.
+    pub version: u16,
+    /// Flags, see [`HELLO_RECLAIMS`].
+    pub flags: u32,
+    /// The segment's identity (its memfd inode number).
+    pub segment: u64,
+    /// Number of slots.
+    pub slots: u32,
+    /// Largest payload of a slot.
+    pub slot_size: u64,
+    /// Distance between slots (page aligned, `>= slot_size`).
+    pub stride: u64,
+    /// Offset of slot 0 in the segment.
+    pub data_offset: u64,
+    /// Length of the segment.
+    pub segment_len: u64,
+    /// Bytes the subscriber's claim table must hold.
+    pub claims_len: u64,
+}
+
+/// A reference to one frame in shared memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Desc {
+    /// The segment (memfd inode number).
+    pub segment: u64,
+    /// The slot.
+    pub index: u32,
+    /// The slot's generation when the frame was written.
+    pub generation: u64,
+    /// Payload length.
+    pub len: u64,
+    /// Frames the publisher dropped for this subscriber since the previous descriptor.
+    pub missed: u64,
+}
+
+/// One protocol message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Msg {
+    /// Subscriber -> publisher: the first message.
+    Subscribe {
+        /// The subscriber's protocol version.
+        version: u16,
+        /// Deliver only frames whose topic starts with this.
+        prefix: String,
+    },
+    /// Publisher -> subscriber, with the read-only segment fd attached.
+    Hello(Hello),
+    /// Subscriber -> publisher, with the claim-table memfd attached.
+    Claims {
+        /// Length of the claim table.
+        len: u64,
+    },
+    /// Publisher -> subscriber: registered; frames follow.
+    Ready {
+        /// The subscriber's id at this publisher.
+        id: u32,
+    },
+    /// Publisher -> subscriber: refused, and why.
+    Reject {
+        /// Why.
+        reason: String,
+    },
+    /// Publisher -> subscriber: a frame.
+    Desc {
+        /// Where the payload is.
+        desc: Desc,
+        /// The frame's encoded prefix and header ([`transport_core::codec`]).
+        header: Bytes,
+    },
+    /// Subscriber -> publisher: done with a slot.
+    Release {
+        /// The slot.
+        index: u32,
+        /// Its generation in the descriptor.
+        generation: u64,
+    },
+    /// Subscriber -> publisher: send no more frames; slots not yet taken go back.
+    Unsubscribe,
+}
+
+fn bad(what: impl Into<String>) -> Error {
+    Error::Protocol(what.into())
+}
+
+/// Appends one framed message to `out`.
+pub fn encode(msg: &Msg, out: &mut BytesMut) {
+    let start = out.len();
+    out.put_u32_le(0);
+    match msg {
+        Msg::Subscribe { version, prefix } => {
+            out.put_u8(K_SUBSCRIBE);
+            out.put_u16_le(*version);
+            out.put_slice(prefix.as_bytes());
+        }
+        Msg::Hello(h) => {
+            out.put_u8(K_HELLO);
+            out.put_u16_le(h.version);
+            out.put_u32_le(h.flags);
+            out.put_u64_le(h.segment);
+            out.put_u32_le(h.slots);
+            out.put_u64_le(h.slot_size);
+            out.put_u64_le(h.stride);
+            out.put_u64_le(h.data_offset);
+            out.put_u64_le(h.segment_len);
+            out.put_u64_le(h.claims_len);
+        }
+        Msg::Claims { len } => {
+            out.put_u8(K_CLAIMS);
+            out.put_u64_le(*len);
+        }
+        Msg::Ready { id } => {
+            out.put_u8(K_READY);
+            out.put_u32_le(*id);
+        }
+        Msg::Reject { reason } => {
+            out.put_u8(K_REJECT);
+            out.put_slice(reason.as_bytes());
+        }
+        Msg::Desc { desc, header } => {
+            out.put_u8(K_DESC);
+            out.put_u64_le(desc.segment);
+            out.put_u32_le(desc.index);
+            out.put_u64_le(desc.generation);
+            out.put_u64_le(desc.len);
+            out.put_u64_le(desc.missed);
+            out.put_slice(header);
+        }
+        Msg::Release { index, generation } => {
+            out.put_u8(K_RELEASE);
+            out.put_u32_le(*index);
+            out.put_u64_le(*generation);
+        }
+        Msg::Unsubscribe => out.put_u8(K_UNSUBSCRIBE),
+    }
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+fn need(body: &Bytes, n: usize, what: &str) -> Result<()> {
+    if body.len() == n {
+        Ok(())
+    } else {
+        Err(bad(format!(
+            "{what} message of {} bytes, expected {n}",
+            body.len()
+        )))
+    }
+}
+
+/// Decodes one message body (kind + body, without the length word).
+pub fn decode(mut body: Bytes) -> Result<Msg> {
+    if body.is_empty() {
+        return Err(bad("empty message"));
+    }
+    let kind = body.get_u8();
+    let text = |b: Bytes, what: &str| {
+        String::from_utf8(b.to_vec()).map_err(|_| bad(format!("{what} is not UTF-8")))
+    };
+    Ok(match kind {
+        K_SUBSCRIBE => {
+            if body.len() < 2 {
+                return Err(bad("SUBSCRIBE message too short"));
+            }
+            let version = body.get_u16_le();
+            if body.len() > codec::MAX_TOPIC {
+                return Err(bad("SUBSCRIBE topic prefix too long"));
+            }
+            Msg::Subscribe {
+                version,
+                prefix: text(body, "topic prefix")?,
+            }
+        }
+        K_HELLO => {
+            need(&body, 2 + 4 + 8 + 4 + 8 * 5, "HELLO")?;
+            Msg::Hello(Hello {
+                version: body.get_u16_le(),
+                flags: body.get_u32_le(),
+                segment: body.get_u64_le(),
+                slots: body.get_u32_le(),
+                slot_size: body.get_u64_le(),
+                stride: body.get_u64_le(),
+                data_offset: body.get_u64_le(),
+                segment_len: body.get_u64_le(),
+                claims_len: body.get_u64_le(),
+            })
+        }
+        K_CLAIMS => {
+            need(&body, 8, "CLAIMS")?;
+            Msg::Claims {
+                len: body.get_u64_le(),
+            }
+        }
+        K_READY => {
+            need(&body, 4, "READY")?;
+            Msg::Ready {
+                id: body.get_u32_le(),
+            }
+        }
+        K_REJECT => Msg::Reject {
+            reason: text(body, "REJECT reason")?,
+        },
+        K_DESC => {
+            if body.len() < 8 + 4 + 8 * 3 {
+                return Err(bad("DESC message too short"));
+            }
+            let desc = Desc {
+                segment: body.get_u64_le(),
+                index: body.get_u32_le(),
+                generation: body.get_u64_le(),
+                len: body.get_u64_le(),
+                missed: body.get_u64_le(),
+            };
+            Msg::Desc { desc, header: body }
+        }
+        K_RELEASE => {
+            need(&body, 12, "RELEASE")?;
+            Msg::Release {
+                index: body.get_u32_le(),
+                generation: body.get_u64_le(),
+            }
+        }
+        K_UNSUBSCRIBE => {
+            need(&body, 0, "UNSUBSCRIBE")?;
+            Msg::Unsubscribe
+        }
+        k => return Err(bad(format!("unknown message kind {k:#04x}"))),
+    })
+}
+
+/// Bytes received but not yet parsed, and descriptors received with them.
+pub(crate) struct RecvBuf {
+    data: BytesMut,
+    scratch: Box<[u8]>,
+    fds: VecDeque<OwnedFd>,
+}
+
+impl RecvBuf {
+    pub(crate) fn new() -> RecvBuf {
+        RecvBuf {
+            data: BytesMut::with_capacity(16 << 10),
+            scratch: vec![0u8; 16 << 10].into_boxed_slice(),
+            fds: VecDeque::new(),
+        }
+    }
+
+    /// One non-blocking read from `fd`; 0 at end of stream.
+    pub(crate) fn fill(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        let n = sys::recv_nb(fd, &mut self.scratch, &mut self.fds)?;
+        self.data.extend_from_slice(&self.scratch[..n]);
+        if self.fds.len() > MAX_PENDING_FDS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the peer sent file descriptors the protocol did not ask for",
+            ));
+        }
+        Ok(n)
+    }
+
+    /// The next whole message (kind + body), if one has arrived.
+    pub(crate) fn next_message(&mut self) -> Result<Option<Bytes>> {
+        let Some(head) = self.data.get(..4) else {
+            return Ok(None);
+        };
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if len == 0 || len > MAX_MESSAGE {
+            return Err(bad(format!(
+                "message length {len} outside 1..={MAX_MESSAGE}"
+            )));
+        }
+        if self.data.len() < 4 + len {
+            self.data.reserve(4 + len - self.data.len());
+            return Ok(None);
+        }
+        let mut m = self.data.split_to(4 + len);
+        m.advance(4);
+        Ok(Some(m.freeze()))
+    }
+
+    /// The oldest file descriptor received and not yet used.
+    pub(crate) fn take_fd(&mut self) -> Option<OwnedFd> {
+        self.fds.pop_front()
+    }
+
+    /// Waits for and decodes the next message (handshake only: not cancel-safe
+    /// across the decode, which the handshake does not need).
+    pub(crate) async fn recv(
+        &mut self,
+        stream: &tokio::net::UnixStream,
+        what: &str,
+    ) -> Result<Msg> {
+        loop {
+            if let Some(m) = self.next_message()? {
+                return decode(m);
+            }
+            let n = sys::recv_some(stream, self)
+                .await
+                .map_err(|e| Error::io(format!("reading {what}"), e))?;
+            if n == 0 {
+                return Err(Error::Disconnected(format!(
+                    "the peer closed the socket before {what}"
+                )));
+            }
+        }
+    }
+}
+
+/// Sends one message (and a descriptor) during the handshake.
+pub(crate) async fn send(
+    stream: &tokio::net::UnixStream,
+    msg: &Msg,
+    pass: Option<BorrowedFd<'_>>,
+    what: &str,
+) -> Result<()> {
+    let mut b = BytesMut::new();
+    encode(msg, &mut b);
+    sys::send_all(stream, &b, pass)
+        .await
+        .map_err(|e| Error::io(format!("sending {what}"), e))
+}
+
+/// State of a claim word: the publisher sent a descriptor.
+pub const OFFERED: u64 = 1;
+/// State of a claim word: the subscriber took the descriptor (reads the slot).
+pub const TAKEN: u64 = 2;
+/// State of a claim word: the publisher took the descriptor back unread.
+pub const RECLAIMED: u64 = 3;
+/// Offset of the first claim word.
+const CLAIMS_HEADER: u64 = 64;
+/// Largest generation a claim word can carry.
+pub const MAX_GENERATION: u64 = (1 << 62) - 1;
+
+/// Bytes of a claim table for `entries` slots.
+pub fn claims_len(entries: u32) -> u64 {
+    sys::page_align(CLAIMS_HEADER + 8 * u64::from(entries)).unwrap_or(u64::MAX)
+}
+
+/// What [`ClaimTable::take`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Take {
+    /// The descriptor is ours to read until released.
+    Taken,
+    /// The publisher took it back (drop-oldest): skip it.
+    Stale,
+    /// No such offer was made.
+    Invalid,
+}
+
+/// The subscriber-owned, publisher-writable table of claim words.
+pub(crate) struct ClaimTable {
+    map: MmapRaw,
+    entries: u32,
+}
+
+impl std::fmt::Debug for ClaimTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimTable")
+            .field("entries", &self.entries)
+            .finish()
+    }
+}
+
+fn word_of(generation: u64, state: u64) -> u64 {
+    (generation << 2) | state
+}
+
+impl ClaimTable {
+    /// Subscriber side: a fresh, sealed table, and the fd to hand over.
+    pub(crate) fn create(entries: u32) -> io::Result<(ClaimTable, OwnedFd)> {
+        let len = claims_len(entries);
+        let fd = sys::memfd("framewire-shm-pool-claims", len)?;
+        sys::seal(fd.as_fd(), false)?;
+        let map = MmapOptions::new()
+            .len(usize::try_from(len).map_err(io::Error::other)?)
+            .populate()
+            .map_raw(&fd)?;
+        Ok((ClaimTable { map, entries }, fd))
+    }
+
+    /// Publisher side: maps the table a subscriber sent, after checking that it
+    /// is a sealed memfd large enough (so touching it can never SIGBUS).
+    pub(crate) fn open(fd: &OwnedFd, entries: u32) -> io::Result<ClaimTable> {
+        let len = claims_len(entries);
+        sys::check_sealed(fd.as_fd(), len)?;
+        let map = MmapOptions::new()
+            .len(usize::try_from(len).map_err(io::Error::other)?)
+            .map_raw(fd)?;
+        Ok(ClaimTable { map, entries })
+    }
+
+    fn at(&self, offset: u64) -> &AtomicU64 {
+        debug_assert!(offset % 8 == 0 && offset + 8 <= self.map.len() as u64);
+        // SAFETY: callers pass an 8-aligned offset inside the mapping (checked
+        // above in debug builds and by `word`'s bounds check); the mapping is
+        // page aligned, so the address is aligned for `AtomicU64`. The mapping
+        // lives as long as `self`, and the memfd is sealed against shrinking,
+        // so the page stays there. Both processes touch these words only
+        // through atomics.
+        unsafe { &*self.map.as_ptr().add(offset as usize).cast::<AtomicU64>() }
+    }
+
+    fn word(&self, index: u32) -> Option<&AtomicU64> {
+        (index < self.entries).then(|| self.at(CLAIMS_HEADER + 8 * u64::from(index)))
+    }
+
+    /// Publisher: a descriptor for `index` at `generation` is about to be sent.
+    pub(crate) fn offer(&self, index: u32, generation: u64) {
+        if let Some(w) = self.word(index) {
+            // Release: pairs with the subscriber's acquire in `take`, so the
+            // slot's contents written before are visible to it.
+            w.store(word_of(generation, OFFERED), Ordering::Release);
+        }
+    }
+
+    /// Publisher: takes an unread descriptor back. False when the subscriber
+    /// already took it (it holds the slot until it releases it).
+    pub(crate) fn reclaim(&self, index: u32, generation: u64) -> bool {
+        self.word(index).is_some_and(|w| {
+            // AcqRel/Acquire: the one CAS that decides against `take`'s CAS.
+            w.compare_exchange(
+                word_of(generation, OFFERED),
+                word_of(generation, RECLAIMED),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+        })
+    }
+
+    /// Subscriber: claims the descriptor before reading the slot.
+    pub(crate) fn take(&self, index: u32, generation: u64, may_reclaim: bool) -> Take {
+        let Some(w) = self.word(index) else {
+            return Take::Invalid;
+        };
+        if generation == 0 || generation > MAX_GENERATION {
+            return Take::Invalid;
+        }
+        // AcqRel: acquire pairs with `offer`'s release (the slot's bytes are
+        // written before); the CAS decides against `reclaim`'s CAS.
+        match w.compare_exchange(
+            word_of(generation, OFFERED),
+            word_of(generation, TAKEN),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => Take::Taken,
+            Err(cur) => {
+                let (g, state) = (cur >> 2, cur & 3);
+                if may_reclaim && (g > generation || (g == generation && state == RECLAIMED)) {
+                    Take::Stale
+                } else {
+                    Take::Invalid
+                }
+            }
+        }
+    }
+
+    /// Publisher: counts a write to this subscriber's socket.
+    pub(crate) fn bump_written(&self) {
+        // Release: pairs with the acquire in `written`; the socket write is
+        // what carries data, this only ends a subscriber's spin early.
+        self.at(0).fetch_add(1, Ordering::Release);
+    }
+
+    /// Subscriber: how many writes the publisher has made to its socket.
+    pub(crate) fn written(&self) -> u64 {
+        self.at(0).load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(m: Msg) {
+        let mut b = BytesMut::new();
+        encode(&m, &mut b);
+        let mut rx = RecvBuf::new();
+        rx.data.extend_from_slice(&b);
+        let body = rx.next_message().unwrap().unwrap();
+        assert_eq!(decode(body).unwrap(), m);
+        assert!(rx.next_message().unwrap().is_none());
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        round_trip(Msg::Subscribe {
+            version: VERSION,
+            prefix: "cam/".into(),
+        });
+        round_trip(Msg::Hello(Hello {
+            version: 1,
+            flags: HELLO_RECLAIMS,
+            segment: 7,
+            slots: 3,
+            slot_size: 100,
+            stride: 4096,
+            data_offset: 4096,
+            segment_len: 4 * 4096,
+            claims_len: 4096,
+        }));
+        round_trip(Msg::Claims { len: 4096 });
+        round_trip(Msg::Ready { id: 3 });
+        round_trip(Msg::Reject {
+            reason: "no".into(),
+        });
+        round_trip(Msg::Desc {
+            desc: Desc {
+                segment: 1,
+                index: 2,
+                generation: 3,
+                len: 4,
+                missed: 5,
+            },
+            header: Bytes::from_static(b"header"),
+        });
+        round_trip(Msg::Release {
+            index: 1,
+            generation: 9,
+        });
+        round_trip(Msg::Unsubscribe);
+    }
+
+    #[test]
+    fn garbage_is_a_protocol_error() {
+        for body in [
+            &b""[..],
+            b"\x99",
+            b"\x81\x01",
+            b"\x03\x00",
+            b"\x04\x00",
+            b"\x84\x00",
+        ] {
+            assert!(matches!(
+                decode(Bytes::copy_from_slice(body)),
+                Err(Error::Protocol(_))
+            ));
+        }
+        let mut rx = RecvBuf::new();
+        rx.data.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(rx.next_message().is_err());
+        let mut rx = RecvBuf::new();
+        rx.data.extend_from_slice(&0u32.to_le_bytes());
+        assert!(rx.next_message().is_err());
+    }
+
+    #[test]
+    fn claims_decide_between_take_and_reclaim() {
+        let (sub, fd) = ClaimTable::create(4).unwrap();
+        let publ = ClaimTable::open(&fd, 4).unwrap();
+        // Not offered: invalid.
+        assert_eq!(sub.take(0, 1, true), Take::Invalid);
+        publ.offer(0, 1);
+        assert_eq!(sub.take(0, 1, false), Take::Taken);
+        assert!(!publ.reclaim(0, 1), "a taken slot cannot be reclaimed");
+        assert_eq!(sub.take(0, 1, false), Take::Invalid, "taken twice");
+        publ.offer(1, 5);
+        assert!(publ.reclaim(1, 5));
+        assert_eq!(sub.take(1, 5, true), Take::Stale);
+        assert_eq!(
+            sub.take(1, 5, false),
+            Take::Invalid,
+            "no reclaiming without drop-oldest"
+        );
+        publ.offer(1, 6);
+        assert_eq!(sub.take(1, 5, true), Take::Stale, "an older generation");
+        assert_eq!(
+            sub.take(1, 7, true),
+            Take::Invalid,
+            "a newer generation was never offered"
+        );
+        assert_eq!(sub.take(9, 1, true), Take::Invalid, "out of range");
+        assert_eq!(sub.take(1, 1 << 62, true), Take::Invalid);
+        publ.bump_written();
+        assert_eq!(sub.written(), 1);
+    }
+
+    #[test]
+    fn unsealed_or_short_tables_are_refused() {
+        let fd = sys::memfd("x", 4096).unwrap();
+        assert!(ClaimTable::open(&fd, 4).is_err(), "unsealed");
+        sys::seal(fd.as_fd(), false).unwrap();
+        assert!(ClaimTable::open(&fd, 4).is_ok());
+        assert!(ClaimTable::open(&fd, 10_000).is_err(), "too short");
+    }
+}

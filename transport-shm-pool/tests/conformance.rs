@@ -1,0 +1,33 @@
+//! The framewire conformance suite against `shm-pool://`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use transport_core::Endpoint;
+use transport_core::testkit::Harness;
+use transport_shm_pool::ShmPoolTransport;
+
+struct ShmPool;
+
+impl Harness for ShmPool {
+    type T = ShmPoolTransport;
+
+    fn transport(&self) -> ShmPoolTransport {
+        ShmPoolTransport::new()
+    }
+
+    /// A fresh pool name per endpoint; slots of 64 MiB so that the suite's
+    /// largest frames fit; `depth` is the number of slots (8 when not given:
+    /// some tests send 5 frames before anyone reads).
+    fn endpoint(&self, depth: Option<usize>) -> Endpoint {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let slots = depth.unwrap_or(8);
+        Endpoint::parse(&format!(
+            "shm-pool://conformance-{}-{n}?slots={slots}&slot_size=64MiB",
+            std::process::id()
+        ))
+        .expect("a valid endpoint")
+    }
+}
+
+transport_core::conformance_tests!(ShmPool);

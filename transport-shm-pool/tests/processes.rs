@@ -1,0 +1,465 @@
+//! Real processes: fan-out across processes, a subscriber killed while it holds
+//! views, a publisher killed under its subscribers, and owner-only access.
+//!
+//! Every child runs `shm-pool-peer` under a guard that kills and reaps it on
+//! drop; every wait has a deadline.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use transport_core::{
+    Endpoint, Error, Frame, PublishOptions, Publisher, RecvMode, SubscribeOptions, Subscriber,
+    Transport, pattern,
+};
+use transport_shm_pool::{ShmPoolPublisher, ShmPoolTransport};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A child `shm-pool-peer`, killed and reaped when dropped.
+struct Peer {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    what: String,
+}
+
+impl Peer {
+    fn spawn(args: &[&str]) -> Peer {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shm-pool-peer"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn shm-pool-peer");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stdin = child.stdin.take();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Peer {
+            child,
+            stdin,
+            lines,
+            what: args.join(" "),
+        }
+    }
+
+    /// Waits for a line starting with `prefix`; panics on an `error:` line,
+    /// on exit, or after `WAIT`.
+    fn expect(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.starts_with(prefix) => return l,
+                Ok(l) if l.starts_with("error") => panic!("peer `{}`: {l}", self.what),
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "peer `{}` did not say `{prefix}` within {WAIT:?}",
+                        self.what
+                    )
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("peer `{}` exited before saying `{prefix}`", self.what)
+                }
+            }
+        }
+    }
+
+    /// Closes its stdin (its cue to finish) and checks that it exits cleanly.
+    fn finish(mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                let rest: Vec<String> = self.lines.try_iter().collect();
+                assert!(
+                    status.success(),
+                    "peer `{}` failed: {status} {rest:?}",
+                    self.what
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "peer `{}` did not exit",
+                self.what
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// SIGKILL, reaped.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn unique(test: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "proc-{test}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Entries of /dev/shm that mention framewire or this test's pool.
+fn dev_shm(name: &str) -> BTreeSet<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains("framewire") || n.contains("shm-pool") || n.contains(name))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether the pool's rendezvous name is still bound (abstract sockets are
+/// listed in /proc/net/unix with a leading `@`; so are the accepted ones).
+fn socket_bound(name: &str) -> bool {
+    let uid = rustix::process::geteuid().as_raw();
+    let needle = format!("@{}", transport_shm_pool::config::socket_name(uid, name));
+    std::fs::read_to_string("/proc/net/unix")
+        .map(|t| {
+            t.lines()
+                .any(|l| l.split_whitespace().last() == Some(needle.as_str()))
+        })
+        .unwrap_or(false)
+}
+
+/// True once the name is gone. Polls briefly: a child that another test is
+/// spawning right now holds copies of this process's descriptors between its
+/// fork and its exec (close-on-exec), which keeps a closed socket alive for
+/// that moment without being a leak.
+fn socket_released(name: &str) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while socket_bound(name) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    true
+}
+
+/// Waits (polling) until `f` holds; returns how long it took.
+async fn until(what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    start.elapsed()
+}
+
+async fn publisher(url: &str, policy: transport_core::Policy) -> ShmPoolPublisher {
+    ShmPoolTransport::new()
+        .publish(
+            &Endpoint::parse(url).expect("url"),
+            &PublishOptions::default().policy(policy),
+        )
+        .await
+        .expect("publisher")
+}
+
+/// One publisher here, three subscriber processes, each reading every frame
+/// through views of the same slots.
+#[test]
+fn fan_out_across_processes() {
+    let name = unique("fanout");
+    let shm_before = dev_shm(&name);
+    let url = format!("shm-pool://{name}?slots=4&slot_size=1MiB");
+    runtime().block_on(async {
+        let mut publ = publisher(&url, transport_core::Policy::Block).await;
+        let frames = 40u64;
+        let n = frames.to_string();
+        let subs: Vec<Peer> = (0..3)
+            .map(|_| Peer::spawn(&["subscribe", &url, "--mode", "view", "--frames", &n]))
+            .collect();
+        for s in &subs {
+            s.expect("subscribed");
+        }
+        publ.wait_for_subscribers(3, WAIT)
+            .await
+            .expect("3 subscribers");
+        for seq in 0..frames {
+            let mut loan = tokio::time::timeout(WAIT, publ.loan(300_000 + seq as usize))
+                .await
+                .expect("a slot within the deadline")
+                .expect("loan");
+            pattern::fill(seq, &mut loan);
+            publ.send_loan(loan).await.expect("send_loan");
+        }
+        tokio::time::timeout(WAIT, publ.flush())
+            .await
+            .expect("flush in time")
+            .expect("flush");
+        for s in &subs {
+            s.expect(&format!("done {frames}"));
+        }
+        for s in subs {
+            s.finish();
+        }
+        until("every slot back", || publ.free_slots() == 4).await;
+        until("subscribers gone", || publ.subscriber_count() == Some(0)).await;
+        assert_eq!(publ.stats().frames_sent, frames);
+        assert_eq!(publ.stale_releases(), 0);
+    });
+    assert!(
+        socket_released(&name),
+        "the rendezvous name outlived the publisher"
+    );
+    assert_eq!(dev_shm(&name), shm_before, "nothing may appear in /dev/shm");
+}
+
+/// A subscriber process holding views of every slot is SIGKILLed: its slots
+/// come back at once and the publisher goes on serving the others.
+#[test]
+fn killed_subscriber_gives_its_slots_back() {
+    let name = unique("killsub");
+    let shm_before = dev_shm(&name);
+    let slots = 4usize;
+    let url = format!("shm-pool://{name}?slots={slots}&slot_size=256KiB");
+    runtime().block_on(async {
+        let mut publ = publisher(&url, transport_core::Policy::Fail).await;
+        // A well-behaved subscriber in this process, reading owned copies.
+        let mut local = ShmPoolTransport::new()
+            .subscribe(publ.endpoint(), &SubscribeOptions::default())
+            .await
+            .expect("local subscriber");
+        let n = slots.to_string();
+        let holder = Peer::spawn(&[
+            "subscribe",
+            &url,
+            "--mode",
+            "view",
+            "--frames",
+            &n,
+            "--hold",
+            &n,
+        ]);
+        holder.expect("subscribed");
+        publ.wait_for_subscribers(2, WAIT)
+            .await
+            .expect("2 subscribers");
+        for seq in 0..slots as u64 {
+            publ.send(Frame::new(pattern::make(seq, 100_000)))
+                .await
+                .expect("send");
+            let f = tokio::time::timeout(WAIT, local.recv())
+                .await
+                .expect("in time")
+                .expect("recv");
+            assert_eq!(f.seq, seq);
+        }
+        holder.expect(&format!("holding {slots}"));
+        // The child holds every slot: under `fail` the pool is full.
+        match publ.send(Frame::new(pattern::make(99, 10))).await {
+            Err(Error::Full {
+                option: "slots", ..
+            }) => {}
+            other => panic!("expected Full while the child holds every slot, got {other:?}"),
+        }
+        assert_eq!(publ.free_slots(), 0);
+
+        let mut holder = holder;
+        let killed = Instant::now();
+        holder.kill();
+        let back = until("the killed subscriber's slots", || {
+            publ.free_slots() == slots
+        })
+        .await;
+        let since_kill = killed.elapsed();
+        eprintln!(
+            "slots back {back:?} after the kill returned ({since_kill:?} after SIGKILL was sent)"
+        );
+        assert!(
+            since_kill < Duration::from_secs(1),
+            "slots took {since_kill:?} to come back (goal: well under 100 ms)"
+        );
+        assert_eq!(publ.subscriber_count(), Some(1));
+        // The publisher goes on serving the live subscriber.
+        for seq in slots as u64..slots as u64 + 12 {
+            publ.send(Frame::new(pattern::make(seq, 100_000)))
+                .await
+                .expect("send after the kill");
+            let f = tokio::time::timeout(WAIT, local.recv())
+                .await
+                .expect("in time")
+                .expect("recv");
+            assert_eq!(f.seq, seq);
+            assert!(pattern::check(seq, &f.payload));
+        }
+    });
+    assert!(socket_released(&name));
+    assert_eq!(dev_shm(&name), shm_before);
+}
+
+/// A publisher process is SIGKILLed: its subscriber reads what was sent, then
+/// gets `Disconnected` at once; the views it holds stay intact.
+#[test]
+fn killed_publisher_disconnects_subscribers() {
+    let name = unique("killpub");
+    let shm_before = dev_shm(&name);
+    let url = format!("shm-pool://{name}?slots=4&slot_size=2MiB");
+    let publ = Peer::spawn(&[
+        "publish",
+        &url,
+        "--subscribers",
+        "1",
+        "--frames",
+        "3",
+        "--size",
+        "2097152",
+        "--loan",
+    ]);
+    publ.expect("listening");
+    runtime().block_on(async {
+        let views = SubscribeOptions::default().recv_mode(RecvMode::View);
+        let mut sub = ShmPoolTransport::new()
+            .subscribe(&Endpoint::parse(&url).expect("url"), &views)
+            .await
+            .expect("subscribe");
+        publ.expect("sent 3");
+        let mut held = Vec::new();
+        for seq in 0..3 {
+            let f = tokio::time::timeout(WAIT, sub.recv())
+                .await
+                .expect("in time")
+                .expect("recv");
+            assert_eq!(f.seq, seq);
+            assert!(pattern::check(seq, &f.payload));
+            held.push(f);
+        }
+        let mut publ = publ;
+        // Park in recv, then kill the publisher under it.
+        let waiting = tokio::spawn(async move {
+            let r = tokio::time::timeout(WAIT, sub.recv()).await;
+            (r, Instant::now())
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let killed = Instant::now();
+        publ.kill();
+        let (r, at) = waiting.await.expect("recv task");
+        match r {
+            Ok(Err(Error::Disconnected(_))) => {}
+            other => panic!("expected Disconnected, got {other:?}"),
+        }
+        let took = at.saturating_duration_since(killed);
+        eprintln!("Disconnected {took:?} after the kill returned");
+        assert!(
+            took < Duration::from_secs(1),
+            "Disconnected took {took:?} (goal: well under 100 ms)"
+        );
+        for f in &held {
+            assert!(
+                pattern::check(f.seq, &f.payload),
+                "view {} changed after the publisher died",
+                f.seq
+            );
+        }
+    });
+    assert!(
+        socket_released(&name),
+        "a killed publisher leaves no rendezvous name"
+    );
+    assert_eq!(dev_shm(&name), shm_before);
+}
+
+/// A subscriber process in owned mode against a publisher process: the
+/// payloads cross process boundaries intact, copies included.
+#[test]
+fn publisher_and_subscriber_processes() {
+    let name = unique("p2p");
+    let url = format!("shm-pool://{name}?slots=2&slot_size=1MiB");
+    let publ = Peer::spawn(&[
+        "publish",
+        &url,
+        "--subscribers",
+        "1",
+        "--frames",
+        "30",
+        "--size",
+        "1000000",
+    ]);
+    publ.expect("listening");
+    let sub = Peer::spawn(&["subscribe", &url, "--mode", "owned", "--frames", "30"]);
+    sub.expect("done 30");
+    publ.expect("sent 30");
+    sub.finish();
+    publ.finish();
+    assert!(socket_released(&name));
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Another user's process gets nothing from a publisher, and a subscriber
+/// refuses a name that another user bound first.
+#[test]
+fn owner_only() {
+    if !is_root() {
+        eprintln!("owner_only needs root to run a peer as another user; not run");
+        return;
+    }
+    let name = unique("owner");
+    let url = format!("shm-pool://{name}?slots=2&slot_size=64KiB");
+    runtime().block_on(async {
+        let _publ = publisher(&url, transport_core::Policy::Block).await;
+        // The same user gets a HELLO ...
+        let same = Peer::spawn(&["probe", &name, "0"]);
+        same.expect("hello");
+        // ... another user is cut off before any byte of the protocol.
+        let other = Peer::spawn(&["probe", &name, "0", "--as-uid", "65534"]);
+        other.expect("closed");
+    });
+    let squatted = unique("squat");
+    let squatter = Peer::spawn(&["squat", &squatted, "0", "--as-uid", "65534"]);
+    squatter.expect("listening");
+    runtime().block_on(async {
+        let url = format!("shm-pool://{squatted}");
+        let r = ShmPoolTransport::new()
+            .subscribe(
+                &Endpoint::parse(&url).expect("url"),
+                &SubscribeOptions::default(),
+            )
+            .await;
+        match r {
+            Err(e @ Error::Io { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains("uid 65534"), "{msg}");
+            }
+            other => panic!("a squatted name must be refused, got {other:?}"),
+        }
+    });
+}
