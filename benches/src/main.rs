@@ -83,6 +83,9 @@ struct SweepArgs {
     /// Write an SVG plot of MB/s against size.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Extra endpoint options for every transport, e.g. `busy_poll=50us` (`key=value&...`).
+    #[arg(long, default_value = "")]
+    options: String,
 }
 
 #[derive(Args, Clone)]
@@ -105,6 +108,9 @@ struct PipelineArgs {
     /// Write the result as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Extra endpoint options for every stage, e.g. `busy_poll=50us` (`key=value&...`).
+    #[arg(long, default_value = "")]
+    options: String,
 }
 
 #[derive(Args)]
@@ -129,6 +135,8 @@ struct WaterfallArgs {
     frames: usize,
     #[arg(long, default_value_t = 0.0)]
     work_ms: f64,
+    #[arg(long, default_value = "")]
+    options: String,
 }
 
 fn parse_resolution(s: &str) -> Result<(u32, u32), String> {
@@ -179,7 +187,7 @@ async fn sweep(args: SweepArgs) -> Result<(), String> {
         })
         .map(|(size, kind, transport)| {
             Ok(sweep::Config {
-                url: transports::url(&transport, size)?,
+                url: transports::url_with(&transport, size, &args.options)?,
                 transport,
                 size,
                 kind,
@@ -247,6 +255,7 @@ fn plan_of(a: &PipelineArgs) -> pipeline::Plan {
         frames: a.frames.max(2),
         warmup: 5,
         work_ms: a.work_ms,
+        options: a.options.clone(),
     }
 }
 
@@ -275,6 +284,7 @@ async fn main_async(cli: Cli) -> Result<(), String> {
                 csv: None,
                 json: None,
                 plot: None,
+                options: String::new(),
             })
             .await
         }
@@ -296,6 +306,7 @@ async fn main_async(cli: Cli) -> Result<(), String> {
                 frames: w.frames,
                 work_ms: w.work_ms,
                 json: None,
+                options: w.options.clone(),
             };
             let args = vec![
                 "--transport".to_owned(),
@@ -309,6 +320,11 @@ async fn main_async(cli: Cli) -> Result<(), String> {
                 "--work-ms".into(),
                 pa.work_ms.to_string(),
             ];
+            let mut args = args;
+            if !pa.options.is_empty() {
+                args.push("--options".into());
+                args.push(pa.options.clone());
+            }
             let base = match (&w.baseline, &w.baseline_ref) {
                 (Some(p), _) => waterfall::load(p)?,
                 (None, Some(r)) => {

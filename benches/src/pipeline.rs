@@ -24,6 +24,9 @@ pub struct Plan {
     pub frames: usize,
     pub warmup: usize,
     pub work_ms: f64,
+    /// Extra endpoint options for every stage (`key=value&...`).
+    #[serde(default)]
+    pub options: String,
 }
 
 impl Plan {
@@ -173,10 +176,6 @@ async fn source(
     Ok(())
 }
 
-fn transport_url(transport: &str, bytes: u64) -> Result<String, String> {
-    crate::transports::url(transport, bytes)
-}
-
 /// Runs the whole pipeline; this process is the sink.
 pub async fn run(plan: Plan, progress: &indicatif::ProgressBar) -> Result<Report, String> {
     crate::transports::check(std::slice::from_ref(&plan.transport))?;
@@ -193,7 +192,7 @@ pub async fn run(plan: Plan, progress: &indicatif::ProgressBar) -> Result<Report
             plan: plan.clone(),
             name: name.clone(),
             upstream: upstream.clone(),
-            publish: transport_url(&plan.transport, bytes)?,
+            publish: crate::transports::url_with(&plan.transport, bytes, &plan.options)?,
         };
         let json = serde_json::to_string(&stage).map_err(|e| e.to_string())?;
         let mut peer = Peer::spawn(&name, "__stage", &json)?;
@@ -302,7 +301,7 @@ pub async fn run(plan: Plan, progress: &indicatif::ProgressBar) -> Result<Report
         hop_us_p99: stats::percentile(&mut all, 0.99),
         per_hop_us_p50: per_hop.clone(),
         ipc_ms_per_frame: per_hop.iter().sum::<f64>() / 1e3,
-        work_ms_per_frame: per_work.iter().sum(),
+        work_ms_per_frame: per_work.iter().fold(0.0, |a, b| a + b),
         max_fps,
         stages,
     })

@@ -44,6 +44,18 @@ pub fn check(names: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// A fresh endpoint URL for `name`, sized for payloads of `size` bytes, with
+/// `extra` (`key=value&...`, may be empty) appended to its query.
+pub fn url_with(name: &str, size: u64, extra: &str) -> Result<String, String> {
+    let base = url(name, size)?;
+    let extra = extra.trim_start_matches(['?', '&']);
+    Ok(match (extra.is_empty(), base.contains('?')) {
+        (true, _) => base,
+        (false, true) => format!("{base}&{extra}"),
+        (false, false) => format!("{base}?{extra}"),
+    })
+}
+
 /// A fresh endpoint URL for `name`, sized for payloads of `size` bytes.
 pub fn url(name: &str, size: u64) -> Result<String, String> {
     static N: AtomicU32 = AtomicU32::new(0);
