@@ -16,7 +16,7 @@ use crate::ShmPoolTransport;
 use crate::config::socket_name;
 use crate::pool::{SegmentMap, SlotPool};
 use crate::sys;
-use crate::wire::{self, ClaimTable, Desc, Msg, RecvBuf, Take};
+use crate::wire::{self, ClaimTable, Desc, FwdDesc, Msg, RecvBuf, Take};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -77,7 +77,7 @@ impl FakePublisher {
                 stride: g.stride,
                 data_offset: g.data_offset,
                 segment_len: g.len,
-                claims_len: wire::claims_len(g.slots),
+                claims_len: wire::claims_len(wire::claim_entries(g.slots)),
             };
             let ro = sys::reopen_read_only(pool.fd()).expect("read-only fd");
             wire::send(&stream, &Msg::Hello(hello), Some(ro.as_fd()), "HELLO")
@@ -88,7 +88,7 @@ impl FakePublisher {
                 Ok(Msg::Claims { .. })
             ));
             let fd = rx.take_fd().expect("claims fd");
-            let claims = ClaimTable::open(&fd, g.slots).expect("claim table");
+            let claims = ClaimTable::open(&fd, wire::claim_entries(g.slots)).expect("claim table");
             wire::send(&stream, &Msg::Ready { id: 0 }, None, "READY")
                 .await
                 .expect("READY");
@@ -285,7 +285,7 @@ impl FakeSubscriber {
             panic!("expected HELLO")
         };
         let seg = SegmentMap::open(rx.take_fd().expect("segment fd"), &hello).expect("map");
-        let (claims, fd) = ClaimTable::create(hello.slots).expect("claims");
+        let (claims, fd) = ClaimTable::create(wire::claim_entries(hello.slots)).expect("claims");
         let msg = Msg::Claims {
             len: hello.claims_len,
         };
@@ -426,4 +426,301 @@ async fn a_bad_claim_table_is_refused() {
         other => panic!("expected REJECT, got {other:?}"),
     }
     assert_eq!(publ.subscriber_count(), Some(0));
+}
+
+impl FakePublisher {
+    /// Passes `seg`'s read-only fd as forwarded segment `index`.
+    async fn send_segment(&self, index: u32, seg: &SlotPool) {
+        let ro = sys::reopen_read_only(seg.fd()).expect("read-only fd");
+        let msg = Msg::Segment {
+            index,
+            inode: seg.segment_id(),
+            len: seg.geometry().len,
+        };
+        wire::send(&self.stream, &msg, Some(ro.as_fd()), "SEGMENT")
+            .await
+            .expect("SEGMENT");
+    }
+
+    async fn send_fwd(&self, desc: FwdDesc, header: Bytes) {
+        wire::send(&self.stream, &Msg::Fwd { desc, header }, None, "FWD")
+            .await
+            .expect("FWD");
+    }
+}
+
+fn fwd_desc(segment: u32, index: u32, generation: u64, offset: u64, len: u64) -> FwdDesc {
+    FwdDesc {
+        segment,
+        index,
+        generation,
+        offset,
+        len,
+        missed: 0,
+    }
+}
+
+/// A fake forwarding publisher: forged FWD descriptors and SEGMENT messages
+/// are refused with nothing read; a claim that was really offered is given
+/// back; a good one reads the right bytes of the forwarded segment.
+async fn forged_forwards(mode: RecvMode) {
+    let name = name("fwd");
+    let endpoint = Endpoint::parse(&format!("shm-pool://{name}")).expect("url");
+    let mut sub = None;
+    let mut fake = FakePublisher::serve(&name, async {
+        let opts = SubscribeOptions::default().recv_mode(mode);
+        sub = Some(
+            ShmPoolTransport::new()
+                .subscribe(&endpoint, &opts)
+                .await
+                .expect("subscribe"),
+        );
+    })
+    .await;
+    let mut sub = sub.expect("subscriber");
+    // The fake's pool has 2 slots: claim indices 2 and 3 are its forward slots.
+    let slot_size = fake.pool.slot_size();
+    let upstream = SlotPool::create(&format!("{name}-up"), 2, 8192).expect("upstream pool");
+    let ug = upstream.geometry();
+    let slot1 = ug.data_offset + ug.stride;
+    // SAFETY: this test owns the upstream pool; nobody reads slot 1 before
+    // the descriptor that follows this write.
+    unsafe { upstream.slot_mut(1, 3000) }.copy_from_slice(&pattern::make(7, 3000));
+
+    // A segment never sent; the claim was offered, so it comes back.
+    fake.claims.offer(2, 1);
+    fake.send_fwd(fwd_desc(0, 2, 1, slot1, 3000), header(7, 3000))
+        .await;
+    expect_invalid(&mut sub, "an unknown forwarded segment").await;
+    fake.expect_release(2, 1).await;
+
+    fake.send_segment(0, &upstream).await;
+    // Past the end of the segment (offered: released, nothing read).
+    fake.claims.offer(2, 2);
+    fake.send_fwd(fwd_desc(0, 2, 2, ug.len - 10, 100), header(7, 100))
+        .await;
+    expect_invalid(&mut sub, "a range past the segment's end").await;
+    fake.expect_release(2, 2).await;
+    // Offset + length overflowing.
+    fake.send_fwd(fwd_desc(0, 2, 3, u64::MAX - 5, 100), header(7, 100))
+        .await;
+    expect_invalid(&mut sub, "an overflowing range").await;
+    // A claim index that is a pool slot, and one past the forward slots.
+    fake.send_fwd(fwd_desc(0, 1, 1, slot1, 3000), header(7, 3000))
+        .await;
+    expect_invalid(&mut sub, "a pool slot's claim index").await;
+    fake.send_fwd(fwd_desc(0, 4, 1, slot1, 3000), header(7, 3000))
+        .await;
+    expect_invalid(&mut sub, "a claim index past the forward slots").await;
+    // Longer than the publisher's slot_size.
+    fake.send_fwd(
+        fwd_desc(0, 3, 1, 0, slot_size + 1),
+        header(7, slot_size as usize + 1),
+    )
+    .await;
+    expect_invalid(&mut sub, "a forwarded length over slot_size").await;
+    // Never offered.
+    fake.send_fwd(fwd_desc(0, 3, 9, slot1, 3000), header(7, 3000))
+        .await;
+    expect_invalid(&mut sub, "a forward claim never offered").await;
+
+    // A good one.
+    fake.claims.offer(3, 1);
+    fake.send_fwd(fwd_desc(0, 3, 1, slot1, 3000), header(7, 3000))
+        .await;
+    let f = within("the forwarded frame", sub.recv())
+        .await
+        .expect("a valid forwarded frame");
+    assert_eq!((f.seq, f.payload.len()), (7, 3000));
+    assert!(pattern::check(7, &f.payload), "the forwarded slot's bytes");
+    if mode == RecvMode::Owned {
+        fake.expect_release(3, 1).await;
+    }
+    // Replayed: taken already.
+    fake.send_fwd(fwd_desc(0, 3, 1, slot1, 3000), header(7, 3000))
+        .await;
+    expect_invalid(&mut sub, "a replayed forward descriptor").await;
+
+    // A second SEGMENT on an index in use, one out of range, an unsealed
+    // memfd: each refused, the subscriber goes on.
+    fake.send_segment(0, &upstream).await;
+    match within("a duplicate SEGMENT", sub.recv()).await {
+        Err(Error::Protocol(m)) => assert!(m.contains("already in use"), "{m}"),
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+    fake.send_segment(wire::MAX_FORWARD_SEGMENTS, &upstream)
+        .await;
+    match within("an out-of-range SEGMENT", sub.recv()).await {
+        Err(Error::Protocol(m)) => assert!(m.contains("out of range"), "{m}"),
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+    let unsealed = sys::memfd("unsealed", 8192).expect("memfd");
+    let msg = Msg::Segment {
+        index: 1,
+        inode: sys::inode(unsealed.as_fd()).expect("inode"),
+        len: 8192,
+    };
+    wire::send(&fake.stream, &msg, Some(unsealed.as_fd()), "SEGMENT")
+        .await
+        .expect("SEGMENT");
+    match within("an unsealed SEGMENT", sub.recv()).await {
+        Err(Error::Io { .. }) => {}
+        other => panic!("expected an I/O error, got {other:?}"),
+    }
+    fake.send_fwd(fwd_desc(1, 2, 5, 0, 100), header(7, 100))
+        .await;
+    expect_invalid(&mut sub, "a segment that was refused").await;
+
+    // FORGET: the index is unknown from then on; views keep their mapping.
+    wire::send(&fake.stream, &Msg::Forget { index: 0 }, None, "FORGET")
+        .await
+        .expect("FORGET");
+    fake.send_fwd(fwd_desc(0, 2, 6, slot1, 3000), header(7, 3000))
+        .await;
+    expect_invalid(&mut sub, "a forgotten segment").await;
+    assert!(pattern::check(7, &f.payload), "a view outlives FORGET");
+    if mode == RecvMode::View {
+        drop(f);
+        fake.expect_release(3, 1).await;
+    }
+    assert_eq!(sub.stats().frames_received, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_forwards_are_refused_in_view_mode() {
+    forged_forwards(RecvMode::View).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_forwards_are_refused_in_owned_mode() {
+    forged_forwards(RecvMode::Owned).await;
+}
+
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// What a real forwarding publisher puts on the wire, seen by a hand-made
+/// subscriber: the segment's fd (read-only, sealed, the announced inode) once,
+/// then FWD descriptors into it; FORGET once the upstream mapping is gone; and
+/// the subscriber's end of stream gives the upstream slot back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_on_the_wire() {
+    let t = ShmPoolTransport::new();
+    let views = SubscribeOptions::default().recv_mode(RecvMode::View);
+    let pool_url = |n: &str| Endpoint::parse(&format!("shm-pool://{n}?slots=2&slot_size=8KiB"));
+    let (a_name, b_name) = (name("wire-a"), name("wire-b"));
+    let mut a = t
+        .publish(&pool_url(&a_name).expect("url"), &PublishOptions::default())
+        .await
+        .expect("publish A");
+    let mut sub_a = t.subscribe(a.endpoint(), &views).await.expect("sub A");
+    let mut b = t
+        .publish(&pool_url(&b_name).expect("url"), &PublishOptions::default())
+        .await
+        .expect("publish B");
+    let mut fake = FakeSubscriber::connect(&b_name).await;
+    a.wait_for_subscribers(1, WAIT)
+        .await
+        .expect("A's subscriber");
+    b.wait_for_subscribers(1, WAIT)
+        .await
+        .expect("B's subscriber");
+
+    a.send(Frame::new(pattern::make(0, 5000)))
+        .await
+        .expect("send A");
+    let fa = within("A's frame", sub_a.recv()).await.expect("recv A");
+    assert_eq!(a.free_slots(), 1);
+    b.send(fa).await.expect("forward");
+    assert_eq!((b.forwarded(), b.free_slots()), (1, 2), "no slot of B used");
+
+    let (index, inode, len) = match within("SEGMENT", fake.rx.recv(&fake.stream, "SEGMENT")).await {
+        Ok(Msg::Segment { index, inode, len }) => (index, inode, len),
+        other => panic!("expected SEGMENT, got {other:?}"),
+    };
+    let fd = fake.rx.take_fd().expect("the segment's fd");
+    assert!(sys::is_read_only(fd.as_fd()).expect("fcntl"), "read-only");
+    sys::check_sealed(fd.as_fd(), len).expect("sealed");
+    assert_eq!(sys::inode(fd.as_fd()).expect("inode"), inode);
+    let seg = crate::pool::ForeignMap::open(fd, inode, len).expect("map it");
+    let d = match within("FWD", fake.rx.recv(&fake.stream, "FWD")).await {
+        Ok(Msg::Fwd { desc, .. }) => desc,
+        other => panic!("expected FWD, got {other:?}"),
+    };
+    assert_eq!((d.segment, d.len), (index, 5000));
+    assert!(
+        (2..4).contains(&d.index),
+        "a forward claim index: {}",
+        d.index
+    );
+    assert_eq!(fake.claims.take(d.index, d.generation, false), Take::Taken);
+    // SAFETY: the claim is taken, so the frame (and its upstream slot) stays
+    // reserved until released; the range was announced inside the segment.
+    let bytes = unsafe { std::slice::from_raw_parts(seg.ptr(d.offset), 5000) };
+    assert!(pattern::check(0, bytes), "the upstream slot's bytes");
+    // Released: B drops its hold, A gets its slot back.
+    fake.release(d.index, d.generation).await;
+    until("A's slot back after the release", || a.free_slots() == 2).await;
+    assert_eq!(b.free_forward_slots(), 2);
+
+    // The upstream subscriber goes (no view left): its mapping leaves the
+    // registry; B forgets the segment when it next forwards, and reuses
+    // the index for the new upstream's segment.
+    drop(sub_a);
+    let a2_name = name("wire-a2");
+    let mut a2 = t
+        .publish(
+            &pool_url(&a2_name).expect("url"),
+            &PublishOptions::default(),
+        )
+        .await
+        .expect("publish A2");
+    let mut sub_a2 = t.subscribe(a2.endpoint(), &views).await.expect("sub A2");
+    a2.wait_for_subscribers(1, WAIT)
+        .await
+        .expect("A2's subscriber");
+    a2.send(Frame::new(pattern::make(1, 6000)))
+        .await
+        .expect("send A2");
+    let fa2 = within("A2's frame", sub_a2.recv()).await.expect("recv A2");
+    b.send(fa2).await.expect("forward again");
+    match within("FORGET", fake.rx.recv(&fake.stream, "FORGET")).await {
+        Ok(Msg::Forget { index: i }) => assert_eq!(i, index),
+        other => panic!("expected FORGET, got {other:?}"),
+    }
+    match within("SEGMENT", fake.rx.recv(&fake.stream, "SEGMENT")).await {
+        Ok(Msg::Segment {
+            index: i, inode: n, ..
+        }) => {
+            assert_eq!(i, index, "the index is reused");
+            assert_ne!(n, inode, "for the new segment");
+        }
+        other => panic!("expected SEGMENT, got {other:?}"),
+    }
+    assert!(fake.rx.take_fd().is_some());
+    let d = fake.next_fwd().await;
+    assert_eq!(fake.claims.take(d.index, d.generation, false), Take::Taken);
+    assert_eq!(a2.free_slots(), 1);
+    // The subscriber vanishes holding it: end of stream frees it all.
+    drop(fake);
+    until("A2's slot back after EOF", || a2.free_slots() == 2).await;
+    until("B's forward slot back", || b.free_forward_slots() == 2).await;
+    assert_eq!(b.stale_releases(), 0);
+}
+
+impl FakeSubscriber {
+    async fn next_fwd(&mut self) -> FwdDesc {
+        match within("a FWD", self.rx.recv(&self.stream, "FWD")).await {
+            Ok(Msg::Fwd { desc, .. }) => desc,
+            other => panic!("expected FWD, got {other:?}"),
+        }
+    }
 }

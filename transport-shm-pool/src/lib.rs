@@ -6,6 +6,7 @@ pub mod config;
 mod forge_tests;
 pub mod pool;
 mod publisher;
+mod registry;
 mod subscriber;
 mod sys;
 pub mod wire;

@@ -24,6 +24,7 @@ use memmap2::{MmapOptions, MmapRaw};
 use transport_core::{Error, Result};
 
 use crate::config::{MAX_POOL_BYTES, MAX_SLOTS};
+use crate::registry::{self, Registration};
 use crate::sys;
 use crate::wire::Hello;
 
@@ -341,6 +342,8 @@ impl Drop for SlotLease<'_> {
 
 /// A subscriber's read-only mapping of a publisher's segment.
 pub(crate) struct SegmentMap {
+    /// First field: leaves the registry before the mapping is unmapped.
+    _reg: Registration,
     map: Mapping,
     id: u64,
 }
@@ -369,11 +372,7 @@ impl SegmentMap {
                 hello.segment
             )));
         }
-        if !sys::is_read_only(fd.as_fd()).map_err(io)? {
-            tracing::debug!(
-                "shm-pool: the publisher sent a writable segment fd; mapping it read-only anyway"
-            );
-        }
+        let fd = read_only(fd).map_err(io)?;
         let len = usize::try_from(geo.len).map_err(|e| io(std::io::Error::other(e)))?;
         let map = MmapOptions::new()
             .len(len)
@@ -389,7 +388,9 @@ impl SegmentMap {
                 "the segment's control header does not match the announced pool".into(),
             ));
         }
+        let reg = registry::register(map.as_ptr(), geo.len, fd, id);
         Ok(SegmentMap {
+            _reg: reg,
             map: Mapping { map, geo },
             id,
         })
@@ -414,6 +415,86 @@ impl SegmentMap {
     /// Start of slot `index` (`index < slots`).
     pub(crate) fn slot_ptr(&self, index: u32) -> *const u8 {
         self.map.slot_ptr(index).cast_const()
+    }
+}
+
+/// `fd` itself when it is read-only, else a read-only reopening of it: what
+/// this process registers, and so what its publishers pass on when they
+/// forward, is never writable.
+fn read_only(fd: OwnedFd) -> std::io::Result<OwnedFd> {
+    if sys::is_read_only(fd.as_fd())? {
+        return Ok(fd);
+    }
+    tracing::debug!("shm-pool: the publisher sent a writable segment fd; using it read-only");
+    sys::reopen_read_only(fd.as_fd())
+}
+
+/// Largest forwarded segment a subscriber maps: the largest pool a publisher
+/// creates, with room for its control page.
+const MAX_FORWARDED_LEN: u64 = MAX_POOL_BYTES + (1 << 20);
+
+/// A subscriber's read-only mapping of a segment its publisher forwards
+/// (another pool's segment, whose frames the publisher re-sends without a
+/// copy). Only its length matters: forwarded descriptors name byte ranges.
+pub(crate) struct ForeignMap {
+    /// First field: leaves the registry before the mapping is unmapped.
+    reg: Registration,
+    map: MmapRaw,
+}
+
+impl std::fmt::Debug for ForeignMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForeignMap")
+            .field("segment", self.reg.seg())
+            .finish()
+    }
+}
+
+impl ForeignMap {
+    /// Maps `len` bytes of a forwarded segment, read-only and pre-faulted,
+    /// after checking the fd: a memfd sealed against shrinking (so reading
+    /// the mapping can never SIGBUS), at least `len` bytes, inode `inode`.
+    pub(crate) fn open(fd: OwnedFd, inode: u64, len: u64) -> Result<ForeignMap> {
+        let io = |e: std::io::Error| Error::io("mapping a forwarded segment", e);
+        if len == 0 || len > MAX_FORWARDED_LEN {
+            return Err(Error::Protocol(format!(
+                "a forwarded segment of {len} bytes (1 to {MAX_FORWARDED_LEN} accepted)"
+            )));
+        }
+        sys::check_sealed(fd.as_fd(), len).map_err(io)?;
+        let id = sys::inode(fd.as_fd()).map_err(io)?;
+        if id != inode {
+            return Err(Error::Protocol(format!(
+                "the forwarded segment fd is inode {id}, the publisher announced {inode}"
+            )));
+        }
+        let fd = read_only(fd).map_err(io)?;
+        let n = usize::try_from(len).map_err(|e| io(std::io::Error::other(e)))?;
+        let map = MmapOptions::new()
+            .len(n)
+            .populate()
+            .map_raw_read_only(&fd)
+            .map_err(io)?;
+        let reg = registry::register(map.as_ptr(), len, fd, id);
+        Ok(ForeignMap { reg, map })
+    }
+
+    /// Length of the mapping.
+    pub(crate) fn len(&self) -> u64 {
+        self.reg.seg().len()
+    }
+
+    /// The segment's inode number.
+    pub(crate) fn inode(&self) -> u64 {
+        self.reg.seg().inode()
+    }
+
+    /// Address of byte `offset` (`offset <= len`).
+    pub(crate) fn ptr(&self, offset: u64) -> *const u8 {
+        assert!(offset <= self.len(), "offset checked by the caller");
+        // SAFETY: `offset` is at most the mapping's length, so the result is
+        // inside the mapping or one past its end.
+        unsafe { self.map.as_ptr().add(offset as usize) }
     }
 }
 

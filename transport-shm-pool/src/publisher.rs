@@ -1,9 +1,12 @@
-//! The publishing side: the pool, the accounting of who holds which slot, the
-//! rendezvous socket and one connection per subscriber.
+//! The publishing side: the pool, the accounting of who holds which slot
+//! (pool slots and forward slots), the rendezvous socket and one connection
+//! per subscriber.
 //!
 //! Locks (all `std::sync::Mutex`, never held across an `.await` or a blocking
 //! call) are taken in this order only: a connection's `inp`, then `state`,
-//! then a connection's `out`.
+//! then a connection's `out`. The forwarding registry's lock is taken with
+//! none of them held; payloads of forward slots are dropped (which may unmap
+//! an upstream segment and take that lock) only after `state` is unlocked.
 
 use std::collections::VecDeque;
 use std::io;
@@ -13,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use crossbeam_queue::ArrayQueue;
 use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
@@ -24,8 +28,9 @@ use transport_core::{
 
 use crate::config::{self, Config};
 use crate::pool::SlotPool;
+use crate::registry::{self, SegFd};
 use crate::sys;
-use crate::wire::{self, ClaimTable, Desc, Hello, Msg, RecvBuf};
+use crate::wire::{self, ClaimTable, Desc, FwdDesc, Hello, Msg, RecvBuf};
 
 /// Most subscribers one publisher serves (one bit each in a slot's holder mask).
 pub const MAX_SUBSCRIBERS: usize = 64;
@@ -53,16 +58,85 @@ struct SlotAcct {
     in_flight: bool,
 }
 
+/// What a forward slot holds besides its [`SlotAcct`].
+#[derive(Default)]
+struct FwdSlot {
+    /// The forwarded payload: a view of another pool's slot. Holding it keeps
+    /// that slot reserved upstream; dropping it releases it there.
+    payload: Option<Bytes>,
+    /// Index of its segment in `State::segs`.
+    seg: u32,
+}
+
+/// A foreign segment this publisher forwards from.
+struct FwdSeg {
+    seg: Arc<SegFd>,
+    /// Bit `k`: subscriber `k` was sent this segment (SEGMENT queued).
+    sent_to: u64,
+    /// Forward slots in flight (or being published) in this segment.
+    refs: usize,
+}
+
 struct State {
+    /// Accounting by claim index: the pool slots, then the forward slots.
     slots: Vec<SlotAcct>,
+    /// Forward slot `k` (claim index `pool slots + k`).
+    fwd: Vec<FwdSlot>,
+    /// Foreign segments by the index subscribers know them by.
+    segs: Vec<Option<FwdSeg>>,
     conns: Vec<Option<Arc<Conn>>>,
     in_flight: usize,
     subscribers: usize,
+    /// Payloads of forward slots just freed, dropped once `state` is unlocked
+    /// (see [`unlock`]).
+    graveyard: Vec<Bytes>,
+}
+
+/// Unlocks `state`, then drops the forwarded payloads freed under it: a drop
+/// may release an upstream slot and, for the last view of an upstream
+/// subscriber, unmap its segment, neither of which belongs under the lock.
+fn unlock(mut st: MutexGuard<'_, State>) {
+    let dead = std::mem::take(&mut st.graveyard);
+    drop(st);
+    drop(dead);
 }
 
 enum Outgoing {
     Ready(u32),
-    Desc { desc: Desc, header: Bytes },
+    Desc {
+        desc: Desc,
+        header: Bytes,
+    },
+    /// A forwarded segment's fd, passed with the first byte of its message.
+    Segment {
+        index: u32,
+        seg: Arc<SegFd>,
+    },
+    Fwd {
+        desc: FwdDesc,
+        header: Bytes,
+    },
+    Forget(u32),
+}
+
+impl Outgoing {
+    /// The claim index and generation of a descriptor.
+    fn claim(&self) -> Option<(u32, u64)> {
+        match self {
+            Outgoing::Desc { desc, .. } => Some((desc.index, desc.generation)),
+            Outgoing::Fwd { desc, .. } => Some((desc.index, desc.generation)),
+            _ => None,
+        }
+    }
+
+    /// A descriptor's count of frames dropped before it.
+    fn missed_mut(&mut self) -> Option<&mut u64> {
+        match self {
+            Outgoing::Desc { desc, .. } => Some(&mut desc.missed),
+            Outgoing::Fwd { desc, .. } => Some(&mut desc.missed),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -70,6 +144,9 @@ struct Out {
     queue: VecDeque<Outgoing>,
     /// Serialized, not yet (fully) written.
     wbuf: BytesMut,
+    /// The fd to attach to the next write of `wbuf`, whose first bytes are
+    /// its SEGMENT message.
+    pass: Option<Arc<SegFd>>,
     /// Frames dropped for this subscriber and not yet reported in a descriptor.
     carry: u64,
 }
@@ -79,32 +156,54 @@ impl Out {
         !self.queue.is_empty() || !self.wbuf.is_empty()
     }
 
-    fn push_desc(&mut self, mut desc: Desc, header: Bytes) {
-        desc.missed = desc.missed.saturating_add(std::mem::take(&mut self.carry));
-        self.queue.push_back(Outgoing::Desc { desc, header });
+    /// Queues a descriptor (DESC or FWD), adding the drops carried so far.
+    fn push_desc(&mut self, mut o: Outgoing) {
+        let carry = std::mem::take(&mut self.carry);
+        if let Some(m) = o.missed_mut() {
+            *m = m.saturating_add(carry);
+        }
+        self.queue.push_back(o);
     }
 
     /// Removes a queued (unsent) descriptor, carrying its drop count to the
     /// next one. True if it was still queued.
     fn remove_desc(&mut self, index: u32, generation: u64) -> bool {
-        let Some(pos) = self.queue.iter().position(|o| {
-            matches!(o, Outgoing::Desc { desc, .. } if desc.index == index && desc.generation == generation)
-        }) else {
+        let Some(pos) = self
+            .queue
+            .iter()
+            .position(|o| o.claim() == Some((index, generation)))
+        else {
             return false;
         };
-        let missed = match self.queue.remove(pos) {
-            Some(Outgoing::Desc { desc, .. }) => desc.missed.saturating_add(1),
-            _ => 1,
+        let missed = match self
+            .queue
+            .remove(pos)
+            .as_mut()
+            .and_then(Outgoing::missed_mut)
+        {
+            Some(m) => m.saturating_add(1),
+            None => 1,
         };
-        match self.queue.iter_mut().skip(pos).find_map(|o| match o {
-            Outgoing::Desc { desc, .. } => Some(desc),
-            Outgoing::Ready(_) => None,
-        }) {
-            Some(next) => next.missed = next.missed.saturating_add(missed),
+        match self
+            .queue
+            .iter_mut()
+            .skip(pos)
+            .find_map(Outgoing::missed_mut)
+        {
+            Some(next) => *next = next.saturating_add(missed),
             None => self.carry = self.carry.saturating_add(missed),
         }
         true
     }
+}
+
+/// Which free list a send draws from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A pool slot: the payload is written into it.
+    Pool,
+    /// A forward slot: the payload stays where it is, in another pool.
+    Forward,
 }
 
 /// One subscriber's connection.
@@ -138,6 +237,10 @@ pub(crate) struct Shared {
     progress: Notify,
     stats: StatCounters,
     stale_releases: AtomicU64,
+    /// Free forward slots, by claim index (`pool slots + k`).
+    fwd_free: ArrayQueue<u32>,
+    /// Frames sent by forwarding a view, without a copy.
+    forwarded: AtomicU64,
     closed: AtomicBool,
 }
 
@@ -157,8 +260,14 @@ impl Shared {
             stride: g.stride,
             data_offset: g.data_offset,
             segment_len: g.len,
-            claims_len: wire::claims_len(g.slots),
+            claims_len: wire::claims_len(wire::claim_entries(g.slots)),
         }
+    }
+
+    /// Number of pool slots: claim indices below it are pool slots, those
+    /// from it on forward slots.
+    fn pool_slots(&self) -> u32 {
+        self.pool.geometry().slots
     }
 
     fn set_queued(&self, st: &State) {
@@ -173,21 +282,120 @@ impl Shared {
             .store(st.subscribers as u64, Ordering::Relaxed);
     }
 
-    /// Marks a published slot free and returns it to the free list.
+    /// Marks a published slot (pool or forward) free and returns it to its
+    /// free list. A forward slot's payload goes to the graveyard, dropped
+    /// when `state` is unlocked.
     fn free_slot(&self, st: &mut State, index: u32) {
         let s = &mut st.slots[index as usize];
         debug_assert!(s.in_flight && s.holders == 0);
         s.in_flight = false;
         st.in_flight -= 1;
         self.set_queued(st);
-        self.pool.push(index);
+        self.end_forward(st, index);
+        self.unreserve(index);
+    }
+
+    /// A forward slot stops forwarding: its payload to the graveyard, its
+    /// segment's reference dropped. Nothing for a pool slot.
+    fn end_forward(&self, st: &mut State, index: u32) {
+        let Some(k) = index.checked_sub(self.pool_slots()) else {
+            return;
+        };
+        let f = &mut st.fwd[k as usize];
+        let seg = f.seg;
+        if let Some(p) = f.payload.take() {
+            st.graveyard.push(p);
+            self.seg_unref(st, seg);
+        }
+    }
+
+    /// Returns an unpublished slot (a dropped loan, a failed send) to its free list.
+    fn unreserve(&self, index: u32) {
+        if index < self.pool_slots() {
+            self.pool.push(index);
+        } else if self.fwd_free.push(index).is_err() {
+            tracing::error!(index, "shm-pool: forward slot returned twice; ignored");
+            debug_assert!(false, "forward slot {index} returned twice");
+        }
         self.released.notify_one();
     }
 
-    /// Returns an unpublished slot (a dropped loan, a failed send).
-    fn unreserve(&self, index: u32) {
-        self.pool.push(index);
-        self.released.notify_one();
+    /// The index subscribers will know `seg` by, with one more reference
+    /// (the forward slot about to be published in it); `None` when all
+    /// [`wire::MAX_FORWARD_SEGMENTS`] indices are in use by frames in flight.
+    ///
+    /// Segments whose upstream mapping is gone and that no frame in flight
+    /// uses are forgotten first; then, if no index is free, one that no frame
+    /// in flight uses.
+    fn seg_ref(&self, st: &mut State, seg: &Arc<SegFd>) -> Option<u32> {
+        let found = st
+            .segs
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| Arc::ptr_eq(&s.seg, seg)));
+        let i = match found {
+            Some(i) => i,
+            None => {
+                for i in 0..st.segs.len() {
+                    if st.segs[i]
+                        .as_ref()
+                        .is_some_and(|s| s.refs == 0 && !s.seg.is_mapped())
+                    {
+                        self.forget_seg(st, i);
+                    }
+                }
+                let i = match st.segs.iter().position(Option::is_none) {
+                    Some(i) => i,
+                    None => {
+                        let i = st
+                            .segs
+                            .iter()
+                            .position(|s| s.as_ref().is_some_and(|s| s.refs == 0))?;
+                        self.forget_seg(st, i);
+                        i
+                    }
+                };
+                st.segs[i] = Some(FwdSeg {
+                    seg: seg.clone(),
+                    sent_to: 0,
+                    refs: 0,
+                });
+                i
+            }
+        };
+        let s = st.segs[i].as_mut()?;
+        s.refs += 1;
+        Some(i as u32)
+    }
+
+    /// Drops a reference taken by [`seg_ref`](Self::seg_ref); a segment
+    /// whose upstream mapping is gone is forgotten with its last reference.
+    fn seg_unref(&self, st: &mut State, index: u32) {
+        let i = index as usize;
+        let Some(s) = st.segs.get_mut(i).and_then(Option::as_mut) else {
+            return;
+        };
+        s.refs = s.refs.saturating_sub(1);
+        if s.refs == 0 && !s.seg.is_mapped() {
+            self.forget_seg(st, i);
+        }
+    }
+
+    /// Frees segment index `i`, telling every subscriber that was sent it
+    /// (FORGET). Only for a segment no frame in flight uses.
+    fn forget_seg(&self, st: &mut State, i: usize) {
+        let Some(s) = st.segs.get_mut(i).and_then(Option::take) else {
+            return;
+        };
+        debug_assert_eq!(s.refs, 0);
+        let mut m = s.sent_to;
+        while m != 0 {
+            let b = m.trailing_zeros() as usize;
+            m &= m - 1;
+            if let Some(Some(c)) = st.conns.get(b) {
+                lock(&c.out).queue.push_back(Outgoing::Forget(i as u32));
+                c.wake.notify_one();
+            }
+        }
     }
 
     fn conn_is_current(st: &State, conn: &Arc<Conn>) -> bool {
@@ -220,6 +428,7 @@ impl Shared {
         if s.holders == 0 {
             self.free_slot(&mut st, index);
         }
+        unlock(st);
     }
 
     fn on_unsubscribe(&self, conn: &Arc<Conn>) {
@@ -241,10 +450,11 @@ impl Shared {
                 }
             }
         }
+        // Nothing more goes to it: no descriptors, no segments to map.
         lock(&conn.out)
             .queue
-            .retain(|o| !matches!(o, Outgoing::Desc { .. }));
-        drop(st);
+            .retain(|o| matches!(o, Outgoing::Ready(_) | Outgoing::Forget(_)));
+        unlock(st);
         self.subs_changed.notify_waiters();
         self.progress.notify_waiters();
     }
@@ -275,11 +485,16 @@ impl Shared {
                 }
             }
         }
-        drop(st);
+        // The bit may go to a new subscriber, which has been sent no segment.
+        for s in st.segs.iter_mut().flatten() {
+            s.sent_to &= !bit;
+        }
+        unlock(st);
         {
             let mut out = lock(&conn.out);
             out.queue.clear();
             out.wbuf.clear();
+            out.pass = None;
         }
         tracing::debug!(pool = %self.name, subscriber = conn.bit, freed, "shm-pool: subscriber gone");
         conn.wake.notify_one();
@@ -347,16 +562,38 @@ impl Shared {
                     let msg = match o {
                         Outgoing::Ready(id) => Msg::Ready { id },
                         Outgoing::Desc { desc, header } => Msg::Desc { desc, header },
+                        Outgoing::Fwd { desc, header } => Msg::Fwd { desc, header },
+                        Outgoing::Forget(index) => Msg::Forget { index },
+                        Outgoing::Segment { index, seg } => {
+                            let msg = Msg::Segment {
+                                index,
+                                inode: seg.inode(),
+                                len: seg.len(),
+                            };
+                            out.pass = Some(seg);
+                            msg
+                        }
                     };
                     wire::encode(&msg, &mut out.wbuf);
                     if out.wbuf.len() >= WRITE_BATCH {
                         break;
                     }
+                    // A SEGMENT must start a write (its fd travels with the
+                    // write's first byte): it waits for the next batch.
+                    if matches!(out.queue.front(), Some(Outgoing::Segment { .. })) {
+                        break;
+                    }
                 }
             }
-            match sys::send_nb(conn.stream.as_fd(), &out.wbuf) {
+            let r = match &out.pass {
+                Some(seg) => sys::send_fd_nb(conn.stream.as_fd(), &out.wbuf, seg.fd()),
+                None => sys::send_nb(conn.stream.as_fd(), &out.wbuf),
+            };
+            match r {
                 Ok(n) => {
                     out.wbuf.advance(n);
+                    // The fd went with the first byte written.
+                    out.pass = None;
                     conn.claims.bump_written();
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -374,6 +611,15 @@ impl Shared {
         if r.is_err() {
             conn.wake.notify_one();
         }
+    }
+
+    /// True when `conn` holds a forward slot.
+    fn holds_forwarded(&self, conn: &Conn) -> bool {
+        let bit = 1u64 << conn.bit;
+        let st = lock(&self.state);
+        st.slots[self.claim_range(Kind::Forward)]
+            .iter()
+            .any(|s| s.in_flight && s.holders & bit != 0)
     }
 
     /// True when some subscriber would receive a frame on `topic`.
@@ -395,83 +641,113 @@ impl Shared {
         }
     }
 
-    /// Under drop-oldest: takes back the oldest slot whose descriptors no
-    /// subscriber has taken yet. Subscribers that took it (they are reading
-    /// it, or hold a view) keep it; those that had not lose that frame.
-    fn reclaim_oldest(&self) -> Option<u32> {
+    /// The claim indices of one kind of slot.
+    fn claim_range(&self, kind: Kind) -> std::ops::Range<usize> {
+        let n = self.pool_slots() as usize;
+        match kind {
+            Kind::Pool => 0..n,
+            Kind::Forward => n..2 * n,
+        }
+    }
+
+    /// Under drop-oldest: takes back the oldest slot of `kind` whose
+    /// descriptors no subscriber has taken yet. Subscribers that took it (they
+    /// are reading it, or hold a view) keep it; those that had not lose that
+    /// frame. A forward slot taken back drops its payload (releasing it
+    /// upstream).
+    fn reclaim_oldest(&self, kind: Kind) -> Option<u32> {
+        let range = self.claim_range(kind);
         let mut st = lock(&self.state);
         let mut order: Vec<(u64, u32)> = st
             .slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.in_flight)
+            .filter(|(i, s)| s.in_flight && range.contains(i))
             .map(|(i, s)| (s.seq, i as u32))
             .collect();
         order.sort_unstable();
-        let State {
-            slots,
-            conns,
-            in_flight,
-            ..
-        } = &mut *st;
+        let mut found = None;
         for (_, index) in order {
-            let s = &mut slots[index as usize];
-            let mut h = s.holders;
+            let i = index as usize;
+            let generation = st.slots[i].generation;
+            let mut h = st.slots[i].holders;
             while h != 0 {
                 let b = h.trailing_zeros();
                 h &= h - 1;
-                match conns.get(b as usize).and_then(Option::as_ref) {
+                let gone = match st.conns.get(b as usize).and_then(Option::as_ref) {
                     Some(c) => {
-                        if c.claims.reclaim(index, s.generation) {
-                            s.holders &= !(1u64 << b);
+                        let taken_back = c.claims.reclaim(index, generation);
+                        if taken_back {
                             StatCounters::add(&self.stats.dropped, 1);
-                            lock(&c.out).remove_desc(index, s.generation);
+                            lock(&c.out).remove_desc(index, generation);
                         }
+                        taken_back
                     }
-                    None => s.holders &= !(1u64 << b),
+                    None => true,
+                };
+                if gone {
+                    st.slots[i].holders &= !(1u64 << b);
                 }
             }
-            if s.holders == 0 {
-                s.in_flight = false;
-                *in_flight -= 1;
-                self.stats
-                    .queued
-                    .store(*in_flight as u64, Ordering::Relaxed);
-                return Some(index);
+            if st.slots[i].holders == 0 {
+                st.slots[i].in_flight = false;
+                st.in_flight -= 1;
+                self.set_queued(&st);
+                self.end_forward(&mut st, index);
+                found = Some(index);
+                break;
             }
         }
-        None
+        unlock(st);
+        found
     }
 
-    /// A free slot under `policy`: the lock-free pop first; when the pool is
-    /// empty, releases that already arrived; then the policy. Cancellation-safe:
-    /// nothing is taken before the only `.await`.
-    async fn acquire(&self, policy: Policy) -> Result<u32> {
+    fn pop(&self, kind: Kind) -> Option<u32> {
+        match kind {
+            Kind::Pool => self.pool.pop(),
+            Kind::Forward => self.fwd_free.pop(),
+        }
+    }
+
+    /// A free slot of `kind` under `policy`: the lock-free pop first; when
+    /// none is free, releases that already arrived; then the policy.
+    /// Cancellation-safe: nothing is taken before the only `.await`.
+    async fn acquire(&self, policy: Policy, kind: Kind) -> Result<u32> {
         loop {
             let notified = self.released.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(i) = self.pool.pop() {
+            if let Some(i) = self.pop(kind) {
                 return Ok(i);
             }
             self.drain_releases();
-            if let Some(i) = self.pool.pop() {
+            if let Some(i) = self.pop(kind) {
                 return Ok(i);
             }
             match policy {
                 Policy::DropOldest => {
-                    if let Some(i) = self.reclaim_oldest() {
+                    if let Some(i) = self.reclaim_oldest(kind) {
                         return Ok(i);
                     }
                 }
                 Policy::Fail => {
-                    return Err(Error::Full {
-                        option: "slots",
-                        detail: format!(
+                    let detail = match kind {
+                        Kind::Pool => format!(
                             "all {} slots of shm-pool `{}` are held by subscribers",
                             self.pool.slots(),
                             self.name
                         ),
+                        Kind::Forward => format!(
+                            "all {} forward slots of shm-pool `{}` are held by subscribers \
+                             (a frame forwarded without a copy holds one, and its upstream slot, \
+                             until every subscriber has dropped it)",
+                            self.pool.slots(),
+                            self.name
+                        ),
+                    };
+                    return Err(Error::Full {
+                        option: "slots",
+                        detail,
                     });
                 }
                 Policy::Block => {}
@@ -514,7 +790,10 @@ impl Shared {
                         len,
                         missed: 0,
                     };
-                    lock(&c.out).push_desc(desc, header.clone());
+                    lock(&c.out).push_desc(Outgoing::Desc {
+                        desc,
+                        header: header.clone(),
+                    });
                     targets.push(c.clone());
                 }
             }
@@ -535,18 +814,120 @@ impl Shared {
             self.flush_now(&c);
         }
     }
+
+    /// Hands forward slot `index` to every matching subscriber: `payload`
+    /// is bytes `offset..` of forwarded segment `seg` (which holds a
+    /// reference for this frame, see [`seg_ref`](Self::seg_ref)) and stays
+    /// there; the slot keeps it, and so its upstream slot, until every
+    /// subscriber released it. A subscriber is sent the segment itself
+    /// (SEGMENT with its fd) before its first descriptor in it.
+    #[allow(clippy::too_many_arguments)]
+    fn publish_fwd(
+        &self,
+        index: u32,
+        seg: u32,
+        offset: u64,
+        payload: Bytes,
+        header: Bytes,
+        topic: &str,
+        seq: u64,
+        targets: &mut Vec<Arc<Conn>>,
+    ) {
+        let k = (index - self.pool_slots()) as usize;
+        let len = payload.len() as u64;
+        let mut st = lock(&self.state);
+        let State {
+            slots,
+            fwd,
+            segs,
+            conns,
+            in_flight,
+            graveyard,
+            ..
+        } = &mut *st;
+        let mut mask = 0u64;
+        if let Some(fs) = segs.get_mut(seg as usize).and_then(Option::as_mut) {
+            let s = &mut slots[index as usize];
+            s.generation += 1;
+            let generation = s.generation;
+            for c in conns.iter().flatten() {
+                if c.active.load(Ordering::Acquire) && topic.starts_with(c.prefix.as_str()) {
+                    let bit = 1u64 << c.bit;
+                    mask |= bit;
+                    let mut out = lock(&c.out);
+                    if fs.sent_to & bit == 0 {
+                        fs.sent_to |= bit;
+                        out.queue.push_back(Outgoing::Segment {
+                            index: seg,
+                            seg: fs.seg.clone(),
+                        });
+                    }
+                    c.claims.offer(index, generation);
+                    let desc = FwdDesc {
+                        segment: seg,
+                        index,
+                        generation,
+                        offset,
+                        len,
+                        missed: 0,
+                    };
+                    out.push_desc(Outgoing::Fwd {
+                        desc,
+                        header: header.clone(),
+                    });
+                    targets.push(c.clone());
+                }
+            }
+        }
+        if mask == 0 {
+            // Nobody to send it to after all (or no such segment): let go.
+            graveyard.push(payload);
+            self.seg_unref(&mut st, seg);
+            unlock(st);
+            self.unreserve(index);
+            return;
+        }
+        let s = &mut slots[index as usize];
+        s.holders = mask;
+        s.seq = seq;
+        s.in_flight = true;
+        *in_flight += 1;
+        fwd[k] = FwdSlot {
+            payload: Some(payload),
+            seg,
+        };
+        self.set_queued(&st);
+        drop(st);
+        for c in targets.drain(..) {
+            self.flush_now(&c);
+        }
+    }
 }
 
 /// Serves one subscriber: reads its releases, writes what could not be
 /// written at once, and forgets it when its socket closes.
+///
+/// When the publisher is dropped, a subscriber still holding forwarded frames
+/// keeps its connection: the publisher's side shuts down for writing (the
+/// subscriber sees the end of the stream, `Disconnected`) but goes on reading
+/// releases, because each forward slot holds a slot of another pool that must
+/// stay reserved until this subscriber's views of it drop.
 async fn conn_task(shared: Arc<Shared>, conn: Arc<Conn>) {
+    let mut shut = false;
     loop {
         if conn.dead.load(Ordering::Acquire) {
             break;
         }
         let want_write = lock(&conn.out).has_output();
         if shared.closed.load(Ordering::Acquire) && !want_write {
-            break;
+            if !shared.holds_forwarded(&conn) {
+                break;
+            }
+            if !shut {
+                shut = true;
+                // Ignored if it fails: the subscriber then learns at EOF.
+                let _ = rustix::net::shutdown(conn.stream.as_fd(), rustix::net::Shutdown::Write);
+            }
         }
         let interest = if want_write {
             Interest::READABLE | Interest::WRITABLE
@@ -644,7 +1025,7 @@ async fn handshake(shared: &Arc<Shared>, stream: UnixStream) -> Result<()> {
     let fd = rx
         .take_fd()
         .ok_or_else(|| Error::Protocol("CLAIMS arrived without its memfd".into()))?;
-    let claims = match ClaimTable::open(&fd, hello.slots) {
+    let claims = match ClaimTable::open(&fd, wire::claim_entries(hello.slots)) {
         Ok(c) => c,
         Err(e) => {
             let reason = format!("bad claim table: {e}");
@@ -714,7 +1095,8 @@ async fn handshake(shared: &Arc<Shared>, stream: UnixStream) -> Result<()> {
     }
 }
 
-/// Returns a reserved, unpublished slot to the pool unless disarmed.
+/// Returns a reserved, unpublished slot (pool or forward) to its free list
+/// unless disarmed.
 struct SlotGuard {
     shared: Arc<Shared>,
     index: Option<u32>,
@@ -787,8 +1169,10 @@ impl AsRef<[u8]> for ReservedBytes {
 ///
 /// Frames are written into slots of its pool (one copy for [`send`](Publisher::send),
 /// none for [`loan`](Publisher::loan) + [`send_loan`](Publisher::send_loan)) and
-/// a small descriptor goes to each subscriber. See the crate docs for how slots
-/// come back.
+/// a small descriptor goes to each subscriber. A frame whose payload is a view
+/// received from another pool is forwarded instead: [`send`](Publisher::send)
+/// passes that pool's segment on and copies nothing ([`forwarded`](Self::forwarded)
+/// counts these). See the crate docs for how slots come back.
 pub struct ShmPoolPublisher {
     shared: Arc<Shared>,
     endpoint: Endpoint,
@@ -832,22 +1216,32 @@ impl ShmPoolPublisher {
         let ro_fd = sys::reopen_read_only(pool.fd())
             .map_err(|e| Error::io("reopening the segment read-only through /proc/self/fd", e))?;
         let slots = pool.slots();
+        let fwd_free = ArrayQueue::new(slots);
+        for k in 0..slots {
+            // Cannot fail: the queue has room for every forward slot.
+            let _ = fwd_free.push((slots + k) as u32);
+        }
         let shared = Arc::new(Shared {
             name: cfg.name,
             pool,
             ro_fd,
             policy,
             state: Mutex::new(State {
-                slots: vec![SlotAcct::default(); slots],
+                slots: vec![SlotAcct::default(); 2 * slots],
+                fwd: (0..slots).map(|_| FwdSlot::default()).collect(),
+                segs: (0..wire::MAX_FORWARD_SEGMENTS).map(|_| None).collect(),
                 conns: vec![None; MAX_SUBSCRIBERS],
                 in_flight: 0,
                 subscribers: 0,
+                graveyard: Vec::new(),
             }),
             released: Notify::new(),
             subs_changed: Notify::new(),
             progress: Notify::new(),
             stats: StatCounters::default(),
             stale_releases: AtomicU64::new(0),
+            fwd_free,
+            forwarded: AtomicU64::new(0),
             closed: AtomicBool::new(false),
         });
         let accept = tokio::spawn(accept_loop(shared.clone(), listener));
@@ -881,6 +1275,18 @@ impl ShmPoolPublisher {
     /// duplicate or forged); each was ignored.
     pub fn stale_releases(&self) -> u64 {
         self.shared.stale_releases.load(Ordering::Relaxed)
+    }
+
+    /// Frames sent without a copy by forwarding a view received from another
+    /// pool (see the crate docs, "Forwarding").
+    pub fn forwarded(&self) -> u64 {
+        self.shared.forwarded.load(Ordering::Relaxed)
+    }
+
+    /// Forward slots free now (as many as pool slots; each forwarded frame
+    /// holds one until every subscriber has released it).
+    pub fn free_forward_slots(&self) -> usize {
+        self.shared.fwd_free.len()
     }
 
     fn check_len(&self, len: usize) -> Result<()> {
@@ -931,6 +1337,74 @@ impl ShmPoolPublisher {
         StatCounters::add(&self.shared.stats.bytes_sent, len as u64);
         Ok(())
     }
+
+    /// Sends `frame` without copying its payload, which is bytes `offset..`
+    /// of the registered segment `seg` (a view received from another pool):
+    /// a forward slot keeps the payload (and so the upstream slot) until
+    /// every subscriber has released it. Gives the frame back untouched when
+    /// every forwarded-segment index is taken by frames in flight; the
+    /// caller then copies it.
+    async fn forward(
+        &mut self,
+        frame: Frame,
+        seg: Arc<SegFd>,
+        offset: u64,
+    ) -> Result<Option<Frame>> {
+        let index = self.shared.acquire(self.policy, Kind::Forward).await?;
+        let guard = SlotGuard {
+            shared: self.shared.clone(),
+            index: Some(index),
+        };
+        let seg_index = {
+            let mut st = lock(&self.shared.state);
+            let r = self.shared.seg_ref(&mut st, &seg);
+            unlock(st);
+            r
+        };
+        let Some(seg_index) = seg_index else {
+            tracing::debug!(
+                pool = %self.shared.name,
+                "shm-pool: every forwarded-segment index is in use by frames in flight; copying"
+            );
+            return Ok(Some(frame));
+        };
+        let mut frame = frame;
+        let seq = self.next_seq;
+        let mut header = BytesMut::with_capacity(128);
+        let encoded = frame
+            .stamp_for_send_at(
+                seq,
+                self.trace_name.as_deref(),
+                transport_core::monotonic_ns(),
+            )
+            .and_then(|()| codec::encode_header(&frame, &mut header));
+        if let Err(e) = encoded {
+            let mut st = lock(&self.shared.state);
+            self.shared.seg_unref(&mut st, seg_index);
+            unlock(st);
+            return Err(e);
+        }
+        let len = frame.payload.len();
+        let payload = std::mem::take(&mut frame.payload);
+        let topic = std::mem::take(&mut frame.topic);
+        drop(frame);
+        let index = guard.disarm();
+        self.shared.publish_fwd(
+            index,
+            seg_index,
+            offset,
+            payload,
+            header.freeze(),
+            &topic,
+            seq,
+            &mut self.targets,
+        );
+        self.next_seq += 1;
+        StatCounters::add(&self.shared.stats.frames_sent, 1);
+        StatCounters::add(&self.shared.stats.bytes_sent, len as u64);
+        self.shared.forwarded.fetch_add(1, Ordering::Relaxed);
+        Ok(None)
+    }
 }
 
 #[async_trait]
@@ -949,7 +1423,15 @@ impl Publisher for ShmPoolPublisher {
             StatCounters::add(&self.shared.stats.bytes_sent, len as u64);
             return Ok(());
         }
-        let index = self.shared.acquire(self.policy).await?;
+        let mut frame = frame;
+        // A view of another pool's slot goes on as it is, without a copy.
+        if let Some((seg, offset)) = registry::lookup(frame.payload.as_ptr(), len) {
+            match self.forward(frame, seg, offset).await? {
+                None => return Ok(()),
+                Some(f) => frame = f,
+            }
+        }
+        let index = self.shared.acquire(self.policy, Kind::Pool).await?;
         let guard = SlotGuard {
             shared: self.shared.clone(),
             index: Some(index),
@@ -965,7 +1447,7 @@ impl Publisher for ShmPoolPublisher {
 
     async fn loan(&mut self, len: usize) -> Result<Loan> {
         self.check_len(len)?;
-        let index = self.shared.acquire(self.policy).await?;
+        let index = self.shared.acquire(self.policy, Kind::Pool).await?;
         Ok(Loan::new(Box::new(SlotLoan {
             shared: self.shared.clone(),
             index,
@@ -1072,20 +1554,38 @@ impl Drop for ShmPoolPublisher {
 mod tests {
     use super::*;
 
-    fn desc(index: u32, generation: u64) -> Desc {
-        Desc {
-            segment: 1,
-            index,
-            generation,
-            len: 0,
-            missed: 0,
+    fn desc(index: u32, generation: u64) -> Outgoing {
+        Outgoing::Desc {
+            desc: Desc {
+                segment: 1,
+                index,
+                generation,
+                len: 0,
+                missed: 0,
+            },
+            header: Bytes::new(),
+        }
+    }
+
+    fn fwd(index: u32, generation: u64) -> Outgoing {
+        Outgoing::Fwd {
+            desc: FwdDesc {
+                segment: 0,
+                index,
+                generation,
+                offset: 0,
+                len: 0,
+                missed: 0,
+            },
+            header: Bytes::new(),
         }
     }
 
     fn missed(o: &Outgoing) -> u64 {
         match o {
             Outgoing::Desc { desc, .. } => desc.missed,
-            Outgoing::Ready(_) => 0,
+            Outgoing::Fwd { desc, .. } => desc.missed,
+            _ => 0,
         }
     }
 
@@ -1093,16 +1593,31 @@ mod tests {
     fn removed_descriptors_carry_their_count_forward() {
         let mut out = Out::default();
         out.queue.push_back(Outgoing::Ready(0));
-        out.push_desc(desc(0, 1), Bytes::new());
-        out.push_desc(desc(1, 1), Bytes::new());
+        out.push_desc(desc(0, 1));
+        out.push_desc(desc(1, 1));
         assert!(out.remove_desc(0, 1));
         assert!(!out.remove_desc(0, 1), "already gone");
         assert_eq!(out.queue.len(), 2);
         assert_eq!(missed(&out.queue[1]), 1);
         assert!(out.remove_desc(1, 1));
         assert_eq!(out.carry, 2, "nothing after it: carried to the next frame");
-        out.push_desc(desc(0, 2), Bytes::new());
+        out.push_desc(desc(0, 2));
         assert_eq!(missed(&out.queue[1]), 2);
         assert_eq!(out.carry, 0);
+    }
+
+    #[test]
+    fn forwarded_descriptors_carry_counts_past_other_messages() {
+        let mut out = Out::default();
+        out.push_desc(fwd(4, 1));
+        out.queue.push_back(Outgoing::Forget(3));
+        out.push_desc(desc(0, 1));
+        out.push_desc(fwd(5, 1));
+        assert!(out.remove_desc(4, 1), "a FWD by its claim index");
+        assert!(!out.remove_desc(4, 2), "another generation");
+        assert_eq!(missed(&out.queue[1]), 1, "skips the FORGET to the DESC");
+        assert!(out.remove_desc(0, 1));
+        assert_eq!(missed(&out.queue[1]), 2, "then on to the FWD");
+        assert_eq!(out.queue.len(), 2);
     }
 }

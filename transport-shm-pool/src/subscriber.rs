@@ -1,5 +1,6 @@
 //! The subscribing side: the read-only mapping, the claim table, the checks
-//! on every descriptor, views that release their slot on drop.
+//! on every descriptor, views that release their slot on drop, and the
+//! segments a forwarding publisher passes on.
 
 use std::io;
 use std::os::fd::AsFd;
@@ -17,10 +18,10 @@ use transport_core::{
 };
 
 use crate::config::{self, Config};
-use crate::pool::SegmentMap;
+use crate::pool::{ForeignMap, SegmentMap};
 use crate::publisher::HANDSHAKE_TIMEOUT;
 use crate::sys;
-use crate::wire::{self, ClaimTable, Desc, Msg, RecvBuf, Take};
+use crate::wire::{self, ClaimTable, Desc, FwdDesc, Msg, RecvBuf, Take};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -149,6 +150,39 @@ impl Drop for SlotView {
     }
 }
 
+/// A zero-copy view of a forwarded frame: bytes of another pool's segment,
+/// which the publisher keeps reserved upstream until this subscriber
+/// releases the forward slot. Dropping it (with the payload's last clone)
+/// queues that release.
+struct FwdView {
+    link: Arc<Link>,
+    seg: Arc<ForeignMap>,
+    /// The claim index (`slots + forward slot`).
+    index: u32,
+    generation: u64,
+    offset: u64,
+    len: usize,
+}
+
+impl AsRef<[u8]> for FwdView {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `offset + len` was checked to lie within the mapping before
+        // this view was made, and the forward claim was taken (TAKEN): the
+        // publisher holds the frame's upstream view, and so the upstream slot,
+        // until this subscriber releases the claim, which happens when this
+        // view drops; nobody writes a reserved slot. The mapping is read-only
+        // and lives in `seg` as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.seg.ptr(self.offset), self.len) }
+    }
+}
+
+impl Drop for FwdView {
+    fn drop(&mut self) {
+        // As for `SlotView`: a lock-free push, never blocking or panicking.
+        let _ = self.link.tx.send(Ctl::Release(self.index, self.generation));
+    }
+}
+
 /// The subscriber of an `shm-pool://` endpoint.
 ///
 /// In [`RecvMode::View`] each payload is a read-only view of the publisher's
@@ -163,6 +197,8 @@ pub struct ShmPoolSubscriber {
     prefix: String,
     busy_poll: Option<Duration>,
     may_reclaim: bool,
+    /// Segments the publisher forwards from, by the index it announced.
+    fwd: Vec<Option<Arc<ForeignMap>>>,
     missed: u64,
     held: Option<Frame>,
     closed: Option<String>,
@@ -276,15 +312,16 @@ impl ShmPoolSubscriber {
             .take_fd()
             .ok_or_else(|| Error::Protocol("HELLO arrived without the segment fd".into()))?;
         let seg = SegmentMap::open(fd, &hello)?;
-        if hello.claims_len != wire::claims_len(hello.slots) {
+        let entries = wire::claim_entries(hello.slots);
+        if hello.claims_len != wire::claims_len(entries) {
             return Err(Error::Protocol(format!(
                 "HELLO asks for a claim table of {} bytes, {} slots need {}",
                 hello.claims_len,
                 hello.slots,
-                wire::claims_len(hello.slots)
+                wire::claims_len(entries)
             )));
         }
-        let (claims, claims_fd) = ClaimTable::create(hello.slots)
+        let (claims, claims_fd) = ClaimTable::create(entries)
             .map_err(|e| Error::io("creating the claim table memfd", e))?;
         let msg = Msg::Claims {
             len: hello.claims_len,
@@ -315,6 +352,7 @@ impl ShmPoolSubscriber {
             prefix: opts.topic_prefix.clone(),
             busy_poll: cfg.busy_poll,
             may_reclaim: hello.flags & wire::HELLO_RECLAIMS != 0,
+            fwd: (0..wire::MAX_FORWARD_SEGMENTS).map(|_| None).collect(),
             missed: 0,
             held: None,
             closed: None,
@@ -414,9 +452,15 @@ impl ShmPoolSubscriber {
                 b
             }
         };
+        self.deliver(frame)
+    }
+
+    /// Stamps and counts a frame that arrived; reports the frames lost
+    /// before it first (holding it for the next `recv`).
+    fn deliver(&mut self, mut frame: Frame) -> Option<Result<Frame>> {
         frame.stamp_received();
         StatCounters::add(&self.stats.frames_received, 1);
-        StatCounters::add(&self.stats.bytes_received, len as u64);
+        StatCounters::add(&self.stats.bytes_received, frame.payload.len() as u64);
         if self.missed > 0 {
             let missed = std::mem::take(&mut self.missed);
             StatCounters::add(&self.stats.lagged, missed);
@@ -424,6 +468,133 @@ impl ShmPoolSubscriber {
             return Some(Err(Error::Lagged { missed }));
         }
         Some(Ok(frame))
+    }
+
+    /// Maps a segment the publisher will forward frames from (SEGMENT).
+    fn on_segment(&mut self, index: u32, inode: u64, len: u64) -> Result<()> {
+        let fd = self
+            .rx
+            .take_fd()
+            .ok_or_else(|| Error::Protocol("SEGMENT arrived without its fd".into()))?;
+        let Some(entry) = self.fwd.get_mut(index as usize) else {
+            return Err(Error::Protocol(format!(
+                "SEGMENT index {index} is out of range (below {})",
+                wire::MAX_FORWARD_SEGMENTS
+            )));
+        };
+        if entry.is_some() {
+            return Err(Error::Protocol(format!(
+                "SEGMENT index {index} is already in use (FORGET comes first)"
+            )));
+        }
+        let map = ForeignMap::open(fd, inode, len)?;
+        tracing::debug!(
+            pool = %self.name,
+            index,
+            inode = map.inode(),
+            len,
+            "shm-pool: mapped a forwarded segment"
+        );
+        *entry = Some(Arc::new(map));
+        Ok(())
+    }
+
+    /// Checks a forwarded descriptor, claims its forward slot and builds the
+    /// frame; `None` when skipped (taken back, or filtered by topic). A
+    /// descriptor whose reference is bad reads nothing; if its claim was
+    /// really on offer, the claim is released so the publisher's forward
+    /// slot (and the upstream slot behind it) does not stay held.
+    fn on_fwd(&mut self, d: FwdDesc, header: &[u8]) -> Option<Result<Frame>> {
+        self.missed = self.missed.saturating_add(d.missed);
+        let geo = self.link.seg.geometry();
+        let first = geo.slots;
+        let end = wire::claim_entries(geo.slots);
+        if d.index < first || d.index >= end {
+            return Some(Err(invalid(format!(
+                "forward claim index {} is out of range: pool `{}` has forward claims {first}..{end}",
+                d.index, self.name
+            ))));
+        }
+        let seg = self.fwd.get(d.segment as usize).and_then(Option::clone);
+        let bad = match &seg {
+            None => Some(format!(
+                "descriptor names forwarded segment {}, which the publisher of `{}` never sent",
+                d.segment, self.name
+            )),
+            Some(_) if d.len > geo.slot_size => Some(format!(
+                "forwarded length {} exceeds slot_size {}",
+                d.len, geo.slot_size
+            )),
+            Some(m) if d.offset.checked_add(d.len).is_none_or(|e| e > m.len()) => Some(format!(
+                "forwarded bytes {}..{}+{} run past the end of segment {} ({} bytes)",
+                d.offset,
+                d.offset,
+                d.len,
+                d.segment,
+                m.len()
+            )),
+            Some(_) => None,
+        };
+        let seg = match (seg, bad) {
+            (Some(seg), None) => seg,
+            (_, bad) => {
+                if self.link.claims.take(d.index, d.generation, false) == Take::Taken {
+                    self.link.release_now(d.index, d.generation);
+                }
+                return Some(Err(invalid(bad.unwrap_or_default())));
+            }
+        };
+        match self
+            .link
+            .claims
+            .take(d.index, d.generation, self.may_reclaim)
+        {
+            Take::Taken => {}
+            Take::Stale => {
+                self.missed = self.missed.saturating_add(1);
+                return None;
+            }
+            Take::Invalid => {
+                return Some(Err(invalid(format!(
+                    "forward slot {} generation {} is not on offer to this subscriber (already taken, stale or forged)",
+                    d.index - first,
+                    d.generation
+                ))));
+            }
+        }
+        // From here on the forward slot is ours: every way out releases it or
+        // hands it to a view.
+        let mut frame = match decode_frame_header(header, d.len, geo.slot_size) {
+            Ok(f) => f,
+            Err(e) => {
+                self.link.release_now(d.index, d.generation);
+                return Some(Err(e));
+            }
+        };
+        if !frame.topic.starts_with(self.prefix.as_str()) {
+            self.link.release_now(d.index, d.generation);
+            return None;
+        }
+        let len = d.len as usize;
+        frame.payload = match self.mode {
+            RecvMode::View => Bytes::from_owner(FwdView {
+                link: self.link.clone(),
+                seg,
+                index: d.index,
+                generation: d.generation,
+                offset: d.offset,
+                len,
+            }),
+            _ => {
+                // SAFETY: as in `FwdView::as_ref`: checked and claimed above,
+                // released only after this copy.
+                let src = unsafe { std::slice::from_raw_parts(seg.ptr(d.offset), len) };
+                let b = Bytes::copy_from_slice(src);
+                self.link.release_now(d.index, d.generation);
+                b
+            }
+        };
+        self.deliver(frame)
     }
 
     /// Reads more from the socket (after an optional spin); records EOF.
@@ -491,6 +662,22 @@ impl Subscriber for ShmPoolSubscriber {
                     Ok(Msg::Desc { desc, header }) => {
                         if let Some(r) = self.on_desc(desc, &header) {
                             return r;
+                        }
+                    }
+                    Ok(Msg::Fwd { desc, header }) => {
+                        if let Some(r) = self.on_fwd(desc, &header) {
+                            return r;
+                        }
+                    }
+                    Ok(Msg::Segment { index, inode, len }) => {
+                        // A segment that cannot be mapped is reported; the
+                        // frames that name it then fail on their own.
+                        self.on_segment(index, inode, len)?;
+                    }
+                    Ok(Msg::Forget { index }) => {
+                        // Views made from it keep their mapping.
+                        if let Some(entry) = self.fwd.get_mut(index as usize) {
+                            *entry = None;
                         }
                     }
                     Ok(other) => {

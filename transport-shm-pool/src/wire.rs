@@ -18,12 +18,29 @@
 //!   CLAIMS(len) + claim-table memfd      ->
 //!                                        <-    READY(subscriber id)   or REJECT(reason)
 //!                                        <-    DESC(segment, slot, generation, len, missed, frame header) ...
-//!   RELEASE(slot, generation) ...        ->
+//!                                        <-    SEGMENT(index, inode, len) + read-only fd of a forwarded segment
+//!                                        <-    FWD(index, claim, generation, offset, len, missed, frame header) ...
+//!                                        <-    FORGET(index)
+//!   RELEASE(claim, generation) ...       ->
 //!   UNSUBSCRIBE                          ->    (when the subscriber is dropped)
 //! ```
 //!
 //! The frame header inside DESC is [`transport_core::codec`]'s prefix and
 //! header for a frame whose payload is the slot's first `len` bytes.
+//!
+//! # Forwarding
+//!
+//! A publisher that is handed a payload living in another pool's segment (a
+//! view its process received) sends it on without a copy: the first time a
+//! subscriber needs that segment, SEGMENT passes its read-only memfd under a
+//! small index (below [`MAX_FORWARD_SEGMENTS`]); each such frame is then a FWD
+//! naming the index and a byte range of that segment. FORGET retires an index
+//! (the publisher can no longer forward from it; views already made keep
+//! their mapping). A forwarded frame occupies one of the publisher's
+//! *forward slots* (as many as pool slots) until every subscriber has
+//! released it; its claim word and RELEASE use the claim index
+//! `slots + forward slot`, so pool slots and forward slots share one index
+//! space `0 .. 2 * slots` ([`claim_entries`]).
 //!
 //! # The claim table
 //!
@@ -31,7 +48,7 @@
 //! subscriber must be able to write lives in a small memfd it creates, seals
 //! against shrinking and hands to the publisher: word 0 counts the publisher's
 //! writes to this subscriber's socket (for busy polling), and from byte 64 on,
-//! one word per slot holds `generation << 2 | state`, with the states
+//! one word per claim index (each pool slot, then each forward slot) holds `generation << 2 | state`, with the states
 //! [`OFFERED`] (the publisher sent a descriptor), [`TAKEN`] (the subscriber
 //! started reading it) and [`RECLAIMED`] (the publisher took it back, under
 //! `drop-oldest`, before it was read). Taking and reclaiming are
@@ -51,7 +68,12 @@ use transport_core::{Error, Result, codec};
 use crate::sys;
 
 /// Version of this protocol; peers with another version are refused.
-pub const VERSION: u16 = 1;
+/// Version 2 added forwarding (SEGMENT, FWD, FORGET; a claim word per
+/// forward slot).
+pub const VERSION: u16 = 2;
+/// Most forwarded segments a publisher announces to one subscriber at once
+/// (SEGMENT indices are below this).
+pub const MAX_FORWARD_SEGMENTS: u32 = 16;
 /// Largest message (kind + body): a DESC with the largest frame header.
 pub const MAX_MESSAGE: usize = codec::MAX_HEADER as usize + codec::PREFIX_LEN + 64;
 /// Most file descriptors a peer may have in flight before they are used.
@@ -65,6 +87,9 @@ const K_HELLO: u8 = 0x81;
 const K_READY: u8 = 0x82;
 const K_REJECT: u8 = 0x83;
 const K_DESC: u8 = 0x84;
+const K_SEGMENT: u8 = 0x85;
+const K_FWD: u8 = 0x86;
+const K_FORGET: u8 = 0x87;
 
 /// [`Hello::flags`] bit: the publisher runs `drop-oldest` and may reclaim
 /// descriptors that were not read yet, so a stale descriptor is a drop, not
@@ -109,6 +134,23 @@ pub struct Desc {
     pub missed: u64,
 }
 
+/// A reference to one forwarded frame: a byte range of a forwarded segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FwdDesc {
+    /// The forwarded segment's index (announced by a SEGMENT).
+    pub segment: u32,
+    /// The claim index: `slots + forward slot`.
+    pub index: u32,
+    /// The forward slot's generation.
+    pub generation: u64,
+    /// Where the payload starts in the segment.
+    pub offset: u64,
+    /// Payload length.
+    pub len: u64,
+    /// Frames the publisher dropped for this subscriber since the previous descriptor.
+    pub missed: u64,
+}
+
 /// One protocol message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -144,9 +186,31 @@ pub enum Msg {
         /// The frame's encoded prefix and header ([`transport_core::codec`]).
         header: Bytes,
     },
+    /// Publisher -> subscriber, with the forwarded segment's read-only fd attached.
+    Segment {
+        /// The index FWD descriptors will name it by.
+        index: u32,
+        /// Its inode number.
+        inode: u64,
+        /// Bytes to map.
+        len: u64,
+    },
+    /// Publisher -> subscriber: a forwarded frame.
+    Fwd {
+        /// Where the payload is.
+        desc: FwdDesc,
+        /// The frame's encoded prefix and header ([`transport_core::codec`]).
+        header: Bytes,
+    },
+    /// Publisher -> subscriber: no FWD will name this segment index again
+    /// (until a new SEGMENT reuses it).
+    Forget {
+        /// The segment index.
+        index: u32,
+    },
     /// Subscriber -> publisher: done with a slot.
     Release {
-        /// The slot.
+        /// The claim index (a pool slot, or `slots +` a forward slot).
         index: u32,
         /// Its generation in the descriptor.
         generation: u64,
@@ -201,6 +265,26 @@ pub fn encode(msg: &Msg, out: &mut BytesMut) {
             out.put_u64_le(desc.len);
             out.put_u64_le(desc.missed);
             out.put_slice(header);
+        }
+        Msg::Segment { index, inode, len } => {
+            out.put_u8(K_SEGMENT);
+            out.put_u32_le(*index);
+            out.put_u64_le(*inode);
+            out.put_u64_le(*len);
+        }
+        Msg::Fwd { desc, header } => {
+            out.put_u8(K_FWD);
+            out.put_u32_le(desc.segment);
+            out.put_u32_le(desc.index);
+            out.put_u64_le(desc.generation);
+            out.put_u64_le(desc.offset);
+            out.put_u64_le(desc.len);
+            out.put_u64_le(desc.missed);
+            out.put_slice(header);
+        }
+        Msg::Forget { index } => {
+            out.put_u8(K_FORGET);
+            out.put_u32_le(*index);
         }
         Msg::Release { index, generation } => {
             out.put_u8(K_RELEASE);
@@ -288,6 +372,34 @@ pub fn decode(mut body: Bytes) -> Result<Msg> {
                 missed: body.get_u64_le(),
             };
             Msg::Desc { desc, header: body }
+        }
+        K_SEGMENT => {
+            need(&body, 4 + 8 + 8, "SEGMENT")?;
+            Msg::Segment {
+                index: body.get_u32_le(),
+                inode: body.get_u64_le(),
+                len: body.get_u64_le(),
+            }
+        }
+        K_FWD => {
+            if body.len() < 4 + 4 + 8 * 4 {
+                return Err(bad("FWD message too short"));
+            }
+            let desc = FwdDesc {
+                segment: body.get_u32_le(),
+                index: body.get_u32_le(),
+                generation: body.get_u64_le(),
+                offset: body.get_u64_le(),
+                len: body.get_u64_le(),
+                missed: body.get_u64_le(),
+            };
+            Msg::Fwd { desc, header: body }
+        }
+        K_FORGET => {
+            need(&body, 4, "FORGET")?;
+            Msg::Forget {
+                index: body.get_u32_le(),
+            }
         }
         K_RELEASE => {
             need(&body, 12, "RELEASE")?;
@@ -406,7 +518,13 @@ const CLAIMS_HEADER: u64 = 64;
 /// Largest generation a claim word can carry.
 pub const MAX_GENERATION: u64 = (1 << 62) - 1;
 
-/// Bytes of a claim table for `entries` slots.
+/// Claim words of a subscriber's table for a pool of `slots` slots: one per
+/// pool slot, then one per forward slot (as many as pool slots).
+pub fn claim_entries(slots: u32) -> u32 {
+    slots.saturating_mul(2)
+}
+
+/// Bytes of a claim table for `entries` claim words.
 pub fn claims_len(entries: u32) -> u64 {
     sys::page_align(CLAIMS_HEADER + 8 * u64::from(entries)).unwrap_or(u64::MAX)
 }
@@ -590,6 +708,23 @@ mod tests {
             },
             header: Bytes::from_static(b"header"),
         });
+        round_trip(Msg::Segment {
+            index: 3,
+            inode: 77,
+            len: 1 << 30,
+        });
+        round_trip(Msg::Fwd {
+            desc: FwdDesc {
+                segment: 3,
+                index: 9,
+                generation: 2,
+                offset: 4096,
+                len: 100,
+                missed: 1,
+            },
+            header: Bytes::from_static(b"header"),
+        });
+        round_trip(Msg::Forget { index: 3 });
         round_trip(Msg::Release {
             index: 1,
             generation: 9,
@@ -606,6 +741,9 @@ mod tests {
             b"\x03\x00",
             b"\x04\x00",
             b"\x84\x00",
+            b"\x85\x00\x00\x00\x00",
+            b"\x86\x00",
+            b"\x87\x00",
         ] {
             assert!(matches!(
                 decode(Bytes::copy_from_slice(body)),

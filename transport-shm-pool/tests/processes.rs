@@ -420,6 +420,113 @@ fn publisher_and_subscriber_processes() {
     assert!(socket_released(&name));
 }
 
+/// A forwarder process between a publisher and a subscriber here: the
+/// frames arrive intact and the forwarder copies none of them (it says how
+/// many it forwarded without a copy); the publisher's slots stay held while
+/// the subscriber here views the frames, come back as the views drop, and
+/// all come back when the forwarder is killed.
+#[test]
+fn forwarding_across_processes() {
+    let (up, down) = (unique("fwd-up"), unique("fwd-down"));
+    let up_url = format!("shm-pool://{up}?slots=4&slot_size=1MiB");
+    let down_url = format!("shm-pool://{down}?slots=4&slot_size=1MiB");
+    runtime().block_on(async {
+        let mut publ = publisher(&up_url, transport_core::Policy::Fail).await;
+        let fwd = Peer::spawn(&["forward", &up_url, &down_url, "--frames", "3"]);
+        fwd.expect("listening");
+        let views = SubscribeOptions::default().recv_mode(RecvMode::View);
+        let mut sub = ShmPoolTransport::new()
+            .subscribe(&Endpoint::parse(&down_url).expect("url"), &views)
+            .await
+            .expect("subscribe downstream");
+        fwd.expect("ready");
+        publ.wait_for_subscribers(1, WAIT)
+            .await
+            .expect("the forwarder");
+        for seq in 0..3u64 {
+            let mut loan = publ.loan(300_000 + seq as usize).await.expect("loan");
+            pattern::fill(seq, &mut loan);
+            publ.send_loan(loan).await.expect("send_loan");
+        }
+        let mut views = Vec::new();
+        for seq in 0..3u64 {
+            let f = tokio::time::timeout(WAIT, sub.recv())
+                .await
+                .expect("in time")
+                .expect("recv");
+            assert_eq!(f.seq, seq);
+            assert!(pattern::check(seq, &f.payload), "frame {seq} intact");
+            assert_eq!(f.trace.len(), 1, "the forwarder's hop");
+            views.push(f);
+        }
+        fwd.expect("forwarded 3 3");
+        assert_eq!(publ.free_slots(), 1, "three slots behind three views");
+        views.remove(0);
+        until("the dropped view's slot", || publ.free_slots() == 2).await;
+        // Killed with views still alive downstream: its subscriber's socket
+        // closes, so its holds (and those it kept for us) end.
+        let mut fwd = fwd;
+        fwd.kill();
+        until("every slot back after the kill", || publ.free_slots() == 4).await;
+        match tokio::time::timeout(WAIT, sub.recv()).await {
+            Ok(Err(Error::Disconnected(_))) => {}
+            other => panic!("expected Disconnected, got {other:?}"),
+        }
+        assert_eq!(publ.stale_releases(), 0);
+    });
+    assert!(socket_released(&up));
+}
+
+/// A subscriber process behind a forwarder process holds views of every
+/// forwarded frame and is SIGKILLed: the upstream slots come back here.
+#[test]
+fn killed_subscriber_behind_a_forwarder_releases_upstream() {
+    let (up, down) = (unique("fwdk-up"), unique("fwdk-down"));
+    let up_url = format!("shm-pool://{up}?slots=4&slot_size=256KiB");
+    let down_url = format!("shm-pool://{down}?slots=4&slot_size=256KiB");
+    runtime().block_on(async {
+        let mut publ = publisher(&up_url, transport_core::Policy::Fail).await;
+        let fwd = Peer::spawn(&["forward", &up_url, &down_url, "--frames", "4"]);
+        fwd.expect("listening");
+        let mut holder = Peer::spawn(&[
+            "subscribe",
+            &down_url,
+            "--mode",
+            "view",
+            "--frames",
+            "4",
+            "--hold",
+            "4",
+        ]);
+        holder.expect("subscribed");
+        fwd.expect("ready");
+        publ.wait_for_subscribers(1, WAIT)
+            .await
+            .expect("the forwarder");
+        for seq in 0..4u64 {
+            publ.send(Frame::new(pattern::make(seq, 100_000)))
+                .await
+                .expect("send");
+        }
+        holder.expect("holding 4");
+        fwd.expect("forwarded 4 4");
+        assert_eq!(publ.free_slots(), 0, "held two processes away");
+        match publ.send(Frame::new(pattern::make(9, 10))).await {
+            Err(Error::Full {
+                option: "slots", ..
+            }) => {}
+            other => panic!("expected Full, got {other:?}"),
+        }
+        holder.kill();
+        until("the upstream slots after the kill", || {
+            publ.free_slots() == 4
+        })
+        .await;
+        fwd.finish();
+    });
+    assert!(socket_released(&up));
+}
+
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }

@@ -5,12 +5,13 @@
 //! ```text
 //! shm-pool-peer publish URL [--subscribers N] [--frames N] [--size BYTES] [--loan] [--no-fill]
 //! shm-pool-peer subscribe URL [--mode view|owned] [--frames N] [--hold N] [--no-check] [--quiet]
+//! shm-pool-peer forward UPSTREAM_URL DOWNSTREAM_URL [--subscribers N] [--frames N]
 //! shm-pool-peer probe NAME OWNER_UID [--as-uid UID]
 //! shm-pool-peer squat NAME OWNER_UID [--as-uid UID]
 //! ```
 //!
 //! It reports progress as lines on stdout (`ready`, `got SEQ`, `holding N`,
-//! `done N`, ...), and once its work is done waits until its stdin closes, so
+//! `done N`, `forwarded N COUNT` with COUNT the frames sent without a copy, ...), and once its work is done waits until its stdin closes, so
 //! the test decides when it exits (or kills it). Frames carry
 //! `transport_core::pattern` bytes of their sequence number; a subscriber checks
 //! every byte unless told `--no-check` (benchmarks of the untouched hand-off),
@@ -227,6 +228,53 @@ fn subscribe(mut args: Args) -> Result<(), String> {
     })
 }
 
+/// Receives views from UPSTREAM and re-sends each, untouched, through its own
+/// publisher on DOWNSTREAM: the zero-copy forward.
+fn forward(mut args: Args) -> Result<(), String> {
+    let up = args.positional("UPSTREAM_URL")?;
+    let down = args.positional("DOWNSTREAM_URL")?;
+    let subscribers = args.num("--subscribers", 1)? as usize;
+    let frames = args.num("--frames", 1)?;
+    args.done()?;
+    let up = Endpoint::parse(&up).map_err(|e| e.to_string())?;
+    let down = Endpoint::parse(&down).map_err(|e| e.to_string())?;
+    runtime()?.block_on(async move {
+        let t = ShmPoolTransport::new();
+        let mut publ = t
+            .publish(&down, &PublishOptions::default().trace_name("forward"))
+            .await
+            .map_err(|e| e.to_string())?;
+        say("listening");
+        let views = SubscribeOptions::default().recv_mode(RecvMode::View);
+        let mut sub = t.subscribe(&up, &views).await.map_err(|e| e.to_string())?;
+        say("subscribed");
+        publ.wait_for_subscribers(subscribers, TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        say("ready");
+        for got in 0..frames {
+            let f = match tokio::time::timeout(TIMEOUT, sub.recv()).await {
+                Err(_) => return Err(format!("no frame after {got} within {TIMEOUT:?}")),
+                Ok(r) => r.map_err(|e| format!("recv: {e}"))?,
+            };
+            tokio::time::timeout(TIMEOUT, publ.send(f))
+                .await
+                .map_err(|_| "send timed out".to_string())?
+                .map_err(|e| format!("send: {e}"))?;
+        }
+        tokio::time::timeout(TIMEOUT, publ.flush())
+            .await
+            .map_err(|_| "flush timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        say(&format!("forwarded {frames} {}", publ.forwarded()));
+        tokio::task::spawn_blocking(wait_for_stdin_eof)
+            .await
+            .map_err(|e| e.to_string())?;
+        drop((sub, publ));
+        Ok(())
+    })
+}
+
 fn abstract_addr(name: &str, owner: &str) -> Result<std::os::unix::net::SocketAddr, String> {
     use std::os::linux::net::SocketAddrExt;
     let owner: u32 = owner
@@ -292,7 +340,7 @@ fn squat(mut args: Args) -> Result<(), String> {
 fn main() -> ExitCode {
     let mut all: Vec<String> = std::env::args().skip(1).collect();
     if all.is_empty() {
-        eprintln!("usage: shm-pool-peer publish|subscribe|probe|squat ...");
+        eprintln!("usage: shm-pool-peer publish|subscribe|forward|probe|squat ...");
         return ExitCode::from(2);
     }
     let cmd = all.remove(0);
@@ -300,6 +348,7 @@ fn main() -> ExitCode {
     let r = match cmd.as_str() {
         "publish" => publish(args),
         "subscribe" => subscribe(args),
+        "forward" => forward(args),
         "probe" => probe(args),
         "squat" => squat(args),
         other => Err(format!("unknown command `{other}`")),

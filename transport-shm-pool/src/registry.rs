@@ -1,0 +1,169 @@
+//! The process-wide registry of the segment mappings subscribers hold: what
+//! lets a publisher recognise a payload that already lives in shared memory
+//! (a view received from another pool) and forward it without a copy.
+//!
+//! Every read-only mapping a subscriber makes (the pool of the publisher it
+//! connects to, and each segment that publisher forwards to it) registers its
+//! address range together with the read-only memfd behind it. A publisher's
+//! `send` looks the payload's address range up here: when it lies entirely
+//! inside a registered mapping, the payload is bytes of that segment at a
+//! known offset, and the publisher passes the segment's fd on instead of
+//! copying the bytes.
+//!
+//! Soundness of the lookup rests on one ordering: a mapping leaves the
+//! registry (under the write lock) *before* it is unmapped (the
+//! [`Registration`] is the first field of the types that own a mapping, so
+//! it drops first). A lookup that finds a range therefore finds a mapping
+//! that is still mapped at that moment, and a payload `Bytes` the caller
+//! holds that points into the range is that mapping's memory (an address
+//! names one thing at a time), kept alive by the `Bytes` itself.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// A segment some mapping in this process shows: its read-only memfd, for
+/// passing on to subscribers with `SCM_RIGHTS`.
+pub(crate) struct SegFd {
+    fd: OwnedFd,
+    inode: u64,
+    len: u64,
+    /// True while the mapping that registered it is mapped.
+    mapped: AtomicBool,
+}
+
+impl std::fmt::Debug for SegFd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SegFd")
+            .field("inode", &self.inode)
+            .field("len", &self.len)
+            .field("mapped", &self.is_mapped())
+            .finish()
+    }
+}
+
+impl SegFd {
+    /// The read-only descriptor of the segment.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The segment's inode number.
+    pub(crate) fn inode(&self) -> u64 {
+        self.inode
+    }
+
+    /// Bytes of the segment that the registered mapping covers.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// False once the mapping that registered it is gone: no payload can be
+    /// found in it any more, so a publisher may forget it.
+    pub(crate) fn is_mapped(&self) -> bool {
+        self.mapped.load(Ordering::Acquire)
+    }
+}
+
+/// Mappings by start address.
+static REGISTRY: RwLock<BTreeMap<usize, Arc<SegFd>>> = RwLock::new(BTreeMap::new());
+
+/// A registered mapping; leaves the registry when dropped, which must happen
+/// before the mapping is unmapped (make it the first field of the owner).
+pub(crate) struct Registration {
+    base: usize,
+    seg: Arc<SegFd>,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("base", &format_args!("{:#x}", self.base))
+            .field("segment", &self.seg)
+            .finish()
+    }
+}
+
+impl Registration {
+    /// The registered segment.
+    pub(crate) fn seg(&self) -> &Arc<SegFd> {
+        &self.seg
+    }
+}
+
+/// Registers the read-only mapping of `len` bytes at `base` of the memfd `fd`
+/// (inode `inode`). `fd` should be read-only: it is what subscribers of this
+/// process's publishers receive.
+pub(crate) fn register(base: *const u8, len: u64, fd: OwnedFd, inode: u64) -> Registration {
+    let seg = Arc::new(SegFd {
+        fd,
+        inode,
+        len,
+        mapped: AtomicBool::new(true),
+    });
+    let base = base as usize;
+    REGISTRY
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(base, seg.clone());
+    Registration { base, seg }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut reg = REGISTRY.write().unwrap_or_else(|p| p.into_inner());
+        if reg
+            .get(&self.base)
+            .is_some_and(|s| Arc::ptr_eq(s, &self.seg))
+        {
+            reg.remove(&self.base);
+        }
+        // Release: pairs with the acquire in `is_mapped`.
+        self.seg.mapped.store(false, Ordering::Release);
+    }
+}
+
+/// The registered segment holding all of `ptr..ptr + len`, and the offset of
+/// `ptr` in it. `None` for an empty range or memory that is not a registered
+/// mapping (the heap, an owned copy, a publisher's own pool).
+pub(crate) fn lookup(ptr: *const u8, len: usize) -> Option<(Arc<SegFd>, u64)> {
+    if len == 0 {
+        return None;
+    }
+    let start = ptr as usize;
+    let end = start.checked_add(len)?;
+    let reg = REGISTRY.read().unwrap_or_else(|p| p.into_inner());
+    let (&base, seg) = reg.range(..=start).next_back()?;
+    let seg_end = base.checked_add(usize::try_from(seg.len).ok()?)?;
+    (end <= seg_end).then(|| (seg.clone(), (start - base) as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys;
+
+    #[test]
+    fn lookups_find_only_whole_ranges_of_live_mappings() {
+        // Addresses of a real buffer, so that no other mapping can be there.
+        let buf = vec![0u8; 3 * 4096];
+        let base = buf.as_ptr();
+        let fd = sys::memfd("registry-test", 4096).unwrap();
+        let reg = register(base, 8192, fd, 42);
+        // SAFETY: offsets stay inside `buf`.
+        let (inside, edge) = unsafe { (base.add(100), base.add(8191)) };
+        let (seg, off) = lookup(inside, 1000).expect("inside");
+        assert_eq!((seg.inode(), seg.len(), off), (42, 8192, 100));
+        assert!(lookup(base, 8192).is_some(), "the whole mapping");
+        assert!(lookup(edge, 1).is_some(), "the last byte");
+        assert!(lookup(edge, 2).is_none(), "runs past the end");
+        assert!(lookup(inside, 0).is_none(), "empty");
+        let before = base.wrapping_sub(1);
+        assert!(lookup(before, 10).is_none(), "starts before the mapping");
+        assert!(seg.is_mapped());
+        drop(reg);
+        assert!(!seg.is_mapped());
+        assert!(lookup(inside, 1000).is_none(), "gone with its registration");
+    }
+}
