@@ -11,6 +11,9 @@ pub use transport_tcp as tcp;
 #[cfg(feature = "shm-pool")]
 pub use transport_shm_pool as shm_pool;
 
+#[cfg(feature = "zmq")]
+pub use transport_zmq as zmq;
+
 /// Schemes framewire knows, with the cargo feature that compiles their backend in.
 pub const KNOWN_SCHEMES: [(&str, &str); 6] = [
     ("tcp", "tcp"),
@@ -55,6 +58,8 @@ impl Registry {
         #[cfg(feature = "shm-pool")]
         r.backends
             .push(Arc::new(transport_shm_pool::ShmPoolTransport));
+        #[cfg(feature = "zmq")]
+        r.backends.push(Arc::new(transport_zmq::ZmqTransport));
         r
     }
 

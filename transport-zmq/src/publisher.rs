@@ -1,0 +1,947 @@
+//! The publisher: an XPUB socket owned by one driver task, and one bounded
+//! queue per subscriber in front of it.
+//!
+//! `send` never touches the socket: it applies the policy to the queues of
+//! the subscribers whose prefix matches, and wakes the driver. The driver is
+//! the only task that uses the socket: it reads subscriptions and status
+//! reports, writes queued frames round-robin (each write is awaited until the
+//! bytes are in the kernel, so the crate holds no queue of its own), sends
+//! welcomes, heartbeats and goodbyes, and cuts off peers that stall.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use transport_core::{
+    Endpoint, Error, Frame, Loan, Policy, Publisher, Result, StatCounters, Stats, wait_until,
+};
+use zeromq::{Socket, SocketEvent, SocketRecv, SocketSend, XPubSocket, ZmqMessage};
+
+use crate::config::{Address, Config};
+use crate::lag_queue::LagQueue;
+use crate::wire::{self, Control, SubscriberId, Welcome};
+
+/// Upstream messages handled per turn of the driver before it writes again.
+const UPSTREAM_BATCH: usize = 256;
+
+/// One frame as it will be written: its topic, envelope and payload (shared by
+/// every subscriber's queue, never copied).
+#[derive(Debug)]
+struct Msg {
+    topic: Bytes,
+    envelope: Bytes,
+    payload: Bytes,
+}
+
+#[derive(Debug)]
+struct Sub {
+    id: SubscriberId,
+    prefix: String,
+    queue: LagQueue<Arc<Msg>>,
+    /// The driver is writing to this subscriber now.
+    writing: bool,
+    /// WELCOME not written yet; no data goes before it.
+    needs_welcome: bool,
+    /// Sequence number of the first frame queued for it (told in WELCOME).
+    start_seq: u64,
+    /// Data frames written to its socket.
+    written: u64,
+    /// Data frames it reports received.
+    received: u64,
+    /// Frames it reports having dropped itself.
+    reported_dropped: u64,
+    last_heard: Instant,
+    last_sent: Instant,
+}
+
+#[derive(Debug)]
+struct State {
+    subs: Vec<Sub>,
+    /// Sequence number of the next frame; a joining subscriber is told it.
+    next_seq: u64,
+    /// The publisher was dropped: write what is queued, say goodbye, close.
+    closing: bool,
+    /// The driver ended; why.
+    driver_gone: Option<String>,
+    /// Round-robin cursor over `subs`.
+    cursor: usize,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    stats: Arc<StatCounters>,
+    /// -> driver: work was queued, or the publisher closed.
+    wake: Notify,
+    /// -> senders, `flush`, `wait_for_subscribers`: queues moved, membership changed.
+    changed: Notify,
+    cfg: Config,
+    policy: Policy,
+    instance: u64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every critical section is a few field updates that cannot leave the
+        // state inconsistent, so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A publisher on `zmq+tcp://HOST:PORT` or `zmq+ipc:///PATH`.
+///
+/// It binds at creation. Subscribers join at any time and receive the frames
+/// sent after their subscription reached the publisher. See the crate docs.
+#[derive(Debug)]
+pub struct ZmqPublisher {
+    shared: Arc<Shared>,
+    endpoint: Endpoint,
+    trace_name: Option<String>,
+    socket_file: Option<SocketFile>,
+    driver: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub(crate) async fn bind(
+    endpoint: &Endpoint,
+    cfg: Config,
+    policy: Policy,
+    trace_name: Option<String>,
+) -> Result<ZmqPublisher> {
+    let mut xpub = XPubSocket::new();
+    // Before binding, so that no accepted peer is missed.
+    let monitor = xpub.monitor().boxed();
+    let backend = |e: zeromq::ZmqError| Error::Backend {
+        backend: "zmq",
+        source: Box::new(e),
+    };
+    let mut socket_file = None;
+    let reported = match &cfg.address {
+        Address::Tcp(addr) => {
+            let l = tokio::net::TcpListener::bind(addr.as_str())
+                .await
+                .map_err(|e| Error::io(format!("binding {addr}"), e))?;
+            let local = l
+                .local_addr()
+                .map_err(|e| Error::io("reading the bound address", e))?;
+            let std = l
+                .into_std()
+                .map_err(|e| Error::io("handing the listener to zeromq", e))?;
+            xpub.bind_listener(std).await.map_err(backend)?;
+            // The port the OS picked for `:0`, with the same parameters.
+            let mut url = format!("zmq+tcp://{local}");
+            let query: Vec<String> = endpoint.params().map(|(k, v)| format!("{k}={v}")).collect();
+            if !query.is_empty() {
+                url.push('?');
+                url.push_str(&query.join("&"));
+            }
+            Endpoint::parse(&url)?
+        }
+        Address::Ipc(path) => {
+            let (l, file) = bind_unix(path)?;
+            if let Err(e) = xpub.bind_listener(l).await {
+                file.remove();
+                return Err(backend(e));
+            }
+            socket_file = Some(file);
+            endpoint.clone()
+        }
+    };
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            subs: Vec::new(),
+            next_seq: 0,
+            closing: false,
+            driver_gone: None,
+            cursor: 0,
+        }),
+        stats: Arc::new(StatCounters::default()),
+        wake: Notify::new(),
+        changed: Notify::new(),
+        cfg,
+        policy,
+        instance: u64::from_le_bytes(random_bytes()),
+    });
+    let driver = Driver {
+        xpub,
+        monitor,
+        shared: shared.clone(),
+        pending_peers: HashMap::new(),
+        refusals: Vec::new(),
+    };
+    let driver = tokio::spawn(driver.run());
+    Ok(ZmqPublisher {
+        shared,
+        endpoint: reported,
+        trace_name,
+        socket_file,
+        driver: Some(driver),
+    })
+}
+
+fn random_bytes() -> [u8; 8] {
+    let id = SubscriberId::random();
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&id.0[..8]);
+    b
+}
+
+/// A Unix socket file this publisher created, removed when it is dropped
+/// (unless another publisher has replaced it meanwhile).
+#[derive(Debug)]
+struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketFile {
+    fn remove(&self) {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if m.dev() == self.dev && m.ino() == self.ino => {
+                let _ = std::fs::remove_file(&self.path);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Binds a Unix socket at `path`, sweeping a socket file left by a crashed
+/// publisher, refusing one a live publisher serves, and making it owner-only.
+///
+/// The socket is bound under a temporary name and renamed into place: the
+/// zeromq crate unlinks the name it was bound with when its accept task
+/// stops, at an unpredictable later time, which could delete the socket of a
+/// publisher started at the same path meanwhile. We remove `path` ourselves,
+/// synchronously, when the publisher is dropped.
+fn bind_unix(path: &Path) -> Result<(std::os::unix::net::UnixListener, SocketFile)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let url = || format!("zmq+ipc://{}", path.display());
+    let io = |what: &str, e| Error::io(format!("{what} {}", path.display()), e);
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("inspecting", e)),
+        Ok(meta) => {
+            if !meta.file_type().is_socket() {
+                return Err(Error::InvalidEndpoint {
+                    url: url(),
+                    reason: "the path exists and is not a socket; pick another path".into(),
+                });
+            }
+            if UnixStream::connect(path).is_ok() {
+                return Err(Error::InvalidEndpoint {
+                    url: url(),
+                    reason: "another publisher is listening on this path; pick another path".into(),
+                });
+            }
+            tracing::info!(path = %path.display(), "removing a stale socket left by a previous run");
+            std::fs::remove_file(path).map_err(|e| io("removing", e))?;
+        }
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(
+        ".{}.{:x}.tmp",
+        std::process::id(),
+        u64::from_le_bytes(random_bytes())
+    ));
+    let tmp = PathBuf::from(tmp);
+    let listener = UnixListener::bind(&tmp).map_err(|e| io("binding next to", e))?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        // Owner-only, like every framewire rendezvous point: connecting needs write access.
+        .map_err(|e| io("restricting to its owner", e))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| io("moving a socket to", e)))
+        .and_then(|()| std::fs::symlink_metadata(path).map_err(|e| io("inspecting", e)));
+    match placed {
+        Ok(m) => Ok((
+            listener,
+            SocketFile {
+                path: path.to_owned(),
+                dev: m.dev(),
+                ino: m.ino(),
+            },
+        )),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn matches(prefix: &str, topic: &str) -> bool {
+    topic.starts_with(prefix)
+}
+
+impl ZmqPublisher {
+    fn check_len(&self, len: u64) -> Result<()> {
+        let limit = self.shared.cfg.max_payload;
+        if len > limit {
+            return Err(Error::PayloadTooLarge {
+                len,
+                limit,
+                option: "max_payload",
+            });
+        }
+        Ok(())
+    }
+
+    fn gone(why: &str) -> Error {
+        Error::Disconnected(format!("the publisher's socket task ended: {why}"))
+    }
+
+    /// Waits until every subscriber `topic` goes to has room in its queue.
+    async fn wait_for_room(&self, topic: &str) -> Result<()> {
+        let depth = self.shared.cfg.queue;
+        loop {
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let st = self.shared.lock();
+                if let Some(why) = &st.driver_gone {
+                    return Err(Self::gone(why));
+                }
+                if st
+                    .subs
+                    .iter()
+                    .filter(|s| matches(&s.prefix, topic))
+                    .all(|s| s.queue.len() < depth)
+                {
+                    return Ok(());
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+#[async_trait]
+impl Publisher for ZmqPublisher {
+    async fn send(&mut self, mut frame: Frame) -> Result<()> {
+        self.check_len(frame.payload.len() as u64)?;
+        transport_core::codec::check_header(&frame)?;
+        let depth = self.shared.cfg.queue;
+        match self.shared.policy {
+            Policy::Block => self.wait_for_room(&frame.topic).await?,
+            Policy::Fail => {
+                let st = self.shared.lock();
+                if let Some(s) = st
+                    .subs
+                    .iter()
+                    .find(|s| matches(&s.prefix, &frame.topic) && s.queue.len() >= depth)
+                {
+                    return Err(Error::Full {
+                        option: "queue",
+                        detail: format!("subscriber {} has {depth} frames queued", s.id),
+                    });
+                }
+            }
+            Policy::DropOldest => {}
+        }
+        // Only `send` (which holds `&mut self`) moves `next_seq`, so it is
+        // still current when the frame is queued below.
+        let seq = self.shared.lock().next_seq;
+        // Stamped after any wait, so the timestamp is the moment it goes out.
+        frame.stamp_for_send(seq, self.trace_name.as_deref())?;
+        let mut envelope = BytesMut::new();
+        transport_core::codec::encode_header(&frame, &mut envelope)?;
+        let len = frame.payload.len() as u64;
+        let msg = Arc::new(Msg {
+            topic: Bytes::from(std::mem::take(&mut frame.topic)),
+            envelope: envelope.freeze(),
+            payload: frame.payload,
+        });
+        let topic = std::str::from_utf8(&msg.topic).unwrap_or_default();
+        let stats = &self.shared.stats;
+        {
+            // Queue under the state lock, so that a subscriber registering now
+            // either gets this frame or is told its stream starts after it.
+            let mut st = self.shared.lock();
+            if let Some(why) = &st.driver_gone {
+                return Err(Self::gone(why));
+            }
+            for s in st.subs.iter_mut().filter(|s| matches(&s.prefix, topic)) {
+                if s.queue.len() >= depth {
+                    // Only drop-oldest gets here: block waited, fail returned.
+                    s.queue.drop_oldest();
+                    stats.queued.fetch_sub(1, Ordering::Relaxed);
+                    StatCounters::add(&stats.dropped, 1);
+                }
+                s.queue.push(msg.clone());
+                stats.queued.fetch_add(1, Ordering::Relaxed);
+            }
+            st.next_seq = seq + 1;
+        }
+        self.shared.wake.notify_one();
+        StatCounters::add(&stats.frames_sent, 1);
+        StatCounters::add(&stats.bytes_sent, len);
+        Ok(())
+    }
+
+    async fn loan(&mut self, len: usize) -> Result<Loan> {
+        self.check_len(len as u64)?;
+        Ok(Loan::heap(len))
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        let acked = self.shared.policy == Policy::DropOldest;
+        loop {
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let st = self.shared.lock();
+                if let Some(why) = &st.driver_gone {
+                    return Err(Self::gone(why));
+                }
+                // Under drop-oldest subscribers never stop reading (they drop
+                // locally), so also wait for their receipt: their drop counts
+                // are then final in `stats`.
+                if st.subs.iter().all(|s| {
+                    s.queue.is_empty() && !s.writing && (!acked || s.received >= s.written)
+                }) {
+                    return Ok(());
+                }
+            }
+            notified.await;
+        }
+    }
+
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    fn subscriber_count(&self) -> Option<usize> {
+        Some(self.shared.stats.subscribers.load(Ordering::Relaxed) as usize)
+    }
+
+    async fn wait_for_subscribers(&mut self, n: usize, timeout: Duration) -> Result<()> {
+        let shared = self.shared.clone();
+        wait_until(
+            &shared.changed,
+            timeout,
+            "for subscribers to subscribe",
+            || shared.stats.subscribers.load(Ordering::Relaxed) as usize >= n,
+        )
+        .await
+    }
+
+    fn stats(&self) -> Stats {
+        self.shared.stats.snapshot()
+    }
+}
+
+impl ZmqPublisher {
+    /// Closes the publisher and waits until every subscriber has read what
+    /// was sent and the goodbye, and cancelled its subscription (or failed
+    /// to within `peer_timeout`). Dropping the publisher does the same in the
+    /// background; call this before a process exits.
+    pub async fn close(mut self) -> Result<()> {
+        self.shared.lock().closing = true;
+        self.shared.wake.notify_one();
+        if let Some(driver) = self.driver.take() {
+            driver.await.map_err(|e| Error::Backend {
+                backend: "zmq",
+                source: Box::new(e),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ZmqPublisher {
+    fn drop(&mut self) {
+        // The driver writes what is queued, says goodbye, then closes.
+        self.shared.lock().closing = true;
+        self.shared.wake.notify_one();
+        // Connections already made are unaffected; new ones are refused.
+        if let Some(f) = &self.socket_file {
+            f.remove();
+        }
+    }
+}
+
+/// What woke the driver.
+enum Woke {
+    Upstream(zeromq::ZmqResult<ZmqMessage>),
+    Event(Option<SocketEvent>),
+    Other,
+}
+
+/// One write the driver has to do.
+enum Job {
+    Control(SubscriberId, Bytes, Control),
+    Data {
+        id: SubscriberId,
+        route_lag: Option<Bytes>,
+        lag: u64,
+        msg: Arc<Msg>,
+    },
+}
+
+struct Driver {
+    xpub: XPubSocket,
+    monitor: futures_util::stream::BoxStream<'static, SocketEvent>,
+    shared: Arc<Shared>,
+    /// Connections accepted that have not subscribed yet, by identity.
+    pending_peers: HashMap<Vec<u8>, Instant>,
+    /// Refusals to write (to subscribers that are not registered).
+    refusals: Vec<(SubscriberId, Bytes, Control)>,
+}
+
+/// Marks the publisher's state when the driver ends, however it ends.
+struct GoneGuard(Arc<Shared>);
+
+impl Drop for GoneGuard {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        if st.driver_gone.is_none() {
+            st.driver_gone = Some(if st.closing {
+                "the publisher was dropped".into()
+            } else {
+                "it stopped unexpectedly".into()
+            });
+        }
+        let n: usize = st.subs.iter().map(|s| s.queue.len()).sum();
+        st.subs.clear();
+        drop(st);
+        self.0.stats.queued.fetch_sub(n as u64, Ordering::Relaxed);
+        self.0.stats.subscribers.store(0, Ordering::Relaxed);
+        self.0.changed.notify_waiters();
+    }
+}
+
+impl Driver {
+    async fn run(mut self) {
+        let _guard = GoneGuard(self.shared.clone());
+        let tick_every = (self.shared.cfg.heartbeat / 4)
+            .clamp(Duration::from_millis(5), Duration::from_millis(250));
+        let mut tick = tokio::time::interval(tick_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let shared = self.shared.clone();
+        loop {
+            let wake = shared.wake.notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+
+            self.drain_upstream();
+            self.timers();
+            if let Some(job) = self.next_job() {
+                self.write(job).await;
+                continue;
+            }
+            if self.ready_to_close() {
+                break;
+            }
+            let woke = tokio::select! {
+                biased;
+                r = self.xpub.recv() => Woke::Upstream(r),
+                ev = self.monitor.next() => Woke::Event(ev),
+                _ = &mut wake => Woke::Other,
+                _ = tick.tick() => Woke::Other,
+            };
+            match woke {
+                Woke::Upstream(r) => self.upstream(r),
+                Woke::Event(Some(ev)) => self.event(ev),
+                Woke::Event(None) | Woke::Other => {}
+            }
+        }
+        self.goodbye().await;
+    }
+
+    /// Handles what the socket already holds, without waiting.
+    fn drain_upstream(&mut self) {
+        for _ in 0..UPSTREAM_BATCH {
+            match self.xpub.recv().now_or_never() {
+                Some(r) => self.upstream(r),
+                None => break,
+            }
+        }
+        while let Some(Some(ev)) = self.monitor.next().now_or_never() {
+            self.event(ev);
+        }
+    }
+
+    fn event(&mut self, ev: SocketEvent) {
+        if let SocketEvent::Accepted(_, peer) = ev {
+            let key = peer.to_vec();
+            let known = self
+                .shared
+                .lock()
+                .subs
+                .iter()
+                .any(|s| s.id.0[..] == key[..]);
+            if !known {
+                self.pending_peers.insert(key, Instant::now());
+            }
+        }
+    }
+
+    fn upstream(&mut self, r: zeromq::ZmqResult<ZmqMessage>) {
+        let msg = match r {
+            Ok(m) => m,
+            Err(e) => {
+                // The crate drops that peer's connection itself.
+                tracing::debug!(error = %e, "a subscriber's connection failed");
+                return;
+            }
+        };
+        let parts = msg.into_vec();
+        let [part] = parts.as_slice() else {
+            tracing::debug!(
+                parts = parts.len(),
+                "ignoring a multipart message from a subscriber"
+            );
+            return;
+        };
+        match part.first() {
+            Some(0 | 1) => match wire::parse_subscription(part) {
+                Ok(s) if s.subscribe => self.subscribe(s),
+                Ok(s) => self.remove(&s.id, "unsubscribed", false),
+                Err(e) => tracing::debug!(error = %e, "ignoring a subscription"),
+            },
+            _ => match wire::decode_upstream(part) {
+                Ok(status) => self.status(status),
+                Err(e) => tracing::debug!(error = %e, "ignoring a message from a subscriber"),
+            },
+        }
+    }
+
+    fn subscribe(&mut self, s: wire::Subscription) {
+        self.pending_peers.remove(&s.id.0[..]);
+        let mut st = self.shared.lock();
+        let refuse = if s.version != wire::VERSION {
+            Some(format!(
+                "protocol version {} is not supported; run the same framewire version on both sides",
+                s.version
+            ))
+        } else if st.closing {
+            Some("the publisher is closing".to_owned())
+        } else {
+            None
+        };
+        if let Some(reason) = refuse {
+            drop(st);
+            tracing::info!(subscriber = %s.id, %reason, "refusing a subscriber");
+            // Routed with the subscriber's own version byte, so that its
+            // subscription matches.
+            let mut route = wire::route(&s.id, s.prefix.as_bytes()).to_vec();
+            route[3] = s.version;
+            let c = Control::Refuse {
+                version: wire::VERSION,
+                reason,
+            };
+            self.refusals.push((s.id, Bytes::from(route), c));
+            return;
+        }
+        let now = Instant::now();
+        let stats = &self.shared.stats;
+        let st_next = st.next_seq;
+        if let Some(old) = st.subs.iter_mut().find(|x| x.id == s.id) {
+            // The same subscriber again: its connection broke and the crate
+            // reconnected. Start it afresh; it will see a second welcome and
+            // report the interruption.
+            let n = old.queue.clear();
+            stats.queued.fetch_sub(n as u64, Ordering::Relaxed);
+            old.prefix = s.prefix;
+            old.needs_welcome = true;
+            old.start_seq = st_next;
+            old.written = 0;
+            old.received = 0;
+            old.reported_dropped = 0;
+            old.last_heard = now;
+        } else {
+            st.subs.push(Sub {
+                id: s.id,
+                prefix: s.prefix,
+                queue: LagQueue::new(),
+                writing: false,
+                needs_welcome: true,
+                start_seq: st_next,
+                written: 0,
+                received: 0,
+                reported_dropped: 0,
+                last_heard: now,
+                last_sent: now,
+            });
+            stats
+                .subscribers
+                .store(st.subs.len() as u64, Ordering::Relaxed);
+        }
+        drop(st);
+        tracing::debug!(subscriber = %s.id, "subscriber joined");
+        self.shared.changed.notify_waiters();
+    }
+
+    fn status(&mut self, status: wire::Status) {
+        let mut st = self.shared.lock();
+        let Some(s) = st.subs.iter_mut().find(|s| s.id == status.id) else {
+            return;
+        };
+        s.last_heard = Instant::now();
+        // A peer cannot claim more than was written to it.
+        s.received = s.received.max(status.received.min(s.written));
+        if status.dropped > s.reported_dropped {
+            StatCounters::add(
+                &self.shared.stats.dropped,
+                status.dropped - s.reported_dropped,
+            );
+            s.reported_dropped = status.dropped;
+        }
+        drop(st);
+        self.shared.changed.notify_waiters();
+    }
+
+    /// Removes a subscriber; `kick` also closes its connection.
+    fn remove(&mut self, id: &SubscriberId, why: &str, kick: bool) {
+        let mut st = self.shared.lock();
+        let Some(i) = st.subs.iter().position(|s| s.id == *id) else {
+            return;
+        };
+        let s = st.subs.swap_remove(i);
+        self.shared
+            .stats
+            .queued
+            .fetch_sub(s.queue.len() as u64, Ordering::Relaxed);
+        self.shared
+            .stats
+            .subscribers
+            .store(st.subs.len() as u64, Ordering::Relaxed);
+        drop(st);
+        if kick {
+            tracing::warn!(subscriber = %id, why, "cutting off a subscriber");
+            self.xpub.backend().peer_disconnected(&id.peer_identity());
+        } else {
+            tracing::debug!(subscriber = %id, why, "subscriber left");
+        }
+        self.shared.changed.notify_waiters();
+    }
+
+    fn timers(&mut self) {
+        let now = Instant::now();
+        let shared = self.shared.clone();
+        let cfg = &shared.cfg;
+        let silent: Vec<SubscriberId> = self
+            .shared
+            .lock()
+            .subs
+            .iter()
+            .filter(|s| !s.writing && now.duration_since(s.last_heard) > cfg.peer_timeout)
+            .map(|s| s.id)
+            .collect();
+        for id in silent {
+            self.remove(&id, "no status report within peer_timeout", true);
+        }
+        let handshake = cfg.handshake_timeout;
+        let backend = self.xpub.backend();
+        self.pending_peers.retain(|peer, since| {
+            if now.duration_since(*since) <= handshake {
+                return true;
+            }
+            // Connected but never subscribed as a framewire subscriber.
+            if let Ok(p) = zeromq::util::PeerIdentity::try_from(peer.clone()) {
+                tracing::info!(
+                    "closing a connection that did not subscribe within handshake_timeout"
+                );
+                backend.peer_disconnected(&p);
+            }
+            false
+        });
+    }
+
+    /// The next write, round-robin over subscribers; marks it as writing.
+    fn next_job(&mut self) -> Option<Job> {
+        if let Some((id, route, c)) = self.refusals.pop() {
+            return Some(Job::Control(id, route, c));
+        }
+        let now = Instant::now();
+        let heartbeat = self.shared.cfg.heartbeat;
+        let mut st = self.shared.lock();
+        let n = st.subs.len();
+        for k in 0..n {
+            let i = (st.cursor + k) % n;
+            let s = &mut st.subs[i];
+            if s.writing {
+                continue;
+            }
+            let job = if s.needs_welcome {
+                s.needs_welcome = false;
+                let w = Welcome {
+                    instance: self.shared.instance,
+                    next_seq: s.start_seq,
+                    policy: self.shared.policy,
+                    queue: self.shared.cfg.queue as u32,
+                    heartbeat_ms: millis(self.shared.cfg.heartbeat),
+                    peer_timeout_ms: millis(self.shared.cfg.peer_timeout),
+                    write_timeout_ms: millis(self.shared.cfg.write_timeout),
+                };
+                Job::Control(
+                    s.id,
+                    wire::route(&s.id, s.prefix.as_bytes()),
+                    Control::Welcome(w),
+                )
+            } else if let Some((lag, msg)) = s.queue.pop() {
+                self.shared.stats.queued.fetch_sub(1, Ordering::Relaxed);
+                Job::Data {
+                    id: s.id,
+                    route_lag: (lag > 0).then(|| wire::route(&s.id, s.prefix.as_bytes())),
+                    lag,
+                    msg,
+                }
+            } else if now.duration_since(s.last_sent) >= heartbeat {
+                Job::Control(
+                    s.id,
+                    wire::route(&s.id, s.prefix.as_bytes()),
+                    Control::Heartbeat,
+                )
+            } else {
+                continue;
+            };
+            s.writing = true;
+            st.cursor = (i + 1) % n;
+            drop(st);
+            // Room was made in a queue.
+            self.shared.changed.notify_waiters();
+            return Some(job);
+        }
+        None
+    }
+
+    /// Writes one job, awaiting the bytes into the kernel, at most `write_timeout`.
+    async fn write(&mut self, job: Job) {
+        let timeout = self.shared.cfg.write_timeout;
+        let (id, data) = match job {
+            Job::Control(id, route, c) => {
+                let r = self
+                    .send(vec![route, wire::encode_control(&c)], timeout)
+                    .await;
+                (id, r.map(|()| false))
+            }
+            Job::Data {
+                id,
+                route_lag,
+                lag,
+                msg,
+            } => {
+                let mut r = Ok(());
+                if let Some(route) = route_lag {
+                    r = self
+                        .send(
+                            vec![route, wire::encode_control(&Control::Lag(lag))],
+                            timeout,
+                        )
+                        .await;
+                }
+                if r.is_ok() {
+                    let route = wire::route(&id, &msg.topic);
+                    let parts = vec![route, msg.envelope.clone(), msg.payload.clone()];
+                    r = self.send(parts, timeout).await;
+                }
+                (id, r.map(|()| true))
+            }
+        };
+        let failed = {
+            let mut st = self.shared.lock();
+            match st.subs.iter_mut().find(|s| s.id == id) {
+                Some(s) => {
+                    s.writing = false;
+                    s.last_sent = Instant::now();
+                    if let Ok(true) = data {
+                        s.written += 1;
+                    }
+                    data.err()
+                }
+                None => None,
+            }
+        };
+        if let Some(why) = failed {
+            // One XPUB send writes to every connection whose subscription
+            // matches, so a stranger that subscribed to everything and stopped
+            // reading can be the one that stalled: cut those off too.
+            self.kick_strangers();
+            self.remove(&id, &why, true);
+        }
+        self.shared.changed.notify_waiters();
+    }
+
+    /// Closes every connection that has not subscribed as a framewire subscriber.
+    fn kick_strangers(&mut self) {
+        let backend = self.xpub.backend();
+        for (peer, _) in self.pending_peers.drain() {
+            if let Ok(p) = zeromq::util::PeerIdentity::try_from(peer) {
+                backend.peer_disconnected(&p);
+            }
+        }
+    }
+
+    async fn send(&mut self, parts: Vec<Bytes>, timeout: Duration) -> Result<(), String> {
+        let msg = ZmqMessage::try_from(parts).map_err(|e| e.to_string())?;
+        match tokio::time::timeout(timeout, self.xpub.send(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("write failed: {e}")),
+            Err(_) => Err(format!(
+                "one message took longer than write_timeout ({timeout:?}) to write"
+            )),
+        }
+    }
+
+    fn ready_to_close(&self) -> bool {
+        let st = self.shared.lock();
+        st.closing && st.subs.iter().all(|s| s.queue.is_empty() && !s.writing)
+    }
+
+    /// Says goodbye to every subscriber after its last frame, then waits a
+    /// little for them to cancel their subscriptions so that the connections
+    /// close with nothing unread.
+    async fn goodbye(&mut self) {
+        let ids: Vec<(SubscriberId, Bytes)> = self
+            .shared
+            .lock()
+            .subs
+            .iter()
+            .map(|s| (s.id, wire::route(&s.id, s.prefix.as_bytes())))
+            .collect();
+        let bye = wire::encode_control(&Control::Goodbye);
+        let timeout = self.shared.cfg.write_timeout;
+        for (id, route) in ids {
+            if let Err(why) = self.send(vec![route, bye.clone()], timeout).await {
+                self.remove(&id, &why, true);
+            }
+        }
+        // A subscriber whose reader is paused (its application is slow) reads
+        // the goodbye later; closing before it has would reset the connection
+        // and lose what the kernel still holds for it.
+        let deadline = Instant::now() + self.shared.cfg.peer_timeout;
+        while !self.shared.lock().subs.is_empty() {
+            let r = tokio::select! {
+                r = self.xpub.recv() => r,
+                _ = tokio::time::sleep_until(deadline) => break,
+            };
+            self.upstream(r);
+        }
+        self.drain_upstream();
+    }
+}
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_like_zeromq() {
+        assert!(matches("", "anything"));
+        assert!(matches("cam/", "cam/0"));
+        assert!(!matches("cam/", "cam"));
+    }
+}

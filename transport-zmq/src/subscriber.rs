@@ -1,0 +1,435 @@
+//! The subscriber: an XSUB socket owned by one I/O task, which fills a small
+//! inbox that `recv` empties, so that `recv` is cancellation-safe.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+use transport_core::{Error, Frame, Policy, RecvMode, Result, StatCounters, Stats, Subscriber};
+use zeromq::{Socket, SocketOptions, SocketRecv, SocketSend, XSubSocket, ZmqError, ZmqMessage};
+
+use crate::config::Config;
+use crate::lag_queue::LagQueue;
+use crate::wire::{self, Control, Downstream, SubscriberId, Welcome};
+
+/// Errors kept for `recv` to report; more are logged and counted away.
+const MAX_PENDING_ERRORS: usize = 64;
+/// Why a stream ends when its connection breaks.
+const LOST: &str = "the connection to the publisher was lost (it exited, crashed or cut this \
+                    subscriber off); frames in flight may have been lost";
+/// How long a dropped subscriber spends telling its publisher it leaves.
+const BYE_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+struct Inbox {
+    frames: LagQueue<Frame>,
+    /// Messages that could not be read (hostile or corrupt input), in order.
+    errors: VecDeque<Error>,
+    /// Why the stream ended; reported after everything queued was read.
+    ended: Option<String>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    inbox: Mutex<Inbox>,
+    /// I/O task -> `recv`: something arrived or the stream ended.
+    to_app: Notify,
+    /// `recv` -> I/O task: room was made in the inbox.
+    to_io: Notify,
+    stats: Arc<StatCounters>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inbox> {
+        // Critical sections are a few queue operations; a poisoned lock is still consistent.
+        self.inbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn error(&self, e: Error) {
+        let mut inbox = self.lock();
+        if inbox.errors.len() < MAX_PENDING_ERRORS {
+            inbox.errors.push_back(e);
+        } else {
+            tracing::warn!(error = %e, "too many unread errors; dropping this one");
+        }
+        drop(inbox);
+        self.to_app.notify_one();
+    }
+
+    fn end(&self, why: String) {
+        let mut inbox = self.lock();
+        if inbox.ended.is_none() {
+            inbox.ended = Some(why);
+        }
+        drop(inbox);
+        self.to_app.notify_one();
+    }
+}
+
+/// A subscriber on `zmq+tcp://HOST:PORT` or `zmq+ipc:///PATH`.
+#[derive(Debug)]
+pub struct ZmqSubscriber {
+    shared: Arc<Shared>,
+    mode: RecvMode,
+    /// A frame held back after a lag report.
+    pending: Option<Frame>,
+    welcome: Welcome,
+    /// Dropped with the subscriber: the I/O task cancels the subscription
+    /// (the publisher forgets us at once) and stops, closing the socket.
+    _stop: oneshot::Sender<()>,
+}
+
+fn zmq_err(what: &str, e: ZmqError) -> Error {
+    match e {
+        ZmqError::ConnectTimeout(t) => Error::Timeout(t, "connecting to the publisher"),
+        ZmqError::Network(io) => Error::io(format!("{what} (is a publisher running there?)"), io),
+        other => Error::Backend {
+            backend: "zmq",
+            source: Box::new(other),
+        },
+    }
+}
+
+pub(crate) async fn connect(cfg: Config, mode: RecvMode, prefix: String) -> Result<ZmqSubscriber> {
+    if prefix.len() > transport_core::codec::MAX_TOPIC {
+        return Err(Error::InvalidOption {
+            option: "topic_prefix".into(),
+            reason: format!(
+                "{} bytes; a topic has at most {}",
+                prefix.len(),
+                transport_core::codec::MAX_TOPIC
+            ),
+        });
+    }
+    let id = SubscriberId::random();
+    let mut opts = SocketOptions::default();
+    opts.peer_identity(id.peer_identity());
+    opts.connect_timeout(cfg.handshake_timeout);
+    let mut xsub = XSubSocket::with_options(opts);
+    let addr = cfg.zmq_address();
+    let limit = cfg.handshake_timeout;
+    let handshake = async {
+        xsub.connect(&addr)
+            .await
+            .map_err(|e| zmq_err(&format!("connecting to {addr}"), e))?;
+        // The subscription is the hello; the publisher answers with WELCOME.
+        let sub = ZmqMessage::from(wire::subscription(&id, &prefix, true));
+        xsub.send(sub)
+            .await
+            .map_err(|e| zmq_err("sending the subscription", e))?;
+        loop {
+            let msg = xsub
+                .recv()
+                .await
+                .map_err(|e| zmq_err("waiting for the publisher's welcome", e))?;
+            match wire::parse_downstream(msg.into_vec(), &id, cfg.max_payload) {
+                Ok(Downstream::Control(Control::Welcome(w))) => return Ok(w),
+                Ok(Downstream::Control(Control::Refuse { version, reason })) => {
+                    return Err(if version != wire::VERSION {
+                        Error::VersionMismatch {
+                            ours: u16::from(wire::VERSION),
+                            theirs: u16::from(version),
+                        }
+                    } else {
+                        Error::Disconnected(format!("the publisher refused us: {reason}"))
+                    });
+                }
+                Ok(other) => tracing::debug!(?other, "ignoring a message before the welcome"),
+                Err(e) => tracing::debug!(error = %e, "ignoring a message before the welcome"),
+            }
+        }
+    };
+    let welcome = tokio::time::timeout(limit, handshake).await.map_err(|_| {
+        Error::Timeout(
+            limit,
+            "for the publisher's welcome (is a framewire publisher running there?)",
+        )
+    })??;
+    check_welcome(&cfg, &welcome)?;
+    tracing::debug!(subscriber = %id, next_seq = welcome.next_seq, policy = %welcome.policy, "subscribed");
+
+    let stats = Arc::new(StatCounters::default());
+    let shared = Arc::new(Shared {
+        inbox: Mutex::new(Inbox {
+            frames: LagQueue::new(),
+            errors: VecDeque::new(),
+            ended: None,
+        }),
+        to_app: Notify::new(),
+        to_io: Notify::new(),
+        stats,
+    });
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let io = Io {
+        xsub,
+        shared: shared.clone(),
+        id,
+        prefix,
+        welcome,
+        max_payload: cfg.max_payload,
+        heartbeat: cfg.heartbeat,
+        peer_timeout: cfg.peer_timeout,
+        received: 0,
+        dropped: 0,
+        next_seq: welcome.next_seq,
+    };
+    tokio::spawn(io.run(stop_rx));
+    Ok(ZmqSubscriber {
+        shared,
+        mode,
+        pending: None,
+        welcome,
+        _stop: stop_tx,
+    })
+}
+
+/// Both sides' liveness settings must fit together.
+fn check_welcome(cfg: &Config, w: &Welcome) -> Result<()> {
+    let ms = |m: u32| Duration::from_millis(u64::from(m));
+    // We must not give up on a publisher that is merely busy writing to another peer.
+    cfg.check_liveness(ms(w.heartbeat_ms), ms(w.write_timeout_ms))?;
+    // The publisher must not give up on us between two of our heartbeats.
+    if cfg.heartbeat * 2 >= ms(w.peer_timeout_ms) {
+        return Err(Error::InvalidOption {
+            option: "heartbeat".into(),
+            reason: format!(
+                "{:?} is too slow for the publisher's peer_timeout of {:?}; lower `heartbeat`",
+                cfg.heartbeat,
+                ms(w.peer_timeout_ms)
+            ),
+        });
+    }
+    Ok(())
+}
+
+impl ZmqSubscriber {
+    /// The publisher's backpressure policy, as announced when this subscriber joined.
+    pub fn publisher_policy(&self) -> Policy {
+        self.welcome.policy
+    }
+
+    /// Sequence number of the first frame this subscriber can receive (the
+    /// publisher's next number when the subscription arrived).
+    pub fn first_seq(&self) -> u64 {
+        self.welcome.next_seq
+    }
+}
+
+#[async_trait]
+impl Subscriber for ZmqSubscriber {
+    async fn recv(&mut self) -> Result<Frame> {
+        loop {
+            if let Some(f) = self.pending.take() {
+                return Ok(f);
+            }
+            let notified = self.shared.to_app.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                // Cancellation-safe: nothing below awaits while holding a frame.
+                let mut inbox = self.shared.lock();
+                if let Some(e) = inbox.errors.pop_front() {
+                    return Err(e);
+                }
+                if let Some((lag, frame)) = inbox.frames.pop() {
+                    drop(inbox);
+                    self.shared.to_io.notify_one();
+                    if lag > 0 {
+                        StatCounters::add(&self.shared.stats.lagged, lag);
+                        self.pending = Some(frame);
+                        return Err(Error::Lagged { missed: lag });
+                    }
+                    return Ok(frame);
+                }
+                if let Some(why) = &inbox.ended {
+                    let why = why.clone();
+                    let lag = inbox.frames.carry();
+                    if lag > 0 {
+                        inbox.frames.clear();
+                        StatCounters::add(&self.shared.stats.lagged, lag);
+                        return Err(Error::Lagged { missed: lag });
+                    }
+                    return Err(Error::Disconnected(why));
+                }
+            }
+            notified.await;
+        }
+    }
+
+    fn recv_mode(&self) -> RecvMode {
+        self.mode
+    }
+
+    fn stats(&self) -> Stats {
+        self.shared.stats.snapshot()
+    }
+}
+
+/// The I/O task's state.
+struct Io {
+    xsub: XSubSocket,
+    shared: Arc<Shared>,
+    id: SubscriberId,
+    prefix: String,
+    welcome: Welcome,
+    max_payload: u64,
+    heartbeat: Duration,
+    peer_timeout: Duration,
+    /// Data frames received since joining.
+    received: u64,
+    /// Frames this subscriber dropped itself (drop-oldest).
+    dropped: u64,
+    /// The lowest sequence number the next frame may carry.
+    next_seq: u64,
+}
+
+impl Io {
+    async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+        let drop_oldest = self.welcome.policy == Policy::DropOldest;
+        let cap = self.welcome.queue as usize;
+        let mut tick = tokio::time::interval(self.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut status_due = false;
+        let mut was_reading = false;
+        let mut silence_deadline = Instant::now() + self.peer_timeout;
+        let shared = self.shared.clone();
+        let why = loop {
+            let room = drop_oldest || self.shared.lock().frames.len() < cap;
+            if room && !was_reading {
+                // The publisher's silence counts only while we listen.
+                silence_deadline = Instant::now() + self.peer_timeout;
+            }
+            was_reading = room;
+            if status_due {
+                status_due = false;
+                if let Err(e) = self.status().await {
+                    tracing::debug!(error = %e, "could not report status to the publisher");
+                }
+            }
+            let to_io = shared.to_io.notified();
+            tokio::pin!(to_io);
+            to_io.as_mut().enable();
+            if !room && self.shared.lock().frames.len() < cap {
+                continue;
+            }
+            let r = tokio::select! {
+                biased;
+                _ = &mut stop => break None,
+                r = self.xsub.recv(), if room => r,
+                _ = tokio::time::sleep_until(silence_deadline), if room => {
+                    break Some(format!(
+                        "nothing from the publisher for {:?} (peer_timeout): it crashed or the network is down",
+                        self.peer_timeout
+                    ));
+                }
+                _ = &mut to_io => continue,
+                _ = tick.tick() => {
+                    status_due = true;
+                    continue;
+                }
+            };
+            silence_deadline = Instant::now() + self.peer_timeout;
+            match self.handle(r, cap, drop_oldest) {
+                Ok(ack) => status_due |= ack,
+                Err(why) => break Some(why),
+            }
+        };
+        if let Some(why) = why {
+            tracing::debug!(subscriber = %self.id, %why, "stream ended");
+            self.shared.end(why);
+        }
+        // Cancel the subscription: the publisher forgets us at once, and the
+        // crate stops reconnecting once the socket is dropped.
+        let cancel = ZmqMessage::from(wire::subscription(&self.id, &self.prefix, false));
+        let _ = tokio::time::timeout(BYE_TIMEOUT, self.xsub.send(cancel)).await;
+    }
+
+    async fn status(&mut self) -> zeromq::ZmqResult<()> {
+        let s = wire::Status {
+            id: self.id,
+            received: self.received,
+            dropped: self.dropped,
+        };
+        let msg = ZmqMessage::from(wire::encode_status(&s));
+        match tokio::time::timeout(self.heartbeat, self.xsub.send(msg)).await {
+            Ok(r) => r,
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Handles one message. `Ok(true)`: report status now; `Err`: the stream ended.
+    fn handle(
+        &mut self,
+        r: zeromq::ZmqResult<ZmqMessage>,
+        cap: usize,
+        drop_oldest: bool,
+    ) -> std::result::Result<bool, String> {
+        let msg = match r {
+            Ok(m) => m,
+            // A reset, or bytes that are not ZMTP: the crate drops that
+            // connection; what was in flight on it is lost.
+            Err(e) => return Err(format!("{LOST}: {e}")),
+        };
+        match wire::parse_downstream(msg.into_vec(), &self.id, self.max_payload) {
+            Ok(Downstream::Data(mut f)) => {
+                if f.seq < self.next_seq {
+                    self.shared.error(Error::Protocol(format!(
+                        "frame {} arrived after frame {}: sequence numbers went backwards",
+                        f.seq,
+                        self.next_seq - 1
+                    )));
+                    return Ok(false);
+                }
+                if !f.topic.starts_with(&self.prefix) {
+                    self.shared.error(Error::Protocol(format!(
+                        "the publisher sent topic `{}` outside our prefix `{}`",
+                        f.topic, self.prefix
+                    )));
+                    return Ok(false);
+                }
+                self.next_seq = f.seq.saturating_add(1);
+                f.stamp_received();
+                self.received += 1;
+                let stats = &self.shared.stats;
+                StatCounters::add(&stats.frames_received, 1);
+                StatCounters::add(&stats.bytes_received, f.payload.len() as u64);
+                let mut inbox = self.shared.lock();
+                if inbox.frames.len() >= cap && drop_oldest {
+                    inbox.frames.drop_oldest();
+                    self.dropped += 1;
+                }
+                inbox.frames.push(f);
+                drop(inbox);
+                self.shared.to_app.notify_one();
+                // Under drop-oldest the publisher's `flush` waits for this.
+                Ok(drop_oldest)
+            }
+            Ok(Downstream::Control(c)) => match c {
+                Control::Lag(n) => {
+                    self.shared.lock().frames.add_lag(n);
+                    Ok(false)
+                }
+                Control::Heartbeat => Ok(false),
+                Control::Goodbye => Err("the publisher closed the channel".into()),
+                Control::Welcome(w) if w.instance != self.welcome.instance => {
+                    Err("the publisher was restarted; frames may have been lost".into())
+                }
+                Control::Welcome(_) => Err(
+                    "the connection to the publisher was interrupted; frames may have been lost"
+                        .into(),
+                ),
+                Control::Refuse { reason, .. } => {
+                    Err(format!("the publisher refused us: {reason}"))
+                }
+            },
+            Err(e) => {
+                tracing::warn!(subscriber = %self.id, error = %e, "unreadable message from the publisher");
+                self.shared.error(e);
+                Ok(false)
+            }
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! The shared conformance suite, over ZeroMQ TCP (port 0) and IPC (a unique
+//! temporary path, removed afterwards).
+
+use transport_core::Endpoint;
+use transport_core::testkit::Harness;
+use transport_zmq::ZmqTransport;
+
+fn with_depth(url: String, depth: Option<usize>) -> Endpoint {
+    let e = Endpoint::parse(&url).expect("valid test endpoint");
+    match depth {
+        Some(d) => e.with_param("queue", d),
+        None => e,
+    }
+}
+
+struct Tcp;
+
+impl Harness for Tcp {
+    type T = ZmqTransport;
+    fn transport(&self) -> ZmqTransport {
+        ZmqTransport
+    }
+    fn endpoint(&self, depth: Option<usize>) -> Endpoint {
+        // Port 0: the publisher reports the port the OS picked.
+        with_depth("zmq+tcp://127.0.0.1:0".into(), depth)
+    }
+}
+
+/// Each endpoint is a fresh path; the publisher removes its socket file when
+/// it is dropped (tests/faults.rs checks that).
+struct Ipc;
+
+impl Harness for Ipc {
+    type T = ZmqTransport;
+    fn transport(&self) -> ZmqTransport {
+        ZmqTransport
+    }
+    fn endpoint(&self, depth: Option<usize>) -> Endpoint {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "framewire-zmq-conf-{}-{}.ipc",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        with_depth(format!("zmq+ipc://{}", path.display()), depth)
+    }
+}
+
+mod tcp {
+    transport_core::conformance_tests!(super::Tcp);
+}
+
+mod ipc {
+    transport_core::conformance_tests!(super::Ipc);
+}
