@@ -1501,7 +1501,10 @@ impl Publisher for ShmPoolPublisher {
                 .collect();
             let mut done = true;
             for c in &conns {
-                if c.dead.load(Ordering::Acquire) {
+                // A subscriber that left (dead, or unsubscribed while views
+                // of its keep the socket open) reads nothing more: waiting
+                // for its socket to drain could take forever.
+                if c.dead.load(Ordering::Acquire) || !c.active.load(Ordering::Acquire) {
                     continue;
                 }
                 self.shared.flush_now(c);

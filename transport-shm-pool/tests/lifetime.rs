@@ -329,3 +329,36 @@ async fn names_and_options() {
     assert_eq!((caps.max_payload, caps.queue_depth), (24 << 20, 5));
     assert!(caps.zero_copy_views && caps.loan_in_place && caps.cross_process && !caps.cross_host);
 }
+
+/// `flush` waits for subscribers, not for a subscriber that has left: one
+/// dropped while a view of its keeps its socket open (and so its connection
+/// at the publisher) is gone for `flush`, even when descriptors it will never
+/// read fill its socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_does_not_wait_for_a_subscriber_that_left() {
+    let ep = url("flush-left", "slots=4&slot_size=4KiB");
+    let (mut publ, mut sub) = pair(&ep, Policy::Block, RecvMode::View).await;
+    publ.send(Frame::new(pattern::make(0, 100)))
+        .await
+        .expect("send");
+    let view = recv(&mut sub).await.expect("frame 0");
+    // Descriptors with 1 MiB of metadata each: more than a Unix socket holds.
+    let meta = bytes::Bytes::from(vec![7u8; transport_core::codec::MAX_METADATA]);
+    for seq in 1..4 {
+        publ.send(Frame::new(pattern::make(seq, 100)).with_metadata(meta.clone()))
+            .await
+            .expect("send");
+    }
+    drop(sub);
+    until("the subscriber to leave", || {
+        publ.subscriber_count() == Some(0)
+    })
+    .await;
+    tokio::time::timeout(Duration::from_secs(5), publ.flush())
+        .await
+        .expect("flush returns: the only subscriber left")
+        .expect("flush");
+    assert!(pattern::check(0, &view.payload));
+    drop(view);
+    until("every slot back", || publ.free_slots() == 4).await;
+}

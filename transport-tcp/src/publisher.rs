@@ -248,9 +248,6 @@ where
         let _ = w.write_all(&reply).await;
         return tracing::warn!(%peer, error = %e, "refusing a subscriber");
     }
-    if shared.closed.load(Ordering::Acquire) {
-        return;
-    }
     let q = Arc::new(SubQueue {
         peer: peer.clone(),
         state: Mutex::new(QueueState::default()),
@@ -261,6 +258,12 @@ where
     // every later `send` reaches it, starting at `next_seq`.
     let reply = {
         let mut subs = shared.subs.lock().unwrap_or_else(|p| p.into_inner());
+        // Checked under the lock that `Drop` takes (after setting `closed`)
+        // to mark every queue closing: a queue registered after that would
+        // never be closed, and its subscriber would wait forever.
+        if shared.closed.load(Ordering::Acquire) {
+            return;
+        }
         subs.push(q.clone());
         wire::server_hello(
             shared.cfg.max_payload,
@@ -494,5 +497,53 @@ impl Drop for TcpPublisher {
         if let Some(path) = &self.unix_path {
             let _ = std::fs::remove_file(path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use transport_core::{PublishOptions, Transport};
+
+    use super::*;
+
+    /// `Drop` running between a connection's handshake and its registration
+    /// (simulated here by holding the registry lock across it) must still
+    /// close that connection: its subscriber is told the publisher is gone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscriber_registering_during_drop_is_disconnected() {
+        let publ = crate::TcpTransport
+            .publish(
+                &Endpoint::parse("tcp://127.0.0.1:0").expect("url"),
+                &PublishOptions::default(),
+            )
+            .await
+            .expect("publish");
+        let addr = publ.endpoint().address().to_owned();
+        let shared = publ.shared.clone();
+        let guard = shared.subs.lock().expect("lock");
+        let mut client = std::net::TcpStream::connect(&addr).expect("connect");
+        client.write_all(&wire::client_hello()).expect("hello");
+        // The connection's task reads the hello and reaches the registry lock.
+        std::thread::sleep(Duration::from_millis(300));
+        // What `Drop` does, while the connection waits for the lock.
+        shared.closed.store(true, Ordering::Release);
+        for q in guard.iter() {
+            q.lock().closing = true;
+            q.items.notify_one();
+        }
+        drop(guard);
+        client
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        let mut rest = Vec::new();
+        let r = client.read_to_end(&mut rest);
+        assert!(
+            r.is_ok(),
+            "the connection stays open after the publisher closed: {r:?} ({} bytes read)",
+            rest.len()
+        );
+        drop(publ);
     }
 }
