@@ -14,6 +14,9 @@ pub use transport_shm_pool as shm_pool;
 #[cfg(feature = "zmq")]
 pub use transport_zmq as zmq;
 
+#[cfg(feature = "shm-ring")]
+pub use transport_shm_ring as shm_ring;
+
 /// Schemes framewire knows, with the cargo feature that compiles their backend in.
 pub const KNOWN_SCHEMES: [(&str, &str); 6] = [
     ("tcp", "tcp"),
@@ -60,6 +63,9 @@ impl Registry {
             .push(Arc::new(transport_shm_pool::ShmPoolTransport));
         #[cfg(feature = "zmq")]
         r.backends.push(Arc::new(transport_zmq::ZmqTransport));
+        #[cfg(feature = "shm-ring")]
+        r.backends
+            .push(Arc::new(transport_shm_ring::ShmRingTransport));
         r
     }
 

@@ -1,0 +1,469 @@
+//! Operating-system helpers (Linux): sealed memfds, shared mappings including
+//! the mirrored ring mapping, abstract-namespace Unix sockets, fd passing with
+//! `SCM_RIGHTS`, and peer credentials.
+//!
+//! Nothing here knows about rings or frames, so the module can move to a crate
+//! shared with `transport-shm-pool` as it is. Every function returns
+//! [`std::io::Error`]; callers add context.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::ptr::NonNull;
+
+use rustix::fs::{FileType, MemfdFlags, Mode, OFlags, SealFlags};
+use rustix::io::Errno;
+use rustix::mm::{MapFlags, ProtFlags};
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+
+/// The size of a memory page on this host.
+pub fn page_size() -> usize {
+    rustix::param::page_size()
+}
+
+/// The real user id of this process.
+pub fn my_uid() -> u32 {
+    rustix::process::getuid().as_raw()
+}
+
+/// The user id of the process at the other end of a connected Unix socket
+/// (`SO_PEERCRED`: the credentials it had when it connected or listened).
+pub fn peer_uid(sock: BorrowedFd<'_>) -> io::Result<u32> {
+    Ok(rustix::net::sockopt::socket_peercred(sock)?.uid.as_raw())
+}
+
+/// Creates an anonymous shared-memory file of `len` bytes: close-on-exec,
+/// mode 0600, never executable where the kernel supports it, and sealed
+/// against shrinking and growing so that no holder of an fd can truncate it
+/// under a mapping (which would SIGBUS the mapper).
+///
+/// The seals can still be added to (see [`seal_future_write`]).
+pub fn memfd_sealed(name: &str, len: u64) -> io::Result<OwnedFd> {
+    let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+    let fd = match rustix::fs::memfd_create(name, flags | MemfdFlags::NOEXEC_SEAL) {
+        // Kernels before 6.3 do not know MFD_NOEXEC_SEAL.
+        Err(Errno::INVAL) => rustix::fs::memfd_create(name, flags)?,
+        other => other?,
+    };
+    rustix::fs::fchmod(&fd, Mode::RUSR | Mode::WUSR)?;
+    rustix::fs::ftruncate(&fd, len)?;
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW)?;
+    Ok(fd)
+}
+
+/// Seals a memfd against every *future* writable mapping and `write(2)`,
+/// whatever fd is used (including a reopen through `/proc/PID/fd`), and
+/// against further sealing. Mappings that exist already stay writable.
+pub fn seal_future_write(fd: BorrowedFd<'_>) -> io::Result<()> {
+    rustix::fs::fcntl_add_seals(fd, SealFlags::FUTURE_WRITE | SealFlags::SEAL)?;
+    Ok(())
+}
+
+/// Seals a memfd against further sealing.
+pub fn seal_seals(fd: BorrowedFd<'_>) -> io::Result<()> {
+    rustix::fs::fcntl_add_seals(fd, SealFlags::SEAL)?;
+    Ok(())
+}
+
+/// Opens a new, read-only file description for the file behind `fd` through
+/// `/proc/self/fd/N`. Handing this one to a peer gives it no way to write
+/// through the fd, nor to map it writable.
+pub fn reopen_read_only(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    Ok(rustix::fs::open(
+        path.as_str(),
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// What a received file descriptor is, before anything trusts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedFdInfo {
+    /// Size of the file in bytes.
+    pub len: u64,
+    /// Seals in force (empty for files that cannot be sealed).
+    pub seals: SealFlags,
+    /// The fd was opened read-only.
+    pub read_only: bool,
+}
+
+/// Inspects a file descriptor received from a peer: it must be a regular file
+/// that supports sealing (a memfd); returns its size, seals and access mode.
+pub fn inspect_shared_fd(fd: BorrowedFd<'_>) -> io::Result<SharedFdInfo> {
+    let st = rustix::fs::fstat(fd)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the descriptor is not a regular file",
+        ));
+    }
+    let seals = match rustix::fs::fcntl_get_seals(fd) {
+        Ok(s) => s,
+        Err(Errno::INVAL) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the descriptor is not a sealable memfd",
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mode = rustix::fs::fcntl_getfl(fd)? & OFlags::RWMODE;
+    Ok(SharedFdInfo {
+        len: u64::try_from(st.st_size).unwrap_or(0),
+        seals,
+        read_only: mode == OFlags::RDONLY,
+    })
+}
+
+/// A shared mapping of a file, unmapped on drop.
+///
+/// The mapping never moves while this value lives, so pointers into it stay
+/// valid for as long as the `Mapping` (callers keep it in an `Arc` where
+/// pointers outlive a borrow).
+#[derive(Debug)]
+pub struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+    writable: bool,
+}
+
+// SAFETY: a `Mapping` is an address range owned by this value; nothing about
+// it is tied to a thread. All access to the bytes goes through raw pointers
+// whose users uphold the synchronization rules documented where they are used.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; `&Mapping` only exposes the pointer and the length.
+unsafe impl Sync for Mapping {}
+
+fn prot(writable: bool) -> ProtFlags {
+    if writable {
+        ProtFlags::READ | ProtFlags::WRITE
+    } else {
+        ProtFlags::READ
+    }
+}
+
+fn shared_flags(populate: bool) -> MapFlags {
+    if populate {
+        MapFlags::SHARED | MapFlags::POPULATE
+    } else {
+        MapFlags::SHARED
+    }
+}
+
+impl Mapping {
+    /// Maps the first `len` bytes of `fd` (shared), read-only or read-write,
+    /// pre-faulting every page when `populate` is set.
+    pub fn map(
+        fd: BorrowedFd<'_>,
+        len: usize,
+        writable: bool,
+        populate: bool,
+    ) -> io::Result<Mapping> {
+        if len == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"));
+        }
+        // SAFETY: a fresh mapping at an address the kernel picks; it aliases
+        // no Rust object. The file is sealed against shrinking by every caller
+        // (checked with `inspect_shared_fd` for received fds), so access within
+        // `len` cannot fault.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot(writable),
+                shared_flags(populate),
+                fd,
+                0,
+            )?
+        };
+        let ptr =
+            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Mapping { ptr, len, writable })
+    }
+
+    /// Maps a ring file laid out as `head_len` bytes of header followed by
+    /// `ring_len` bytes of ring, so that the ring appears twice in a row:
+    ///
+    /// ```text
+    /// [ header | ring | ring again ]     (virtual addresses)
+    ///  0        head   head+ring      head+2*ring
+    /// ```
+    ///
+    /// Any `len <= ring_len` bytes starting anywhere in the first copy of the
+    /// ring are then contiguous in memory, so a record that wraps around the
+    /// end of the ring is read and written with one plain copy, and a loan
+    /// over it is one `&mut [u8]`. Both lengths must be multiples of the page
+    /// size. Pages are pre-faulted in both views when `populate` is set.
+    pub fn map_mirrored(
+        fd: BorrowedFd<'_>,
+        head_len: usize,
+        ring_len: usize,
+        writable: bool,
+        populate: bool,
+    ) -> io::Result<Mapping> {
+        let page = page_size();
+        if head_len == 0 || ring_len == 0 || head_len % page != 0 || ring_len % page != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "mirrored mapping lengths must be non-zero multiples of the page size",
+            ));
+        }
+        let total = ring_len
+            .checked_mul(2)
+            .and_then(|n| n.checked_add(head_len))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "mapping too large"))?;
+        let file_off = u64::try_from(head_len).map_err(io::Error::other)?;
+        // SAFETY: reserves address space only (PROT_NONE, no memory behind
+        // it); nothing else refers to the range the kernel picks.
+        let base = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                total,
+                ProtFlags::empty(),
+                MapFlags::PRIVATE | MapFlags::NORESERVE,
+            )?
+        };
+        let base = NonNull::new(base.cast::<u8>())
+            .ok_or_else(|| io::Error::other("mmap returned null"))?;
+        // From here on the reservation is owned by `mapping`, so every early
+        // return unmaps the whole range.
+        let mapping = Mapping {
+            ptr: base,
+            len: total,
+            writable,
+        };
+        let flags = shared_flags(populate) | MapFlags::FIXED;
+        // SAFETY: MAP_FIXED over the start of our own reservation, which no
+        // Rust object refers to yet; the file holds `head_len + ring_len`
+        // bytes (checked by callers) and is sealed against shrinking.
+        unsafe {
+            rustix::mm::mmap(
+                base.as_ptr().cast(),
+                head_len + ring_len,
+                prot(writable),
+                flags,
+                fd,
+                0,
+            )?;
+        }
+        // SAFETY: `head_len + ring_len < total`, so the address is inside
+        // the reservation; MAP_FIXED replaces the rest of it with a second
+        // view of the ring bytes of the same file.
+        unsafe {
+            let second = base.as_ptr().add(head_len + ring_len);
+            rustix::mm::mmap(second.cast(), ring_len, prot(writable), flags, fd, file_off)?;
+        }
+        Ok(mapping)
+    }
+
+    /// The first byte of the mapping.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// Length of the mapping in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: mappings are never empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The mapping was made writable.
+    pub fn writable(&self) -> bool {
+        self.writable
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the range this value owns; every user of
+        // pointers into it holds the `Mapping` (directly or through an `Arc`)
+        // for as long as it uses them.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// The abstract-namespace socket address for `name` (no file is created; the
+/// name vanishes with the last socket bound to it, whoever crashed).
+pub fn abstract_addr(name: &str) -> io::Result<SocketAddr> {
+    SocketAddr::from_abstract_name(name.as_bytes())
+}
+
+/// Binds and listens on an abstract-namespace Unix socket. Fails with
+/// `AddrInUse` while another live socket holds the name.
+pub fn bind_abstract(name: &str) -> io::Result<UnixListener> {
+    UnixListener::bind_addr(&abstract_addr(name)?)
+}
+
+/// Connects to an abstract-namespace Unix socket.
+pub fn connect_abstract(name: &str) -> io::Result<UnixStream> {
+    UnixStream::connect_addr(&abstract_addr(name)?)
+}
+
+/// Sends `data` with at most one file descriptor attached (`SCM_RIGHTS`).
+/// Returns how many bytes went out; the descriptor travels with the first.
+pub fn send_with_fd(
+    sock: BorrowedFd<'_>,
+    data: &[u8],
+    fd: Option<BorrowedFd<'_>>,
+) -> io::Result<usize> {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let fds;
+    if let Some(fd) = fd {
+        fds = [fd];
+        if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+            return Err(io::Error::other("no room for the file descriptor"));
+        }
+    }
+    Ok(rustix::net::sendmsg(
+        sock,
+        &[io::IoSlice::new(data)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?)
+}
+
+/// Receives bytes into `buf` and any file descriptors sent with them (at most
+/// two; more, or a truncated control message, is an error and the extra
+/// descriptors are closed by the kernel). Descriptors are close-on-exec.
+pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = rustix::net::recvmsg(
+        sock,
+        &mut [io::IoSliceMut::new(buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = m {
+            fds.extend(rights);
+        }
+    }
+    if msg.flags.contains(ReturnFlags::CTRUNC) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the peer sent more file descriptors than expected",
+        ));
+    }
+    Ok((msg.bytes, fds))
+}
+
+/// Shuts a socket down in both directions, so that the peer sees EOF at once
+/// even while other handles to the socket are still open.
+pub fn shutdown(sock: BorrowedFd<'_>) {
+    let _ = rustix::net::shutdown(sock, rustix::net::Shutdown::Both);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn memfd_is_sealed_private_and_mirrors() {
+        let page = page_size();
+        let fd = memfd_sealed("framewire-test", (page * 3) as u64).unwrap();
+        let st = rustix::fs::fstat(&fd).unwrap();
+        assert_eq!(st.st_mode & 0o777, 0o600);
+        assert!(
+            rustix::fs::ftruncate(&fd, page as u64).is_err(),
+            "shrink is sealed"
+        );
+        assert!(
+            rustix::fs::ftruncate(&fd, (page * 4) as u64).is_err(),
+            "grow is sealed"
+        );
+        let m = Mapping::map_mirrored(fd.as_fd(), page, page * 2, true, true).unwrap();
+        assert_eq!(m.len(), page * 5);
+        let ring = page;
+        // SAFETY: inside our own fresh mapping of 5 pages.
+        unsafe {
+            m.as_ptr().add(ring + 10).write(42);
+            assert_eq!(
+                m.as_ptr().add(ring + 2 * page + 10).read(),
+                42,
+                "second view aliases the first"
+            );
+        }
+        seal_future_write(fd.as_fd()).unwrap();
+        let ro = reopen_read_only(fd.as_fd()).unwrap();
+        let info = inspect_shared_fd(ro.as_fd()).unwrap();
+        assert!(info.read_only);
+        assert_eq!(info.len, (page * 3) as u64);
+        assert!(
+            info.seals
+                .contains(SealFlags::SHRINK | SealFlags::GROW | SealFlags::FUTURE_WRITE)
+        );
+        assert!(
+            Mapping::map(ro.as_fd(), page, true, false).is_err(),
+            "a read-only fd cannot map writable"
+        );
+        // Not even a read-write reopen can map it writable now.
+        let rw = rustix::fs::open(
+            format!("/proc/self/fd/{}", ro.as_raw_fd()).as_str(),
+            OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .expect("the owner may reopen its memfd read-write");
+        assert!(
+            Mapping::map(rw.as_fd(), page, true, false).is_err(),
+            "future writes are sealed"
+        );
+        assert!(
+            rustix::io::write(&rw, b"x").is_err(),
+            "write(2) is sealed too"
+        );
+        let r = Mapping::map_mirrored(ro.as_fd(), page, page * 2, false, true).unwrap();
+        // SAFETY: inside the fresh read-only mapping; only reads.
+        unsafe { assert_eq!(r.as_ptr().add(ring + 10).read(), 42) };
+        // The writer's existing mapping stays writable.
+        // SAFETY: inside our own mapping.
+        unsafe { m.as_ptr().add(ring + 11).write(7) };
+        // SAFETY: inside the read-only mapping; only reads.
+        unsafe { assert_eq!(r.as_ptr().add(ring + 2 * page + 11).read(), 7) };
+    }
+
+    #[test]
+    fn fds_travel_over_abstract_sockets() {
+        let name = format!("framewire-test/sys/{}", std::process::id());
+        let l = bind_abstract(&name).unwrap();
+        assert_eq!(
+            bind_abstract(&name).unwrap_err().kind(),
+            io::ErrorKind::AddrInUse
+        );
+        let c = connect_abstract(&name).unwrap();
+        let (s, _) = l.accept().unwrap();
+        assert_eq!(peer_uid(s.as_fd()).unwrap(), my_uid());
+        let fd = memfd_sealed("framewire-test", 4096).unwrap();
+        assert_eq!(
+            send_with_fd(c.as_fd(), b"hello", Some(fd.as_fd())).unwrap(),
+            5
+        );
+        let mut buf = [0u8; 16];
+        let (n, fds) = recv_with_fds(s.as_fd(), &mut buf).unwrap();
+        assert_eq!((&buf[..n], fds.len()), (&b"hello"[..], 1));
+        assert_eq!(inspect_shared_fd(fds[0].as_fd()).unwrap().len, 4096);
+        drop((l, s, c));
+        // The name is gone with the socket: nothing to sweep after a crash.
+        assert!(connect_abstract(&name).is_err());
+        assert!(bind_abstract(&name).is_ok());
+    }
+
+    #[test]
+    fn non_memfds_are_refused() {
+        let f = std::fs::File::open("/proc/self/exe").unwrap();
+        assert!(inspect_shared_fd(f.as_fd()).is_err());
+    }
+}
