@@ -272,6 +272,19 @@ pub async fn receive_frames(
     verify: bool,
     idle: Duration,
 ) -> Received {
+    receive_frames_slowly(sub, count, verify, idle, Duration::ZERO).await
+}
+
+/// [`receive_frames`] for a deliberately slow consumer: after each frame it
+/// spends `work` (a sleep) before asking for the next one, so that a publisher
+/// under `drop-oldest` laps it.
+pub async fn receive_frames_slowly(
+    sub: &mut dyn Subscriber,
+    count: u64,
+    verify: bool,
+    idle: Duration,
+    work: Duration,
+) -> Received {
     let mut tally = Tally::default();
     let mut errors = 0u64;
     let stop = loop {
@@ -289,6 +302,10 @@ pub async fn receive_frames(
                     );
                 }
                 tally.record(frame.seq, intact);
+                drop(frame);
+                if !work.is_zero() {
+                    tokio::time::sleep(work).await;
+                }
             }
             Ok(Err(Error::Lagged { missed })) => tally.lagged += missed,
             Ok(Err(Error::Disconnected(why))) => break StopReason::Disconnected(why),

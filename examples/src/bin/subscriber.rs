@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use framewire::{SubscribeOptions, Subscriber};
-use framewire_examples::{RecvArg, StopReason, parse_secs, receive_frames, subscribe_patiently};
+use framewire_examples::{
+    RecvArg, StopReason, parse_secs, receive_frames_slowly, subscribe_patiently,
+};
 
 /// Receive frames and count, and optionally verify, them.
 ///
@@ -41,6 +43,10 @@ struct Args {
     /// Receive mode (default: the backend's default, owned).
     #[arg(long, value_name = "MODE", value_enum)]
     recv: Option<RecvArg>,
+    /// Simulated work per frame, in milliseconds (a sleep after each frame):
+    /// makes this a deliberately slow subscriber.
+    #[arg(long, value_name = "MS", default_value_t = 0.0)]
+    work_ms: f64,
 }
 
 #[tokio::main]
@@ -69,7 +75,9 @@ async fn main() -> ExitCode {
         sub.recv_mode()
     );
 
-    let got = receive_frames(sub.as_mut(), args.count, args.verify, args.timeout).await;
+    let work = Duration::try_from_secs_f64(args.work_ms / 1e3).unwrap_or_default();
+    let got =
+        receive_frames_slowly(sub.as_mut(), args.count, args.verify, args.timeout, work).await;
     let tally = got.tally;
     match &got.stop {
         StopReason::Done => {}
