@@ -7,6 +7,7 @@ mod forge_tests;
 pub mod pool;
 mod publisher;
 mod registry;
+pub mod shared;
 mod subscriber;
 mod sys;
 pub mod wire;

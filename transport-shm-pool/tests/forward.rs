@@ -339,8 +339,9 @@ async fn forward_slots_follow_the_policy() {
         .await
         .expect("drop-oldest does not block")
         .expect("forward");
+    // `>=`: releases from the block phase above may still be arriving.
     until("the dropped frame's upstream slot back", || {
-        a.free_slots() == before + 1
+        a.free_slots() > before
     })
     .await;
     match recv(&mut c).await {

@@ -9,6 +9,9 @@
 //! bounded queue per subscriber, a task hop to its socket task, per-subscriber
 //! routing and liveness.
 //!
+//! Then per-frame latency (`zmq_24MiB_latency`): plain zmq next to
+//! `shm=pool` (payload in a shared-memory slot, a reference over ZeroMQ).
+//!
 //! Run: `cargo bench -p transport-zmq --bench throughput`
 
 use std::time::{Duration, Instant};
@@ -188,6 +191,91 @@ fn bench(c: &mut Criterion) {
             })
         });
         drop((publ, sub));
+    }
+    g.finish();
+    latency(c, &rt, &payload, &ipc);
+}
+
+/// Per-frame latency, one frame at a time (send, then receive it whole): plain
+/// zmq next to `shm=pool`, where only a 28-byte reference crosses ZeroMQ.
+/// `shm_pool_view` copies the payload into a slot in `send` and receives a
+/// view; `shm_pool_owned` also copies it out; `shm_pool_view_loan` sends a
+/// loaned slot (no copy at all: the hand-off alone).
+fn latency(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    payload: &Bytes,
+    ipc: &std::path::Path,
+) {
+    use transport_core::{RecvMode, SubscribeOptions};
+    let mut g = c.benchmark_group("zmq_24MiB_latency");
+    g.sample_size(30);
+    g.measurement_time(Duration::from_secs(6));
+    let shm = "shm=pool&slots=4&slot_size=24MiB";
+    let cases = [
+        ("tcp", "zmq+tcp://127.0.0.1:0".to_owned()),
+        ("ipc", format!("zmq+ipc://{}-lat.ipc", ipc.display())),
+    ];
+    for (name, base) in cases {
+        let variants = [
+            ("plain", base.clone(), RecvMode::Owned, false),
+            (
+                "shm_pool_view",
+                format!("{base}?{shm}"),
+                RecvMode::View,
+                false,
+            ),
+            (
+                "shm_pool_owned",
+                format!("{base}?{shm}"),
+                RecvMode::Owned,
+                false,
+            ),
+            (
+                "shm_pool_view_loan",
+                format!("{base}?{shm}"),
+                RecvMode::View,
+                true,
+            ),
+        ];
+        for (variant, url, mode, loan) in variants {
+            let (mut publ, mut sub) = rt.block_on(async {
+                let ep = Endpoint::parse(&url).expect("endpoint");
+                let mut p = ZmqTransport
+                    .publish(&ep, &Default::default())
+                    .await
+                    .expect("publish");
+                let s = ZmqTransport
+                    .subscribe(p.endpoint(), &SubscribeOptions::default().recv_mode(mode))
+                    .await
+                    .expect("subscribe");
+                p.wait_for_subscribers(1, Duration::from_secs(5))
+                    .await
+                    .expect("subscriber");
+                (p, s)
+            });
+            g.bench_function(format!("{variant}/{name}"), |b| {
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            let t = Instant::now();
+                            if loan {
+                                let l = publ.loan(SIZE).await.expect("loan");
+                                publ.send_loan(l).await.expect("send_loan");
+                            } else {
+                                publ.send(Frame::new(payload.clone())).await.expect("send");
+                            }
+                            let f = sub.recv().await.expect("recv");
+                            total += t.elapsed();
+                            assert_eq!(f.payload.len(), SIZE);
+                        }
+                        total
+                    })
+                })
+            });
+            drop((publ, sub));
+        }
     }
     g.finish();
 }

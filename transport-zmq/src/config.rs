@@ -8,7 +8,7 @@ use transport_core::{COMMON_PARAMS, Endpoint, Error, Policy, Result};
 pub const SCHEMES: [&str; 2] = ["zmq+tcp", "zmq+ipc"];
 
 /// Endpoint parameters this backend accepts.
-pub const PARAMS: [&str; 9] = [
+pub const PARAMS: [&str; 11] = [
     COMMON_PARAMS[0],
     COMMON_PARAMS[1],
     "queue",
@@ -18,6 +18,8 @@ pub const PARAMS: [&str; 9] = [
     "write_timeout",
     "handshake_timeout",
     "shm",
+    "slots",
+    "slot_size",
 ];
 
 /// Default of `queue=`: frames queued per subscriber.
@@ -34,6 +36,26 @@ pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default of `handshake_timeout=`.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default of `slots=` (`shm=pool`).
+pub const DEFAULT_SLOTS: usize = 8;
+/// Default of `slot_size=` (`shm=pool`).
+pub const DEFAULT_SLOT_SIZE: u64 = 32 << 20;
+/// Largest `slots=`.
+pub const MAX_SLOTS: usize = 4096;
+
+/// The `shm=` option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shm {
+    /// `off` (the default): payloads travel over ZeroMQ. A subscriber still
+    /// attaches when its publisher runs `shm=pool`.
+    Off,
+    /// `pool`: a publisher puts payloads in shared-memory slots and sends
+    /// references (needs the crate feature `shm`).
+    Pool,
+    /// `inline` (subscribers): never attach; ask the publisher to send
+    /// payloads inline, as a subscriber that cannot attach does by itself.
+    Inline,
+}
 
 /// Which transport of ZeroMQ an endpoint names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +76,10 @@ pub(crate) struct Config {
     pub peer_timeout: Duration,
     pub write_timeout: Duration,
     pub handshake_timeout: Duration,
+    pub shm: Shm,
+    #[cfg_attr(not(feature = "shm"), allow(dead_code))]
+    pub slots: usize,
+    pub slot_size: u64,
 }
 
 fn invalid(option: &str, reason: impl Into<String>) -> Error {
@@ -98,20 +124,58 @@ impl Config {
             }
         };
         e.check_params(&PARAMS)?;
-        match e.param("shm") {
-            None | Some("off") => {}
+        let shm = match e.param("shm") {
+            None | Some("off") => Shm::Off,
+            Some("pool") if cfg!(feature = "shm") => Shm::Pool,
             Some("pool") => {
                 return Err(Error::Unsupported {
                     backend: "zmq",
-                    what: "shm=pool (payloads in transport-shm-pool slots): that crate does not \
-                           yet export the slot, segment-sharing and view API this mode needs; \
-                           use shm=off (the default) or an shm-pool:// endpoint"
+                    what: "shm=pool (payloads in transport-shm-pool slots): this build of \
+                           transport-zmq lacks its cargo feature `shm`; enable it, or use \
+                           shm=off (the default)"
                         .into(),
                 });
             }
+            Some("inline") => Shm::Inline,
             Some(other) => {
-                return Err(invalid("shm", format!("`{other}`; accepted: off, pool")));
+                return Err(invalid(
+                    "shm",
+                    format!("`{other}`; accepted: off, pool, inline"),
+                ));
             }
+        };
+        if shm == Shm::Off {
+            // Accepted only where they mean something.
+            for key in ["slots", "slot_size"] {
+                if e.param(key).is_some() {
+                    let others: Vec<&str> = PARAMS
+                        .iter()
+                        .copied()
+                        .filter(|p| !["slots", "slot_size"].contains(p))
+                        .collect();
+                    return Err(invalid(
+                        key,
+                        format!(
+                            "applies only with shm=pool; accepted otherwise: {}",
+                            others.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        let slots = e.parse_param::<usize>("slots")?.unwrap_or(DEFAULT_SLOTS);
+        if slots == 0 || slots > MAX_SLOTS {
+            return Err(invalid(
+                "slots",
+                format!("must be 1 to {MAX_SLOTS}, got {slots}"),
+            ));
+        }
+        let slot_size = e.size("slot_size")?.unwrap_or(DEFAULT_SLOT_SIZE);
+        if slot_size == 0 || slot_size > transport_core::codec::MAX_PAYLOAD {
+            return Err(invalid(
+                "slot_size",
+                format!("must be 1 B to {} B", transport_core::codec::MAX_PAYLOAD),
+            ));
         }
         // Parsed here so that a bad value is refused on both sides.
         e.parse_param::<Policy>("policy")?;
@@ -144,6 +208,9 @@ impl Config {
             peer_timeout: dur("peer_timeout", DEFAULT_PEER_TIMEOUT)?,
             write_timeout: dur("write_timeout", DEFAULT_WRITE_TIMEOUT)?,
             handshake_timeout: dur("handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT)?,
+            shm,
+            slots,
+            slot_size,
         };
         cfg.check_liveness(cfg.heartbeat, cfg.write_timeout)?;
         Ok(cfg)
@@ -164,6 +231,16 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Largest payload a publisher sends: `max_payload`, and under
+    /// `shm=pool` also `slot_size`; with the option to raise.
+    pub fn payload_limit(&self) -> (u64, &'static str) {
+        if self.shm == Shm::Pool && self.slot_size < self.max_payload {
+            (self.slot_size, "slot_size")
+        } else {
+            (self.max_payload, "max_payload")
+        }
     }
 
     /// The address in the zeromq crate's syntax.
@@ -201,8 +278,11 @@ mod tests {
             "zmq+ipc://relative",
             "zmq+tcp://h:1?queue=0",
             "zmq+tcp://h:1?policy=sometimes",
-            "zmq+tcp://h:1?slots=3",
+            "zmq+tcp://h:1?capacity=3",
             "zmq+tcp://h:1?heartbeat=0s",
+            "zmq+tcp://h:1?slots=2",
+            "zmq+tcp://h:1?shm=inline&slots=0",
+            "zmq+tcp://h:1?shm=inline&slot_size=0",
         ] {
             assert!(cfg(bad).is_err(), "{bad} accepted");
         }
@@ -210,13 +290,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("peer_timeout"), "{e}");
-        assert!(matches!(
-            cfg("zmq+tcp://h:1?shm=pool"),
-            Err(Error::Unsupported { .. })
-        ));
+        if cfg!(feature = "shm") {
+            let c = cfg("zmq+tcp://h:1?shm=pool&slots=3&slot_size=1MiB").unwrap();
+            assert_eq!((c.shm, c.slots, c.slot_size), (Shm::Pool, 3, 1 << 20));
+            assert_eq!(c.payload_limit(), (1 << 20, "slot_size"));
+        } else {
+            assert!(matches!(
+                cfg("zmq+tcp://h:1?shm=pool"),
+                Err(Error::Unsupported { .. })
+            ));
+        }
+        assert_eq!(cfg("zmq+tcp://h:1?shm=inline").unwrap().shm, Shm::Inline);
         assert!(cfg("zmq+tcp://h:1?shm=off").is_ok());
         assert!(cfg("zmq+tcp://h:1?shm=ring").is_err());
-        let e = cfg("zmq+tcp://h:1?slots=3").unwrap_err().to_string();
+        let e = cfg("zmq+tcp://h:1?capacity=3").unwrap_err().to_string();
         assert!(e.contains("queue") && e.contains("heartbeat"), "{e}");
         assert!(matches!(cfg("tcp://h:1"), Err(Error::UnknownScheme { .. })));
     }

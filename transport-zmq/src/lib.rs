@@ -15,6 +15,11 @@ use transport_core::{
 pub use publisher::ZmqPublisher;
 pub use subscriber::ZmqSubscriber;
 
+/// The shared-memory building blocks `shm=pool` uses (transport-shm-pool's
+/// [`shared`](transport_shm_pool::shared) module), for tests and tools.
+#[cfg(feature = "shm")]
+pub use transport_shm_pool::shared as shm_pool;
+
 use config::Config;
 
 /// The ZeroMQ backend: `zmq+tcp://HOST:PORT` and `zmq+ipc:///PATH`.
@@ -38,8 +43,14 @@ impl Transport for ZmqTransport {
         c.cross_host = matches!(cfg.address, config::Address::Tcp(_));
         c.cross_process = true;
         c.policies = Policy::ALL.to_vec();
-        c.max_payload = cfg.max_payload;
+        c.max_payload = cfg.payload_limit().0;
         c.queue_depth = cfg.queue;
+        if cfg.shm == config::Shm::Pool {
+            // Views of the publisher's slots on this host (owned copies
+            // elsewhere), and loans that are the slot itself.
+            c.zero_copy_views = true;
+            c.loan_in_place = true;
+        }
         c.counts_subscribers = true;
         Ok(c)
     }

@@ -24,12 +24,23 @@ use transport_core::{
 };
 use zeromq::{Socket, SocketEvent, SocketRecv, SocketSend, XPubSocket, ZmqMessage};
 
+#[cfg(feature = "shm")]
+use transport_shm_pool::shared::{AttachServer, SharedPool, SlotRef, SlotWriter};
+
 use crate::config::{Address, Config};
 use crate::lag_queue::LagQueue;
 use crate::wire::{self, Control, SubscriberId, Welcome};
 
 /// Upstream messages handled per turn of the driver before it writes again.
 const UPSTREAM_BATCH: usize = 256;
+/// `shm=pool`: the holder number of the publisher's own hold on a slot (while
+/// a frame is queued or being written); subscribers get 0 to 62.
+#[cfg(feature = "shm")]
+const PUB_HOLDER: u32 = 63;
+/// `shm=pool`, policy `fail`: how long `send` waits for a release already on
+/// its way before it reports the pool full.
+#[cfg(feature = "shm")]
+const RELEASE_GRACE: Duration = Duration::from_millis(50);
 
 /// One frame as it will be written: its topic, envelope and payload (shared by
 /// every subscriber's queue, never copied).
@@ -37,7 +48,51 @@ const UPSTREAM_BATCH: usize = 256;
 struct Msg {
     topic: Bytes,
     envelope: Bytes,
+    /// The payload; under `shm=pool`, the publisher's own view of the slot
+    /// (what subscribers that receive inline get), holding it while queued.
     payload: Bytes,
+    /// `shm=pool`: where the payload is.
+    shared: Option<SharedPart>,
+}
+
+/// A frame's slot under `shm=pool`.
+#[derive(Debug)]
+struct SharedPart {
+    /// The encoded `SlotRef`.
+    reference: Bytes,
+    index: u32,
+    generation: u64,
+}
+
+/// How a subscriber gets payloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SubShm {
+    /// Over ZeroMQ (no shm, or the subscriber cannot or will not attach).
+    Inline,
+    /// `shm=pool`: it has not said yet whether it attached; frames queued
+    /// for it hold their slots for it, and none is written before it says.
+    Pending { holder: u32 },
+    /// `shm=pool`: attached (connection `conn` of the attach server);
+    /// receives references and releases them upstream.
+    Refs { holder: u32, conn: u32 },
+}
+
+impl SubShm {
+    fn holder(self) -> Option<u32> {
+        match self {
+            SubShm::Inline => None,
+            SubShm::Pending { holder } | SubShm::Refs { holder, .. } => Some(holder),
+        }
+    }
+}
+
+/// A subscriber gone from the channel whose process still maps the pool
+/// (its attach connection is open): its holds stay until that closes.
+#[derive(Debug)]
+struct Zombie {
+    id: SubscriberId,
+    holder: u32,
+    conn: u32,
 }
 
 #[derive(Debug)]
@@ -59,6 +114,10 @@ struct Sub {
     reported_dropped: u64,
     last_heard: Instant,
     last_sent: Instant,
+    /// How it gets payloads.
+    shm: SubShm,
+    /// When it joined.
+    joined: Instant,
 }
 
 #[derive(Debug)]
@@ -72,6 +131,10 @@ struct State {
     driver_gone: Option<String>,
     /// Round-robin cursor over `subs`.
     cursor: usize,
+    /// `shm=pool`: holder numbers in use (subscribers and zombies).
+    holders_used: u64,
+    /// `shm=pool`: departed subscribers that still map the pool.
+    zombies: Vec<Zombie>,
 }
 
 #[derive(Debug)]
@@ -85,6 +148,11 @@ struct Shared {
     cfg: Config,
     policy: Policy,
     instance: u64,
+    /// `shm=pool`: the slots.
+    #[cfg(feature = "shm")]
+    pool: Option<Arc<SharedPool>>,
+    /// `shm=pool`: the SHM control written before each WELCOME.
+    announce: Option<Control>,
 }
 
 impl Shared {
@@ -92,6 +160,84 @@ impl Shared {
         // Every critical section is a few field updates that cannot leave the
         // state inconsistent, so a poisoned lock is still usable.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Releases `holder`'s hold on slot `index` generation `generation`;
+    /// false (counted by the pool) when it held none.
+    fn release_slot(&self, holder: u32, index: u32, generation: u64) -> bool {
+        #[cfg(feature = "shm")]
+        if let Some(pool) = &self.pool {
+            let r = SlotRef {
+                segment: pool.segment_id(),
+                index,
+                generation,
+                len: 0,
+            };
+            return pool.release(&r, holder);
+        }
+        let _ = (holder, index, generation);
+        false
+    }
+
+    /// Releases `holder`'s hold on `msg`'s slot (a frame it will never get).
+    fn release_msg(&self, msg: &Msg, holder: u32) {
+        if let Some(p) = &msg.shared {
+            self.release_slot(holder, p.index, p.generation);
+        }
+    }
+
+    /// Releases every hold of `holder` and frees the number.
+    fn release_holder(&self, st: &mut State, holder: u32) {
+        #[cfg(feature = "shm")]
+        if let Some(pool) = &self.pool {
+            pool.release_all(holder);
+        }
+        st.holders_used &= !(1u64 << holder);
+    }
+
+    /// Drops the oldest frame queued for `s`, releasing its hold.
+    fn drop_oldest(&self, s: &mut Sub) -> bool {
+        let Some(m) = s.queue.drop_oldest() else {
+            return false;
+        };
+        if let Some(h) = s.shm.holder() {
+            self.release_msg(&m, h);
+        }
+        self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+        StatCounters::add(&self.stats.dropped, 1);
+        true
+    }
+
+    /// Empties `s`'s queue (releasing its holds); returns how many frames it held.
+    fn clear_queue(&self, s: &mut Sub) -> usize {
+        let mut n = 0;
+        while let Some((_, m)) = s.queue.pop() {
+            if let Some(h) = s.shm.holder() {
+                self.release_msg(&m, h);
+            }
+            n += 1;
+        }
+        s.queue.clear();
+        self.stats.queued.fetch_sub(n as u64, Ordering::Relaxed);
+        n
+    }
+
+    /// A subscriber leaves: its queued frames go, and its holds are
+    /// released, unless its process still maps the pool (`conn_open`), in
+    /// which case it stays a zombie until it closes its attach connection.
+    fn retire(&self, st: &mut State, mut s: Sub, conn_open: bool) {
+        self.clear_queue(&mut s);
+        match s.shm {
+            SubShm::Inline => {}
+            SubShm::Refs { holder, conn } if conn_open => st.zombies.push(Zombie {
+                id: s.id,
+                holder,
+                conn,
+            }),
+            SubShm::Pending { holder } | SubShm::Refs { holder, .. } => {
+                self.release_holder(st, holder)
+            }
+        }
     }
 }
 
@@ -153,6 +299,25 @@ pub(crate) async fn bind(
             endpoint.clone()
         }
     };
+    #[cfg(feature = "shm")]
+    let (pool, attach, announce) = if cfg.shm == crate::config::Shm::Pool {
+        let pool = SharedPool::create(
+            &format!("zmq:{}", reported.address()),
+            cfg.slots,
+            cfg.slot_size,
+        )?;
+        let server = pool.serve()?;
+        let announce = Control::Shm {
+            socket: server.name().to_owned(),
+            segment: pool.segment_id(),
+            slot_size: pool.slot_size(),
+        };
+        (Some(pool), Some(server), Some(announce))
+    } else {
+        (None, None, None)
+    };
+    #[cfg(not(feature = "shm"))]
+    let (attach, announce) = (None, None);
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             subs: Vec::new(),
@@ -160,6 +325,8 @@ pub(crate) async fn bind(
             closing: false,
             driver_gone: None,
             cursor: 0,
+            holders_used: 0,
+            zombies: Vec::new(),
         }),
         stats: Arc::new(StatCounters::default()),
         wake: Notify::new(),
@@ -167,6 +334,9 @@ pub(crate) async fn bind(
         cfg,
         policy,
         instance: u64::from_le_bytes(random_bytes()),
+        #[cfg(feature = "shm")]
+        pool,
+        announce,
     });
     let driver = Driver {
         xpub,
@@ -174,6 +344,7 @@ pub(crate) async fn bind(
         shared: shared.clone(),
         pending_peers: HashMap::new(),
         refusals: Vec::new(),
+        attach,
     };
     let driver = tokio::spawn(driver.run());
     Ok(ZmqPublisher {
@@ -281,19 +452,202 @@ fn matches(prefix: &str, topic: &str) -> bool {
 
 impl ZmqPublisher {
     fn check_len(&self, len: u64) -> Result<()> {
-        let limit = self.shared.cfg.max_payload;
+        let (limit, option) = self.shared.cfg.payload_limit();
         if len > limit {
-            return Err(Error::PayloadTooLarge {
-                len,
-                limit,
-                option: "max_payload",
-            });
+            return Err(Error::PayloadTooLarge { len, limit, option });
         }
         Ok(())
     }
 
     fn gone(why: &str) -> Error {
         Error::Disconnected(format!("the publisher's socket task ended: {why}"))
+    }
+
+    /// Under `fail`: an error when a subscriber `topic` goes to has a full queue.
+    fn fail_if_full(&self, topic: &str) -> Result<()> {
+        let depth = self.shared.cfg.queue;
+        let st = self.shared.lock();
+        if let Some(s) = st
+            .subs
+            .iter()
+            .find(|s| matches(&s.prefix, topic) && s.queue.len() >= depth)
+        {
+            return Err(Error::Full {
+                option: "queue",
+                detail: format!("subscriber {} has {depth} frames queued", s.id),
+            });
+        }
+        Ok(())
+    }
+
+    /// `shm=pool`: a slot for `len` bytes, by the policy: `block` waits,
+    /// `fail` waits briefly for a release on its way then fails naming
+    /// `slots`, `drop-oldest` drops queued frames (their slots come back once
+    /// no queue holds them) and waits only for slots that subscribers hold.
+    #[cfg(feature = "shm")]
+    async fn alloc_slot(&self, len: usize) -> Result<SlotWriter> {
+        let Some(pool) = self.shared.pool.clone() else {
+            return Err(Error::Protocol("no pool".into()));
+        };
+        if let Some(w) = pool.try_alloc(len)? {
+            return Ok(w);
+        }
+        match self.shared.policy {
+            Policy::Fail => match tokio::time::timeout(RELEASE_GRACE, pool.alloc(len)).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::Full {
+                    option: "slots",
+                    detail: format!(
+                        "all {} shared-memory slots are held by queued frames or by \
+                             subscribers' views",
+                        pool.slots()
+                    ),
+                }),
+            },
+            Policy::DropOldest => loop {
+                if let Some(w) = pool.try_alloc(len)? {
+                    return Ok(w);
+                }
+                let dropped = {
+                    let mut st = self.shared.lock();
+                    let longest = st
+                        .subs
+                        .iter_mut()
+                        .filter(|s| !s.queue.is_empty())
+                        .max_by_key(|s| s.queue.len());
+                    match longest {
+                        Some(s) => self.shared.drop_oldest(s),
+                        None => false,
+                    }
+                };
+                if dropped {
+                    self.shared.changed.notify_waiters();
+                    continue;
+                }
+                return self.await_slot(&pool, len).await;
+            },
+            Policy::Block => self.await_slot(&pool, len).await,
+        }
+    }
+
+    /// Waits for a slot, or for the driver to end.
+    #[cfg(feature = "shm")]
+    async fn await_slot(&self, pool: &Arc<SharedPool>, len: usize) -> Result<SlotWriter> {
+        loop {
+            let changed = self.shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(why) = &self.shared.lock().driver_gone {
+                return Err(Self::gone(why));
+            }
+            tokio::select! {
+                r = pool.alloc(len) => return r,
+                _ = &mut changed => {}
+            }
+        }
+    }
+
+    /// `shm=pool`: the rest of `send` once the queues have room: the payload
+    /// goes into a slot (unless it was loaned there), held by every matching
+    /// subscriber that may receive it by reference and by the publisher
+    /// while queued; subscribers that receive inline get the slot's bytes.
+    #[cfg(feature = "shm")]
+    async fn send_shared(&mut self, mut frame: Frame, loaned: Option<SlotWriter>) -> Result<()> {
+        let Some(pool) = self.shared.pool.clone() else {
+            return Err(Error::Protocol("no pool".into()));
+        };
+        let is_loan = loaned.is_some();
+        if !is_loan {
+            // Nobody to send it to: no slot, no copy (plain zmq queues nothing either).
+            let mut st = self.shared.lock();
+            if let Some(why) = &st.driver_gone {
+                return Err(Self::gone(why));
+            }
+            if !st.subs.iter().any(|s| matches(&s.prefix, &frame.topic)) {
+                let seq = st.next_seq;
+                frame.stamp_for_send(seq, self.trace_name.as_deref())?;
+                st.next_seq = seq + 1;
+                drop(st);
+                StatCounters::add(&self.shared.stats.frames_sent, 1);
+                StatCounters::add(&self.shared.stats.bytes_sent, frame.payload.len() as u64);
+                return Ok(());
+            }
+        }
+        let mut w = match loaned {
+            Some(w) => w,
+            None => self.alloc_slot(frame.payload.len()).await?,
+        };
+        let len = if is_loan {
+            w.len()
+        } else {
+            frame.payload.len()
+        };
+        let seq = self.shared.lock().next_seq;
+        if !is_loan {
+            // Stamped before the copy into the slot, which is part of the trip.
+            frame.stamp_for_send(seq, self.trace_name.as_deref())?;
+            use transport_core::LoanBuffer;
+            w.as_mut_slice()[..len].copy_from_slice(&frame.payload);
+        }
+        let stats = &self.shared.stats;
+        let depth = self.shared.cfg.queue;
+        {
+            let mut st = self.shared.lock();
+            if let Some(why) = &st.driver_gone {
+                return Err(Self::gone(why));
+            }
+            let t = frame.topic.as_str();
+            let mut holders = 1u64 << PUB_HOLDER;
+            for s in st.subs.iter_mut().filter(|s| matches(&s.prefix, t)) {
+                if s.queue.len() >= depth {
+                    self.shared.drop_oldest(s);
+                }
+                if let Some(h) = s.shm.holder() {
+                    holders |= 1 << h;
+                }
+            }
+            let r = w.publish(len, holders);
+            // Takes over the publisher's hold: released when no queue holds the frame.
+            let payload = pool.hold_bytes(&r, PUB_HOLDER)?;
+            frame.payload = payload.clone();
+            let mut envelope = BytesMut::new();
+            let stamped = if is_loan {
+                frame.stamp_for_send(seq, self.trace_name.as_deref())
+            } else {
+                Ok(())
+            };
+            if let Err(e) =
+                stamped.and_then(|()| transport_core::codec::encode_header(&frame, &mut envelope))
+            {
+                // Never queued: the subscribers' holds go (the publisher's
+                // goes with `payload`).
+                for h in (0..PUB_HOLDER).filter(|h| holders & (1 << h) != 0) {
+                    pool.release(&r, h);
+                }
+                return Err(e);
+            }
+            let topic = Bytes::from(std::mem::take(&mut frame.topic));
+            let t = std::str::from_utf8(&topic).unwrap_or_default();
+            let msg = Arc::new(Msg {
+                topic: topic.clone(),
+                envelope: envelope.freeze(),
+                payload,
+                shared: Some(SharedPart {
+                    reference: Bytes::copy_from_slice(&r.encode()),
+                    index: r.index,
+                    generation: r.generation,
+                }),
+            });
+            for s in st.subs.iter_mut().filter(|s| matches(&s.prefix, t)) {
+                s.queue.push(msg.clone());
+                stats.queued.fetch_add(1, Ordering::Relaxed);
+            }
+            st.next_seq = seq + 1;
+        }
+        self.shared.wake.notify_one();
+        StatCounters::add(&stats.frames_sent, 1);
+        StatCounters::add(&stats.bytes_sent, len as u64);
+        Ok(())
     }
 
     /// Waits until every subscriber `topic` goes to has room in its queue.
@@ -330,20 +684,12 @@ impl Publisher for ZmqPublisher {
         let depth = self.shared.cfg.queue;
         match self.shared.policy {
             Policy::Block => self.wait_for_room(&frame.topic).await?,
-            Policy::Fail => {
-                let st = self.shared.lock();
-                if let Some(s) = st
-                    .subs
-                    .iter()
-                    .find(|s| matches(&s.prefix, &frame.topic) && s.queue.len() >= depth)
-                {
-                    return Err(Error::Full {
-                        option: "queue",
-                        detail: format!("subscriber {} has {depth} frames queued", s.id),
-                    });
-                }
-            }
+            Policy::Fail => self.fail_if_full(&frame.topic)?,
             Policy::DropOldest => {}
+        }
+        #[cfg(feature = "shm")]
+        if self.shared.pool.is_some() {
+            return self.send_shared(frame, None).await;
         }
         // Only `send` (which holds `&mut self`) moves `next_seq`, so it is
         // still current when the frame is queued below.
@@ -357,6 +703,7 @@ impl Publisher for ZmqPublisher {
             topic: Bytes::from(std::mem::take(&mut frame.topic)),
             envelope: envelope.freeze(),
             payload: frame.payload,
+            shared: None,
         });
         let topic = std::str::from_utf8(&msg.topic).unwrap_or_default();
         let stats = &self.shared.stats;
@@ -370,9 +717,7 @@ impl Publisher for ZmqPublisher {
             for s in st.subs.iter_mut().filter(|s| matches(&s.prefix, topic)) {
                 if s.queue.len() >= depth {
                     // Only drop-oldest gets here: block waited, fail returned.
-                    s.queue.drop_oldest();
-                    stats.queued.fetch_sub(1, Ordering::Relaxed);
-                    StatCounters::add(&stats.dropped, 1);
+                    self.shared.drop_oldest(s);
                 }
                 s.queue.push(msg.clone());
                 stats.queued.fetch_add(1, Ordering::Relaxed);
@@ -387,7 +732,38 @@ impl Publisher for ZmqPublisher {
 
     async fn loan(&mut self, len: usize) -> Result<Loan> {
         self.check_len(len as u64)?;
+        #[cfg(feature = "shm")]
+        if self.shared.pool.is_some() {
+            let w = self.alloc_slot(len).await?;
+            return Ok(Loan::new(Box::new(w)));
+        }
         Ok(Loan::heap(len))
+    }
+
+    async fn send_loan(&mut self, loan: Loan) -> Result<()> {
+        #[cfg(feature = "shm")]
+        if let Some(pool) = &self.shared.pool {
+            let (mut frame, buf) = loan.into_parts();
+            return match buf.into_any().downcast::<SlotWriter>() {
+                Ok(w) if Arc::ptr_eq(w.pool(), pool) => {
+                    match self.shared.policy {
+                        Policy::Block => self.wait_for_room(&frame.topic).await?,
+                        Policy::Fail => self.fail_if_full(&frame.topic)?,
+                        Policy::DropOldest => {}
+                    }
+                    self.send_shared(frame, Some(*w)).await
+                }
+                Ok(_) => Err(Error::ForeignLoan),
+                Err(other) => match other.downcast::<BytesMut>() {
+                    Ok(heap) => {
+                        frame.payload = heap.freeze();
+                        self.send(frame).await
+                    }
+                    Err(_) => Err(Error::ForeignLoan),
+                },
+            };
+        }
+        self.send(loan.into_heap_frame()?).await
     }
 
     async fn flush(&mut self) -> Result<()> {
@@ -439,6 +815,27 @@ impl Publisher for ZmqPublisher {
 }
 
 impl ZmqPublisher {
+    /// `shm=pool`: shared-memory slots free now (`None` without a pool). A
+    /// slot is free when no queue holds its frame and every subscriber that
+    /// received it by reference has dropped its view.
+    pub fn shm_free_slots(&self) -> Option<usize> {
+        #[cfg(feature = "shm")]
+        if let Some(p) = &self.shared.pool {
+            return Some(p.free_slots());
+        }
+        None
+    }
+
+    /// `shm=pool`: releases ignored because they were stale, duplicate or
+    /// forged (`None` without a pool).
+    pub fn shm_stale_releases(&self) -> Option<u64> {
+        #[cfg(feature = "shm")]
+        if let Some(p) = &self.shared.pool {
+            return Some(p.stale_releases());
+        }
+        None
+    }
+
     /// Closes the publisher and waits until every subscriber has read what
     /// was sent and the goodbye, and cancelled its subscription (or failed
     /// to within `peer_timeout`). Dropping the publisher does the same in the
@@ -472,6 +869,8 @@ impl Drop for ZmqPublisher {
 enum Woke {
     Upstream(zeromq::ZmqResult<ZmqMessage>),
     Event(Option<SocketEvent>),
+    /// `shm=pool`: a reader's attach connection closed.
+    Closed(u32),
     Other,
 }
 
@@ -483,6 +882,8 @@ enum Job {
         route_lag: Option<Bytes>,
         lag: u64,
         msg: Arc<Msg>,
+        /// Send the slot reference, not the payload.
+        by_ref: bool,
     },
 }
 
@@ -494,7 +895,14 @@ struct Driver {
     pending_peers: HashMap<Vec<u8>, Instant>,
     /// Refusals to write (to subscribers that are not registered).
     refusals: Vec<(SubscriberId, Bytes, Control)>,
+    /// `shm=pool`: serves the pool's segment to subscribers on this host.
+    attach: Option<Server>,
 }
+
+#[cfg(feature = "shm")]
+type Server = AttachServer;
+#[cfg(not(feature = "shm"))]
+type Server = std::convert::Infallible;
 
 /// Marks the publisher's state when the driver ends, however it ends.
 struct GoneGuard(Arc<Shared>);
@@ -509,10 +917,16 @@ impl Drop for GoneGuard {
                 "it stopped unexpectedly".into()
             });
         }
-        let n: usize = st.subs.iter().map(|s| s.queue.len()).sum();
-        st.subs.clear();
+        // Nothing is sent any more, so no slot is reused under a view: every
+        // hold can go (waking a `send` waiting for a slot, which then fails).
+        let subs = std::mem::take(&mut st.subs);
+        for s in subs {
+            self.0.retire(&mut st, s, false);
+        }
+        for z in std::mem::take(&mut st.zombies) {
+            self.0.release_holder(&mut st, z.holder);
+        }
         drop(st);
-        self.0.stats.queued.fetch_sub(n as u64, Ordering::Relaxed);
         self.0.stats.subscribers.store(0, Ordering::Relaxed);
         self.0.changed.notify_waiters();
     }
@@ -544,16 +958,118 @@ impl Driver {
                 biased;
                 r = self.xpub.recv() => Woke::Upstream(r),
                 ev = self.monitor.next() => Woke::Event(ev),
+                c = Self::next_closed(self.attach.as_mut()) => Woke::Closed(c),
                 _ = &mut wake => Woke::Other,
                 _ = tick.tick() => Woke::Other,
             };
             match woke {
                 Woke::Upstream(r) => self.upstream(r),
                 Woke::Event(Some(ev)) => self.event(ev),
+                Woke::Closed(c) => self.conn_closed(c),
                 Woke::Event(None) | Woke::Other => {}
             }
         }
         self.goodbye().await;
+    }
+
+    /// The next attach connection that closed (never, without a pool).
+    async fn next_closed(server: Option<&mut Server>) -> u32 {
+        #[cfg(feature = "shm")]
+        if let Some(s) = server {
+            return s.next_closed().await;
+        }
+        #[cfg(not(feature = "shm"))]
+        let _ = server;
+        std::future::pending().await
+    }
+
+    /// True while attach connection `conn` is open.
+    fn conn_open(&self, conn: u32) -> bool {
+        #[cfg(feature = "shm")]
+        if let Some(a) = &self.attach {
+            return a.is_open(conn);
+        }
+        let _ = conn;
+        false
+    }
+
+    /// A subscriber process unmapped the pool (or died): a zombie's holds go;
+    /// a subscriber still registered with that connection is cut off.
+    fn conn_closed(&mut self, conn: u32) {
+        let mut st = self.shared.lock();
+        if let Some(i) = st.zombies.iter().position(|z| z.conn == conn) {
+            let z = st.zombies.swap_remove(i);
+            self.shared.release_holder(&mut st, z.holder);
+            drop(st);
+            tracing::debug!(subscriber = %z.id, "a departed subscriber unmapped the pool");
+            return;
+        }
+        let live = st
+            .subs
+            .iter()
+            .find(|s| matches!(s.shm, SubShm::Refs { conn: c, .. } if c == conn))
+            .map(|s| s.id);
+        drop(st);
+        if let Some(id) = live {
+            self.remove(
+                &id,
+                "its shared-memory connection closed (the process died?)",
+                true,
+            );
+        }
+    }
+
+    /// `shm=pool`: a subscriber is done with these slots.
+    fn release(&mut self, id: SubscriberId, slots: Vec<(u32, u64)>) {
+        let holder = {
+            let mut st = self.shared.lock();
+            match st.subs.iter_mut().find(|s| s.id == id) {
+                Some(s) => {
+                    s.last_heard = Instant::now();
+                    s.shm.holder()
+                }
+                None => st.zombies.iter().find(|z| z.id == id).map(|z| z.holder),
+            }
+        };
+        let Some(holder) = holder else {
+            tracing::debug!(subscriber = %id, "ignoring releases of an unknown subscriber");
+            return;
+        };
+        for (index, generation) in slots {
+            if !self.shared.release_slot(holder, index, generation) {
+                tracing::debug!(subscriber = %id, index, generation, "stale or duplicate release ignored");
+            }
+        }
+    }
+
+    /// `shm=pool`: whether a subscriber attached the pool.
+    fn shm_report(&mut self, id: SubscriberId, conn: Option<u32>, reason: String) {
+        let open = conn.is_some_and(|c| self.conn_open(c));
+        let mut st = self.shared.lock();
+        let Some(i) = st.subs.iter().position(|s| s.id == id) else {
+            return;
+        };
+        let SubShm::Pending { holder } = st.subs[i].shm else {
+            return;
+        };
+        match conn {
+            Some(conn) if open => {
+                st.subs[i].shm = SubShm::Refs { holder, conn };
+                tracing::debug!(subscriber = %id, "subscriber attached the pool");
+            }
+            _ => {
+                st.subs[i].shm = SubShm::Inline;
+                self.shared.release_holder(&mut st, holder);
+                let reason = if conn.is_some() {
+                    "it names an attach connection that is not open".to_owned()
+                } else {
+                    reason
+                };
+                tracing::info!(subscriber = %id, %reason, "subscriber receives payloads inline");
+            }
+        }
+        drop(st);
+        self.shared.changed.notify_waiters();
     }
 
     /// Handles what the socket already holds, without waiting.
@@ -607,8 +1123,10 @@ impl Driver {
                 Ok(s) => self.remove(&s.id, "unsubscribed", false),
                 Err(e) => tracing::debug!(error = %e, "ignoring a subscription"),
             },
-            _ => match wire::decode_upstream(part) {
-                Ok(status) => self.status(status),
+            _ => match wire::decode_upstream_any(part) {
+                Ok(wire::Upstream::Status(status)) => self.status(status),
+                Ok(wire::Upstream::Release { id, slots }) => self.release(id, slots),
+                Ok(wire::Upstream::Shm { id, conn, reason }) => self.shm_report(id, conn, reason),
                 Err(e) => tracing::debug!(error = %e, "ignoring a message from a subscriber"),
             },
         }
@@ -648,8 +1166,7 @@ impl Driver {
             // The same subscriber again: its connection broke and the crate
             // reconnected. Start it afresh; it will see a second welcome and
             // report the interruption.
-            let n = old.queue.clear();
-            stats.queued.fetch_sub(n as u64, Ordering::Relaxed);
+            self.shared.clear_queue(old);
             old.prefix = s.prefix;
             old.needs_welcome = true;
             old.start_seq = st_next;
@@ -658,6 +1175,21 @@ impl Driver {
             old.reported_dropped = 0;
             old.last_heard = now;
         } else {
+            let shm = if self.shared.announce.is_some() {
+                // Holder numbers 0 to 62 (63 is the publisher's own).
+                match (0..63u32).find(|h| st.holders_used & (1 << h) == 0) {
+                    Some(holder) => {
+                        st.holders_used |= 1 << holder;
+                        SubShm::Pending { holder }
+                    }
+                    None => {
+                        tracing::info!(subscriber = %s.id, "63 subscribers hold slots already; this one receives payloads inline");
+                        SubShm::Inline
+                    }
+                }
+            } else {
+                SubShm::Inline
+            };
             st.subs.push(Sub {
                 id: s.id,
                 prefix: s.prefix,
@@ -670,6 +1202,8 @@ impl Driver {
                 reported_dropped: 0,
                 last_heard: now,
                 last_sent: now,
+                shm,
+                joined: now,
             });
             stats
                 .subscribers
@@ -706,10 +1240,11 @@ impl Driver {
             return;
         };
         let s = st.subs.swap_remove(i);
-        self.shared
-            .stats
-            .queued
-            .fetch_sub(s.queue.len() as u64, Ordering::Relaxed);
+        let open = match s.shm {
+            SubShm::Refs { conn, .. } => self.conn_open(conn),
+            _ => false,
+        };
+        self.shared.retire(&mut st, s, open);
         self.shared
             .stats
             .subscribers
@@ -738,6 +1273,26 @@ impl Driver {
             .collect();
         for id in silent {
             self.remove(&id, "no status report within peer_timeout", true);
+        }
+        // A subscriber that never says whether it attached the pool (an old
+        // or foreign one) gets payloads inline.
+        let mute: Vec<SubscriberId> = self
+            .shared
+            .lock()
+            .subs
+            .iter()
+            .filter(|s| {
+                matches!(s.shm, SubShm::Pending { .. })
+                    && now.duration_since(s.joined) > cfg.handshake_timeout
+            })
+            .map(|s| s.id)
+            .collect();
+        for id in mute {
+            self.shm_report(
+                id,
+                None,
+                "it did not report within handshake_timeout".into(),
+            );
         }
         let handshake = cfg.handshake_timeout;
         let backend = self.xpub.backend();
@@ -787,12 +1342,16 @@ impl Driver {
                     wire::route(&s.id, s.prefix.as_bytes()),
                     Control::Welcome(w),
                 )
-            } else if let Some((lag, msg)) = s.queue.pop() {
+            } else if let Some((lag, msg)) = (!matches!(s.shm, SubShm::Pending { .. }))
+                .then(|| s.queue.pop())
+                .flatten()
+            {
                 self.shared.stats.queued.fetch_sub(1, Ordering::Relaxed);
                 Job::Data {
                     id: s.id,
                     route_lag: (lag > 0).then(|| wire::route(&s.id, s.prefix.as_bytes())),
                     lag,
+                    by_ref: msg.shared.is_some() && matches!(s.shm, SubShm::Refs { .. }),
                     msg,
                 }
             } else if now.duration_since(s.last_sent) >= heartbeat {
@@ -819,9 +1378,17 @@ impl Driver {
         let timeout = self.shared.cfg.write_timeout;
         let (id, data) = match job {
             Job::Control(id, route, c) => {
-                let r = self
-                    .send(vec![route, wire::encode_control(&c)], timeout)
-                    .await;
+                let mut r = Ok(());
+                if let (Control::Welcome(_), Some(shm)) = (&c, &self.shared.announce) {
+                    // Just before the welcome: how to attach the pool.
+                    let ann = wire::encode_control(shm);
+                    r = self.send(vec![route.clone(), ann], timeout).await;
+                }
+                if r.is_ok() {
+                    r = self
+                        .send(vec![route, wire::encode_control(&c)], timeout)
+                        .await;
+                }
                 (id, r.map(|()| false))
             }
             Job::Data {
@@ -829,6 +1396,7 @@ impl Driver {
                 route_lag,
                 lag,
                 msg,
+                by_ref,
             } => {
                 let mut r = Ok(());
                 if let Some(route) = route_lag {
@@ -841,7 +1409,15 @@ impl Driver {
                 }
                 if r.is_ok() {
                     let route = wire::route(&id, &msg.topic);
-                    let parts = vec![route, msg.envelope.clone(), msg.payload.clone()];
+                    let parts = match (&msg.shared, by_ref) {
+                        (Some(p), true) => vec![
+                            route,
+                            msg.envelope.clone(),
+                            Bytes::from_static(&wire::SHM_TAG),
+                            p.reference.clone(),
+                        ],
+                        _ => vec![route, msg.envelope.clone(), msg.payload.clone()],
+                    };
                     r = self.send(parts, timeout).await;
                 }
                 (id, r.map(|()| true))

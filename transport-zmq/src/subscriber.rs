@@ -6,12 +6,20 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use transport_core::{Error, Frame, Policy, RecvMode, Result, StatCounters, Stats, Subscriber};
 use zeromq::{Socket, SocketOptions, SocketRecv, SocketSend, XSubSocket, ZmqError, ZmqMessage};
 
-use crate::config::Config;
+#[cfg(feature = "shm")]
+use transport_shm_pool::shared::{Attached, SlotRef};
+
+use crate::config::{Config, Shm};
+
+#[cfg(feature = "shm")]
+type Att = Arc<Attached>;
+#[cfg(not(feature = "shm"))]
+type Att = std::convert::Infallible;
 use crate::lag_queue::LagQueue;
 use crate::wire::{self, Control, Downstream, SubscriberId, Welcome};
 
@@ -77,6 +85,8 @@ pub struct ZmqSubscriber {
     /// A frame held back after a lag report.
     pending: Option<Frame>,
     welcome: Welcome,
+    /// `shm=pool` publisher: `Ok` attached, `Err(why)` payloads come inline.
+    shm: Option<std::result::Result<(), String>>,
     /// Dropped with the subscriber: the I/O task cancels the subscription
     /// (the publisher forgets us at once) and stops, closing the socket.
     _stop: oneshot::Sender<()>,
@@ -120,13 +130,15 @@ pub(crate) async fn connect(cfg: Config, mode: RecvMode, prefix: String) -> Resu
         xsub.send(sub)
             .await
             .map_err(|e| zmq_err("sending the subscription", e))?;
+        let mut announce = None;
         loop {
             let msg = xsub
                 .recv()
                 .await
                 .map_err(|e| zmq_err("waiting for the publisher's welcome", e))?;
             match wire::parse_downstream(msg.into_vec(), &id, cfg.max_payload) {
-                Ok(Downstream::Control(Control::Welcome(w))) => return Ok(w),
+                Ok(Downstream::Control(Control::Welcome(w))) => return Ok((w, announce)),
+                Ok(Downstream::Control(c @ Control::Shm { .. })) => announce = Some(c),
                 Ok(Downstream::Control(Control::Refuse { version, reason })) => {
                     return Err(if version != wire::VERSION {
                         Error::VersionMismatch {
@@ -142,13 +154,47 @@ pub(crate) async fn connect(cfg: Config, mode: RecvMode, prefix: String) -> Resu
             }
         }
     };
-    let welcome = tokio::time::timeout(limit, handshake).await.map_err(|_| {
+    let started = Instant::now();
+    let (welcome, announce) = tokio::time::timeout(limit, handshake).await.map_err(|_| {
         Error::Timeout(
             limit,
             "for the publisher's welcome (is a framewire publisher running there?)",
         )
     })??;
     check_welcome(&cfg, &welcome)?;
+    // `shm=pool`: attach the pool, or ask for payloads inline; either way say so.
+    let mut att: Option<Att> = None;
+    let mut shm = None;
+    if let Some(Control::Shm {
+        socket, segment, ..
+    }) = announce
+    {
+        let left = limit
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(100));
+        let r = attach(&cfg, &socket, segment, left).await;
+        let conn = match r {
+            Ok((a, conn)) => {
+                att = Some(a);
+                shm = Some(Ok(()));
+                Some(conn)
+            }
+            Err(why) => {
+                tracing::info!(subscriber = %id, %why, "receiving payloads inline");
+                shm = Some(Err(why));
+                None
+            }
+        };
+        let reason = match &shm {
+            Some(Err(why)) => why.as_str(),
+            _ => "",
+        };
+        let report = ZmqMessage::from(wire::encode_shm(&id, conn, reason));
+        tokio::time::timeout(left, xsub.send(report))
+            .await
+            .map_err(|_| Error::Timeout(left, "telling the publisher how we take payloads"))?
+            .map_err(|e| zmq_err("telling the publisher how we take payloads", e))?;
+    }
     tracing::debug!(subscriber = %id, next_seq = welcome.next_seq, policy = %welcome.policy, "subscribed");
 
     let stats = Arc::new(StatCounters::default());
@@ -163,6 +209,7 @@ pub(crate) async fn connect(cfg: Config, mode: RecvMode, prefix: String) -> Resu
         stats,
     });
     let (stop_tx, stop_rx) = oneshot::channel();
+    let (rel_tx, rel_rx) = mpsc::unbounded_channel();
     let io = Io {
         xsub,
         shared: shared.clone(),
@@ -175,15 +222,66 @@ pub(crate) async fn connect(cfg: Config, mode: RecvMode, prefix: String) -> Resu
         received: 0,
         dropped: 0,
         next_seq: welcome.next_seq,
+        att,
+        mode,
+        rel_tx,
     };
-    tokio::spawn(io.run(stop_rx));
+    tokio::spawn(io.run(stop_rx, rel_rx));
     Ok(ZmqSubscriber {
         shared,
         mode,
         pending: None,
         welcome,
+        shm,
         _stop: stop_tx,
     })
+}
+
+/// Attaches a publisher's pool: `Err` says why not (and what to change).
+#[cfg(feature = "shm")]
+async fn attach(
+    cfg: &Config,
+    socket: &str,
+    segment: u64,
+    timeout: Duration,
+) -> std::result::Result<(Att, u32), String> {
+    if cfg.shm == Shm::Inline {
+        return Err("this subscriber asked for inline payloads (shm=inline)".into());
+    }
+    let hint = "payloads come inline instead (over ZeroMQ, one copy more); to receive them \
+                through shared memory, run the subscriber on the publisher's host, as its user, \
+                in its network namespace";
+    match Attached::attach(socket, timeout).await {
+        Ok(a) if a.segment_id() == segment => {
+            let conn = a.conn();
+            Ok((a, conn))
+        }
+        Ok(a) => Err(format!(
+            "the pool at @{socket} is segment {}, the publisher announced {segment}; {hint}",
+            a.segment_id()
+        )),
+        Err(e) => Err(format!(
+            "cannot attach the publisher's shared memory ({e}); {hint}"
+        )),
+    }
+}
+
+#[cfg(not(feature = "shm"))]
+async fn attach(
+    cfg: &Config,
+    _socket: &str,
+    _segment: u64,
+    _timeout: Duration,
+) -> std::result::Result<(Att, u32), String> {
+    if cfg.shm == Shm::Inline {
+        return Err("this subscriber asked for inline payloads (shm=inline)".into());
+    }
+    Err(
+        "the publisher uses shm=pool but this transport-zmq was built without its `shm` \
+         feature; payloads come inline instead (enable the feature to receive them through \
+         shared memory)"
+            .into(),
+    )
 }
 
 /// Both sides' liveness settings must fit together.
@@ -215,6 +313,16 @@ impl ZmqSubscriber {
     /// publisher's next number when the subscription arrived).
     pub fn first_seq(&self) -> u64 {
         self.welcome.next_seq
+    }
+
+    /// Under a `shm=pool` publisher: `Some(Ok(()))` when this subscriber
+    /// attached the pool (payloads arrive through shared memory), or
+    /// `Some(Err(why))` when it receives them inline, with why and what to
+    /// change. `None` when the publisher does not use shared memory.
+    pub fn shm_status(&self) -> Option<std::result::Result<(), &str>> {
+        self.shm
+            .as_ref()
+            .map(|r| r.as_ref().map(|_| ()).map_err(String::as_str))
     }
 }
 
@@ -284,10 +392,20 @@ struct Io {
     dropped: u64,
     /// The lowest sequence number the next frame may carry.
     next_seq: u64,
+    /// `shm=pool`: the publisher's pool, attached.
+    att: Option<Att>,
+    mode: RecvMode,
+    /// Views -> this task: slots to release.
+    rel_tx: mpsc::UnboundedSender<(u32, u64)>,
 }
 
 impl Io {
-    async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+    async fn run(
+        mut self,
+        mut stop: oneshot::Receiver<()>,
+        mut rel_rx: mpsc::UnboundedReceiver<(u32, u64)>,
+    ) {
+        let mut releases: Vec<(u32, u64)> = Vec::new();
         let drop_oldest = self.welcome.policy == Policy::DropOldest;
         let cap = self.welcome.queue as usize;
         let mut tick = tokio::time::interval(self.heartbeat);
@@ -309,6 +427,12 @@ impl Io {
                     tracing::debug!(error = %e, "could not report status to the publisher");
                 }
             }
+            while let Ok(r) = rel_rx.try_recv() {
+                releases.push(r);
+            }
+            if !releases.is_empty() {
+                self.release(&mut releases).await;
+            }
             let to_io = shared.to_io.notified();
             tokio::pin!(to_io);
             to_io.as_mut().enable();
@@ -326,6 +450,10 @@ impl Io {
                     ));
                 }
                 _ = &mut to_io => continue,
+                Some(r) = rel_rx.recv() => {
+                    releases.push(r);
+                    continue;
+                }
                 _ = tick.tick() => {
                     status_due = true;
                     continue;
@@ -341,10 +469,76 @@ impl Io {
             tracing::debug!(subscriber = %self.id, %why, "stream ended");
             self.shared.end(why);
         }
+        // Views dropped from here on keep their slots until this process
+        // unmaps the pool (the publisher sees its attach connection close).
+        while let Ok(r) = rel_rx.try_recv() {
+            releases.push(r);
+        }
+        self.release(&mut releases).await;
         // Cancel the subscription: the publisher forgets us at once, and the
         // crate stops reconnecting once the socket is dropped.
         let cancel = ZmqMessage::from(wire::subscription(&self.id, &self.prefix, false));
         let _ = tokio::time::timeout(BYE_TIMEOUT, self.xsub.send(cancel)).await;
+    }
+
+    /// Sends the releases collected (in batches), best effort.
+    async fn release(&mut self, releases: &mut Vec<(u32, u64)>) {
+        for batch in releases.chunks(wire::MAX_RELEASES) {
+            let msg = ZmqMessage::from(wire::encode_release(&self.id, batch));
+            match tokio::time::timeout(self.heartbeat, self.xsub.send(msg)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "could not send releases"),
+                Err(_) => tracing::debug!("sending releases timed out"),
+            }
+        }
+        releases.clear();
+    }
+
+    /// A slot reference: checked, then a view or a copy. Any failure is an
+    /// error for this message (the hold, if it was one, goes back).
+    fn resolve(&mut self, len: u64, reference: &[u8]) -> Result<bytes::Bytes> {
+        #[cfg(feature = "shm")]
+        {
+            let r = SlotRef::decode(reference)?;
+            let release = {
+                let tx = self.rel_tx.clone();
+                move || {
+                    let _ = tx.send((r.index, r.generation));
+                }
+            };
+            let out = if r.len != len {
+                Err(Error::InvalidReference(format!(
+                    "it is {} bytes long, the envelope announces {len}",
+                    r.len
+                )))
+            } else if let Some(att) = &self.att {
+                match (att.check(&r), self.mode) {
+                    // Checked first, so that a refused reference is released below.
+                    (Ok(()), RecvMode::View) => return att.view(&r, release),
+                    (Ok(()), _) => att.copy(&r),
+                    (Err(e), _) => Err(e),
+                }
+            } else {
+                Err(Error::InvalidReference(
+                    "the publisher sent a shared-memory reference, but this subscriber did not \
+                     attach its pool (it asked for inline payloads)"
+                        .into(),
+                ))
+            };
+            // A copy, or nothing: the slot goes back (a stale or forged
+            // release is ignored by the publisher).
+            release();
+            out
+        }
+        #[cfg(not(feature = "shm"))]
+        {
+            let _ = (len, reference, &self.att, &self.rel_tx, self.mode);
+            Err(Error::InvalidReference(
+                "the publisher sent a shared-memory reference, but this build lacks the `shm` \
+                 feature"
+                    .into(),
+            ))
+        }
     }
 
     async fn status(&mut self) -> zeromq::ZmqResult<()> {
@@ -373,7 +567,21 @@ impl Io {
             // connection; what was in flight on it is lost.
             Err(e) => return Err(format!("{LOST}: {e}")),
         };
-        match wire::parse_downstream(msg.into_vec(), &self.id, self.max_payload) {
+        let parsed = match wire::parse_downstream(msg.into_vec(), &self.id, self.max_payload) {
+            Ok(Downstream::Shared {
+                mut frame,
+                len,
+                reference,
+            }) => match self.resolve(len, &reference) {
+                Ok(payload) => {
+                    frame.payload = payload;
+                    Ok(Downstream::Data(frame))
+                }
+                Err(e) => Err(e),
+            },
+            other => other,
+        };
+        match parsed {
             Ok(Downstream::Data(mut f)) => {
                 if f.seq < self.next_seq {
                     self.shared.error(Error::Protocol(format!(
@@ -424,7 +632,10 @@ impl Io {
                 Control::Refuse { reason, .. } => {
                     Err(format!("the publisher refused us: {reason}"))
                 }
+                // Only before a welcome.
+                Control::Shm { .. } => Ok(false),
             },
+            Ok(Downstream::Shared { .. }) => Ok(false),
             Err(e) => {
                 tracing::warn!(subscriber = %self.id, error = %e, "unreadable message from the publisher");
                 self.shared.error(e);

@@ -47,6 +47,16 @@
 //! both the heartbeat and, under `drop-oldest`, the acknowledgement `flush`
 //! waits for. Cancelling the subscription (0x00 + the same bytes) is the
 //! subscriber's goodbye.
+//!
+//! # `shm=pool`
+//!
+//! A publisher whose payloads live in shared memory sends [`Control::Shm`]
+//! just before each WELCOME; the subscriber answers upstream with SHM
+//! (attached, with its connection number at the pool's socket, or not, with
+//! why) and then receives by-reference data frames
+//! `[route + topic, envelope, "FWZS", slot reference (28 bytes)]` (or the
+//! usual three parts when it did not attach). RELEASE (a count, then slot
+//! index u32 and generation u64 each) gives slots back.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use transport_core::codec::{self, PREFIX_LEN, Prefix};
@@ -70,7 +80,14 @@ const C_LAG: u8 = 2;
 const C_HEARTBEAT: u8 = 3;
 const C_GOODBYE: u8 = 4;
 const C_REFUSE: u8 = 5;
+const C_SHM: u8 = 6;
 const U_STATUS: u8 = 1;
+const U_RELEASE: u8 = 2;
+const U_SHM: u8 = 3;
+/// Third part of a data message whose payload is in shared memory (`shm=pool`).
+pub const SHM_TAG: [u8; 4] = *b"FWZS";
+/// Most slot releases in one upstream RELEASE message.
+pub const MAX_RELEASES: usize = 1024;
 
 /// A subscriber's identity: its ZeroMQ identity and the head of its routes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -202,6 +219,17 @@ pub enum Control {
         /// Why.
         reason: String,
     },
+    /// `shm=pool`: payloads travel in shared memory; sent just before the
+    /// WELCOME. The subscriber attaches the pool through the abstract Unix
+    /// socket `socket` and reports the outcome upstream ([`Upstream::Shm`]).
+    Shm {
+        /// The pool's abstract socket name.
+        socket: String,
+        /// The pool's segment identity.
+        segment: u64,
+        /// Largest payload of a slot.
+        slot_size: u64,
+    },
 }
 
 fn policy_code(p: Policy) -> u8 {
@@ -239,6 +267,18 @@ pub fn encode_control(c: &Control) -> Bytes {
             let r = &reason.as_bytes()[..reason.len().min(1024)];
             b.put_u16_le(r.len() as u16);
             b.put_slice(r);
+        }
+        Control::Shm {
+            socket,
+            segment,
+            slot_size,
+        } => {
+            b.put_u8(C_SHM);
+            b.put_u64_le(*segment);
+            b.put_u64_le(*slot_size);
+            let n = &socket.as_bytes()[..socket.len().min(255)];
+            b.put_u8(n.len() as u8);
+            b.put_slice(n);
         }
     }
     b.freeze()
@@ -325,6 +365,19 @@ pub fn decode_control(part: &[u8]) -> Result<Control> {
             let reason = String::from_utf8_lossy(r.take(n, "refuse")?).into_owned();
             Control::Refuse { version, reason }
         }
+        C_SHM => {
+            let segment = r.u64("shm")?;
+            let slot_size = r.u64("shm")?;
+            let n = usize::from(r.u8("shm")?);
+            let socket = std::str::from_utf8(r.take(n, "shm")?)
+                .map_err(|_| Error::Protocol("shm: socket name is not UTF-8".into()))?
+                .to_owned();
+            Control::Shm {
+                socket,
+                segment,
+                slot_size,
+            }
+        }
         k => return Err(Error::Protocol(format!("unknown control kind {k}"))),
     };
     r.end("control")?;
@@ -338,6 +391,27 @@ pub enum Downstream {
     Data(Frame),
     /// A control message.
     Control(Control),
+    /// A frame whose payload is in shared memory (`shm=pool`): its payload
+    /// is empty here, `reference` says where it is (an encoded
+    /// `transport_shm_pool::shared::SlotRef`, checked by the receiver, whose
+    /// length must be `len`, the envelope's payload length).
+    Shared {
+        /// The frame, without its payload.
+        frame: Frame,
+        /// The payload length the envelope announces.
+        len: u64,
+        /// The encoded slot reference.
+        reference: Bytes,
+    },
+}
+
+/// The payload length an envelope announces (read from its prefix).
+fn announced_len(env: &[u8], max_payload: u64) -> Result<u64> {
+    let prefix: &[u8; PREFIX_LEN] = env
+        .get(..PREFIX_LEN)
+        .and_then(|p| p.try_into().ok())
+        .ok_or_else(|| Error::Protocol("envelope shorter than its prefix".into()))?;
+    Ok(Prefix::decode(prefix, max_payload)?.payload_len)
 }
 
 /// Checks a route part: ours, and returns its tail.
@@ -409,8 +483,24 @@ pub fn parse_downstream(
             frame.payload = payload;
             Ok(Downstream::Data(frame))
         }
+        4 if parts[2][..] == SHM_TAG => {
+            let tail = route_tail(&parts[0], id)?;
+            let len = announced_len(&parts[1], max_payload)?;
+            let frame = decode_envelope(&parts[1], len, max_payload)?;
+            if frame.topic.as_bytes() != tail {
+                return Err(Error::Protocol(
+                    "the route's topic differs from the envelope's".into(),
+                ));
+            }
+            Ok(Downstream::Shared {
+                frame,
+                len,
+                reference: parts[3].clone(),
+            })
+        }
         n => Err(Error::Protocol(format!(
-            "a message of {n} parts; framewire sends 2 (control) or 3 (route, envelope, payload)"
+            "a message of {n} parts; framewire sends 2 (control), 3 (route, envelope, payload) \
+             or 4 (route, envelope, \"FWZS\", shared-memory reference)"
         ))),
     }
 }
@@ -436,6 +526,116 @@ pub fn encode_status(s: &Status) -> Bytes {
     b.put_u64_le(s.received);
     b.put_u64_le(s.dropped);
     b.freeze()
+}
+
+/// Any upstream message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Upstream {
+    /// A status report.
+    Status(Status),
+    /// `shm=pool`: the subscriber is done with these slots (index, generation).
+    Release {
+        /// The subscriber.
+        id: SubscriberId,
+        /// The slots released.
+        slots: Vec<(u32, u64)>,
+    },
+    /// `shm=pool`: whether the subscriber attached the pool (then `conn` is
+    /// its connection number at the pool's socket), or wants payloads inline.
+    Shm {
+        /// The subscriber.
+        id: SubscriberId,
+        /// Its connection at the pool's socket; `None`: send payloads inline.
+        conn: Option<u32>,
+        /// Why it did not attach (empty when it did).
+        reason: String,
+    },
+}
+
+fn upstream_head(b: &mut BytesMut, kind: u8, id: &SubscriberId) {
+    b.put_slice(&UPSTREAM_MAGIC);
+    b.put_u8(VERSION);
+    b.put_u8(kind);
+    b.put_slice(&id.0);
+}
+
+/// Encodes an upstream RELEASE (at most [`MAX_RELEASES`] slots are encoded).
+pub fn encode_release(id: &SubscriberId, slots: &[(u32, u64)]) -> Bytes {
+    let slots = &slots[..slots.len().min(MAX_RELEASES)];
+    let mut b = BytesMut::with_capacity(UPSTREAM_MAGIC.len() + 4 + ID_LEN + 12 * slots.len());
+    upstream_head(&mut b, U_RELEASE, id);
+    b.put_u16_le(slots.len() as u16);
+    for (i, g) in slots {
+        b.put_u32_le(*i);
+        b.put_u64_le(*g);
+    }
+    b.freeze()
+}
+
+/// Encodes an upstream SHM report.
+pub fn encode_shm(id: &SubscriberId, conn: Option<u32>, reason: &str) -> Bytes {
+    let mut b = BytesMut::with_capacity(64 + reason.len());
+    upstream_head(&mut b, U_SHM, id);
+    b.put_u8(u8::from(conn.is_some()));
+    b.put_u32_le(conn.unwrap_or(0));
+    let r = &reason.as_bytes()[..reason.len().min(1024)];
+    b.put_u16_le(r.len() as u16);
+    b.put_slice(r);
+    b.freeze()
+}
+
+/// Decodes any upstream message.
+pub fn decode_upstream_any(msg: &[u8]) -> Result<Upstream> {
+    let mut r = Reader(msg);
+    if r.take(4, "upstream")? != UPSTREAM_MAGIC {
+        return Err(Error::Protocol(
+            "an upstream message that is not framewire's".into(),
+        ));
+    }
+    let v = r.u8("upstream")?;
+    if v != VERSION {
+        return Err(Error::VersionMismatch {
+            ours: u16::from(VERSION),
+            theirs: u16::from(v),
+        });
+    }
+    let kind = r.u8("upstream kind")?;
+    let mut id = [0u8; ID_LEN];
+    id.copy_from_slice(r.take(ID_LEN, "upstream")?);
+    let id = SubscriberId(id);
+    let u = match kind {
+        U_STATUS => Upstream::Status(Status {
+            id,
+            received: r.u64("status")?,
+            dropped: r.u64("status")?,
+        }),
+        U_RELEASE => {
+            let n = usize::from(r.u16("release")?);
+            if n > MAX_RELEASES {
+                return Err(Error::Protocol(format!("release of {n} slots")));
+            }
+            let mut slots = Vec::with_capacity(n);
+            for _ in 0..n {
+                slots.push((r.u32("release")?, r.u64("release")?));
+            }
+            Upstream::Release { id, slots }
+        }
+        U_SHM => {
+            let attached = r.u8("shm")? != 0;
+            let conn = r.u32("shm")?;
+            let n = usize::from(r.u16("shm")?);
+            let reason = String::from_utf8_lossy(r.take(n, "shm")?).into_owned();
+            Upstream::Shm {
+                id,
+                conn: attached.then_some(conn),
+                reason,
+            }
+        }
+        k => return Err(Error::Protocol(format!("unknown upstream kind {k}"))),
+    };
+    r.end("upstream")?;
+    Ok(u)
 }
 
 /// Decodes an upstream message.
@@ -526,6 +726,11 @@ mod tests {
                 version: 1,
                 reason: "no".into(),
             },
+            Control::Shm {
+                socket: "framewire/0/shared/ab".into(),
+                segment: 7,
+                slot_size: 1 << 20,
+            },
         ] {
             let e = encode_control(&c);
             assert_eq!(decode_control(&e).unwrap(), c);
@@ -578,6 +783,27 @@ mod tests {
         assert_eq!(decode_upstream(&e).unwrap(), s);
         for n in 0..e.len() {
             assert!(decode_upstream(&e[..n]).is_err());
+        }
+        assert_eq!(decode_upstream_any(&e).unwrap(), Upstream::Status(s));
+        let rel = Upstream::Release {
+            id: id(),
+            slots: vec![(1, 2), (3, 4)],
+        };
+        let shm = Upstream::Shm {
+            id: id(),
+            conn: Some(5),
+            reason: String::new(),
+        };
+        for (e, u) in [
+            (encode_release(&id(), &[(1, 2), (3, 4)]), rel),
+            (encode_shm(&id(), Some(5), ""), shm),
+        ] {
+            assert!(e[0] > 1);
+            assert_eq!(decode_upstream_any(&e).unwrap(), u);
+            assert!(decode_upstream(&e).is_err());
+            for n in 0..e.len() {
+                assert!(decode_upstream_any(&e[..n]).is_err());
+            }
         }
     }
 }

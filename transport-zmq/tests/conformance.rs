@@ -47,8 +47,49 @@ impl Harness for Ipc {
     }
 }
 
+/// `shm=pool`: payloads in 64 MiB shared-memory slots (the suite's largest
+/// payload), as many slots as the queue depth asked for (4 otherwise), so
+/// that held views fill the pool as the suite expects.
+fn shm(e: Endpoint, depth: Option<usize>) -> Endpoint {
+    e.with_param("shm", "pool")
+        .with_param("slot_size", "64MiB")
+        .with_param("slots", depth.unwrap_or(4))
+}
+
+struct ShmTcp;
+
+impl Harness for ShmTcp {
+    type T = ZmqTransport;
+    fn transport(&self) -> ZmqTransport {
+        ZmqTransport
+    }
+    fn endpoint(&self, depth: Option<usize>) -> Endpoint {
+        shm(Tcp.endpoint(depth), depth)
+    }
+}
+
+struct ShmIpc;
+
+impl Harness for ShmIpc {
+    type T = ZmqTransport;
+    fn transport(&self) -> ZmqTransport {
+        ZmqTransport
+    }
+    fn endpoint(&self, depth: Option<usize>) -> Endpoint {
+        shm(Ipc.endpoint(depth), depth)
+    }
+}
+
 mod tcp {
     transport_core::conformance_tests!(super::Tcp);
+}
+
+mod shm_tcp {
+    transport_core::conformance_tests!(super::ShmTcp);
+}
+
+mod shm_ipc {
+    transport_core::conformance_tests!(super::ShmIpc);
 }
 
 mod ipc {
