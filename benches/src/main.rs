@@ -62,9 +62,9 @@ struct SweepArgs {
     /// Measured runs per configuration (after one discarded warm-up pass).
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// How the producer hands payloads over.
-    #[arg(long, value_enum, default_value = "copy")]
-    send: SendMode,
+    /// How the producer hands payloads over: `copy`, `loan`, or both (`copy,loan`).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "copy")]
+    send: Vec<SendMode>,
     /// Receive owned copies instead of views (views are the default here).
     #[arg(long)]
     owned: bool,
@@ -176,16 +176,19 @@ async fn sweep(args: SweepArgs) -> Result<(), String> {
     };
     transports::check(&transports)?;
     let baseline = transports.first().cloned().ok_or("no transport to run")?;
-    let configs: Vec<sweep::Config> = args
-        .sizes
-        .iter()
-        .flat_map(|&size| {
-            let transports = &transports;
-            args.kinds
-                .iter()
-                .flat_map(move |&kind| transports.iter().map(move |t| (size, kind, t.clone())))
-        })
-        .map(|(size, kind, transport)| {
+    let mut plan = Vec::new();
+    for &send in &args.send {
+        for &size in &args.sizes {
+            for &kind in &args.kinds {
+                for t in &transports {
+                    plan.push((send, size, kind, t.clone()));
+                }
+            }
+        }
+    }
+    let configs: Vec<sweep::Config> = plan
+        .into_iter()
+        .map(|(send, size, kind, transport)| {
             Ok(sweep::Config {
                 url: transports::url_with(&transport, size, &args.options)?,
                 transport,
@@ -193,7 +196,7 @@ async fn sweep(args: SweepArgs) -> Result<(), String> {
                 kind,
                 num_items: args.num_items,
                 runs: args.runs,
-                send: args.send,
+                send,
                 view: !args.owned,
                 touch: args.touch,
             })
@@ -226,7 +229,11 @@ async fn sweep(args: SweepArgs) -> Result<(), String> {
          measured frames; speedup is against {baseline}; send={}, recv={}{}.",
         args.num_items,
         args.runs,
-        args.send.name(),
+        args.send
+            .iter()
+            .map(|m| m.name())
+            .collect::<Vec<_>>()
+            .join(","),
         if args.owned { "owned" } else { "view" },
         if args.isolate {
             "; CPU and peak RSS per configuration (consumer + producer processes)"
@@ -277,7 +284,7 @@ async fn main_async(cli: Cli) -> Result<(), String> {
                 kinds: vec![Kind::Bytes],
                 num_items: 20,
                 runs: 3,
-                send: SendMode::Copy,
+                send: vec![SendMode::Copy],
                 owned: false,
                 touch: false,
                 isolate: false,

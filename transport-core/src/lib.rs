@@ -7,7 +7,7 @@
 //! must pass.
 //!
 //! A custom backend depends on this crate alone: implement [`Transport`] for a
-//! type, run [`conformance_tests!`](crate::conformance_tests) against it, and
+//! type, run `conformance_tests!` (feature `testkit`) against it, and
 //! register it with `framewire::register`.
 //!
 //! ```
@@ -27,6 +27,9 @@
 #![deny(unsafe_code)]
 
 pub mod codec;
+// Streaming stores for large copies into shared memory need intrinsics.
+#[allow(unsafe_code)]
+pub mod copy;
 pub mod endpoint;
 mod error;
 mod frame;

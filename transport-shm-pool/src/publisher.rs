@@ -1441,7 +1441,7 @@ impl Publisher for ShmPoolPublisher {
         let dst = unsafe { self.shared.pool.slot_mut(index, len) };
         // The copy into the slot is part of the hand-off: stamp before it.
         let sent_at = transport_core::monotonic_ns();
-        dst.copy_from_slice(&frame.payload);
+        transport_core::copy::copy_into(dst, &frame.payload);
         self.finish(guard, frame, len, sent_at)
     }
 
