@@ -214,7 +214,9 @@ pub async fn send_frames(publ: &mut dyn Publisher, plan: SendPlan) -> Result<Sen
             }
         }
     }
-    publ.flush().await?;
+    // `close`, not just `flush`: ZeroMQ buffers in user space, and this
+    // process exits next.
+    publ.close().await?;
     Ok(SendOutcome {
         report: SendReport {
             sent: plan.count,

@@ -407,6 +407,17 @@ pub trait Publisher: Send + Sync {
     /// Waits until every frame accepted so far is handed to every subscriber.
     async fn flush(&mut self) -> Result<()>;
 
+    /// Ends the stream: flushes, tells subscribers the stream is over, and
+    /// waits (bounded by the backend's own timeouts) until they have read
+    /// what was sent. Call it before a process exits: on backends that buffer
+    /// in user space (ZeroMQ), frames still in flight are lost if the
+    /// process ends right after `flush`. After `close`, `send` fails.
+    /// The default is [`Publisher::flush`], enough where the operating system
+    /// or shared memory holds what was sent once it is flushed.
+    async fn close(&mut self) -> Result<()> {
+        self.flush().await
+    }
+
     /// The endpoint subscribers should connect to (with, e.g., the port the
     /// operating system picked for `tcp://127.0.0.1:0`).
     fn endpoint(&self) -> &Endpoint;
@@ -529,6 +540,9 @@ impl Publisher for Box<dyn Publisher> {
     }
     async fn flush(&mut self) -> Result<()> {
         (**self).flush().await
+    }
+    async fn close(&mut self) -> Result<()> {
+        (**self).close().await
     }
     fn endpoint(&self) -> &Endpoint {
         (**self).endpoint()

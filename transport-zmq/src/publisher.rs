@@ -790,6 +790,19 @@ impl Publisher for ZmqPublisher {
         }
     }
 
+    /// See [`ZmqPublisher::close`].
+    async fn close(&mut self) -> Result<()> {
+        self.shared.lock().closing = true;
+        self.shared.wake.notify_one();
+        if let Some(driver) = self.driver.take() {
+            driver.await.map_err(|e| Error::Backend {
+                backend: "zmq",
+                source: Box::new(e),
+            })?;
+        }
+        Ok(())
+    }
+
     fn endpoint(&self) -> &Endpoint {
         &self.endpoint
     }
@@ -841,15 +854,7 @@ impl ZmqPublisher {
     /// to within `peer_timeout`). Dropping the publisher does the same in the
     /// background; call this before a process exits.
     pub async fn close(mut self) -> Result<()> {
-        self.shared.lock().closing = true;
-        self.shared.wake.notify_one();
-        if let Some(driver) = self.driver.take() {
-            driver.await.map_err(|e| Error::Backend {
-                backend: "zmq",
-                source: Box::new(e),
-            })?;
-        }
-        Ok(())
+        Publisher::close(&mut self).await
     }
 }
 
