@@ -93,6 +93,7 @@ macro_rules! conformance_tests {
             views_are_not_copies,
             cancelled_recv_loses_no_frame,
             topic_prefix_filters,
+            close_then_exit_loses_nothing,
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {
@@ -841,4 +842,69 @@ pub async fn topic_prefix_filters<H: Harness>(h: &'static H) {
         assert!(pattern::check(f.seq, &f.payload));
     }
     assert_eq!(sub.stats().lagged, 0, "skipped topics are not lag");
+}
+
+/// A publisher that sends, calls `close`, and then loses its runtime at once
+/// (as when its process exits) still delivers every frame: nothing sent may
+/// be lost in user-space buffers after `close` returns.
+pub async fn close_then_exit_loses_nothing<H: Harness>(h: &'static H) {
+    let ep = h.endpoint(None);
+    let n = 12u64;
+    let (ep_tx, ep_rx) = std::sync::mpsc::channel::<Endpoint>();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    // The publisher lives on a runtime of its own, on a thread of its own,
+    // and that runtime is dropped right after `close`: its tasks die mid-way,
+    // like a process that exits.
+    let publisher_thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("publisher runtime");
+        rt.block_on(async {
+            let t = h.transport();
+            let mut publ = within("publish", t.publish(&ep, &PublishOptions::default()))
+                .await
+                .expect("create publisher");
+            ep_tx
+                .send(publ.endpoint().clone())
+                .expect("hand over the endpoint");
+            settle(&mut publ, 1).await;
+            go_rx
+                .recv_timeout(PEER_TIMEOUT)
+                .expect("the subscriber is ready");
+            for i in 0..n {
+                within("send", publ.send(Frame::new(pattern::make(i, 256 << 10))))
+                    .await
+                    .expect("send");
+            }
+            within("close", publ.close()).await.expect("close");
+            // Then straight out, as at the end of `main`: the publisher's
+            // destructor runs, its background tasks die with the runtime.
+            drop(publ);
+        });
+        rt.shutdown_background();
+    });
+    let ep = tokio::task::spawn_blocking(move || ep_rx.recv_timeout(PEER_TIMEOUT))
+        .await
+        .expect("join")
+        .expect("the publisher's endpoint");
+    let mut sub = within(
+        "subscribe",
+        h.transport().subscribe(&ep, &SubscribeOptions::default()),
+    )
+    .await
+    .expect("create subscriber");
+    go_tx.send(()).expect("start the publisher");
+    for i in 0..n {
+        let f = recv(&mut sub)
+            .await
+            .unwrap_or_else(|e| panic!("frame {i} of {n} lost after close and exit: {e}"));
+        assert_eq!(f.seq, i);
+        assert!(pattern::check(i, &f.payload));
+    }
+    tokio::task::spawn_blocking(move || publisher_thread.join())
+        .await
+        .expect("join")
+        .expect("publisher thread");
 }

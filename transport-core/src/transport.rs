@@ -411,9 +411,10 @@ pub trait Publisher: Send + Sync {
     /// waits (bounded by the backend's own timeouts) until they have read
     /// what was sent. Call it before a process exits: on backends that buffer
     /// in user space (ZeroMQ), frames still in flight are lost if the
-    /// process ends right after `flush`. After `close`, `send` fails.
-    /// The default is [`Publisher::flush`], enough where the operating system
-    /// or shared memory holds what was sent once it is flushed.
+    /// process ends right after `flush`. Do not send after `close` (a
+    /// backend may refuse it). The default is [`Publisher::flush`], enough
+    /// where the operating system or shared memory holds what was sent once
+    /// it is flushed.
     async fn close(&mut self) -> Result<()> {
         self.flush().await
     }
