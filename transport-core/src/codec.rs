@@ -225,16 +225,38 @@ pub fn encode(frame: &Frame) -> Result<Bytes> {
     Ok(out.freeze())
 }
 
-/// A bounds-checked little-endian reader over a header.
-struct Reader<'a> {
+/// A bounds-checked little-endian reader: every short read is an
+/// [`Error::Protocol`] naming what was being read, never a panic.
+///
+/// The envelope decoder uses it; backends use it for their own small wire
+/// messages (descriptors, control messages).
+///
+/// ```
+/// use transport_core::codec::Reader;
+/// let mut r = Reader::new(&[7, 1, 0]);
+/// assert_eq!(r.u8("kind").unwrap(), 7);
+/// assert_eq!(r.u16("count").unwrap(), 1);
+/// assert!(r.u32("length").is_err());
+/// ```
+#[derive(Debug, Clone)]
+pub struct Reader<'a> {
     buf: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+    /// A reader over `buf`.
+    pub fn new(buf: &'a [u8]) -> Self {
+        Reader { buf }
+    }
+    /// Bytes not read yet.
+    pub fn remaining(&self) -> usize {
+        self.buf.len()
+    }
+    /// The next `n` bytes.
+    pub fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
         if self.buf.len() < n {
             return Err(Error::Protocol(format!(
-                "header truncated reading {what}: need {n} bytes, {} left",
+                "truncated reading {what}: need {n} bytes, {} left",
                 self.buf.len()
             )));
         }
@@ -242,22 +264,37 @@ impl<'a> Reader<'a> {
         self.buf = tail;
         Ok(head)
     }
-    fn u8(&mut self, what: &str) -> Result<u8> {
+    /// One byte.
+    pub fn u8(&mut self, what: &str) -> Result<u8> {
         Ok(self.take(1, what)?[0])
     }
-    fn u16(&mut self, what: &str) -> Result<u16> {
+    /// A little-endian `u16`.
+    pub fn u16(&mut self, what: &str) -> Result<u16> {
         let b = self.take(2, what)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
     }
-    fn u32(&mut self, what: &str) -> Result<u32> {
+    /// A little-endian `u32`.
+    pub fn u32(&mut self, what: &str) -> Result<u32> {
         let b = self.take(4, what)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
-    fn u64(&mut self, what: &str) -> Result<u64> {
+    /// A little-endian `u64`.
+    pub fn u64(&mut self, what: &str) -> Result<u64> {
         let b = self.take(8, what)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
         Ok(u64::from_le_bytes(a))
+    }
+    /// Fails if anything is left: a message must be consumed exactly.
+    pub fn finish(&self, what: &str) -> Result<()> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Protocol(format!(
+                "{what}: {} unexpected trailing bytes",
+                self.buf.len()
+            )))
+        }
     }
     /// A count, checked against `cap` and against the bytes left (each item
     /// taking at least `min_item` bytes) before anything is allocated for it.
@@ -284,7 +321,7 @@ impl<'a> Reader<'a> {
 /// Decodes a header (the `header_len` bytes after the prefix) into a frame with
 /// an empty payload, and checks its layout against `payload_len`.
 pub fn decode_header(buf: &[u8], payload_len: u64) -> Result<Frame> {
-    let mut r = Reader { buf };
+    let mut r = Reader::new(buf);
     let seq = r.u64("seq")?;
     let timestamp_ns = r.u64("timestamp")?;
     let n = usize::from(r.u16("topic length")?);
@@ -343,12 +380,7 @@ pub fn decode_header(buf: &[u8], payload_len: u64) -> Result<Frame> {
             received_ns,
         });
     }
-    if !r.buf.is_empty() {
-        return Err(Error::Protocol(format!(
-            "{} unexpected bytes after the header",
-            r.buf.len()
-        )));
-    }
+    r.finish("header")?;
     layout
         .check(payload_len)
         .map_err(|e| Error::Protocol(e.to_string()))?;

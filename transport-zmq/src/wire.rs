@@ -59,7 +59,7 @@
 //! index u32 and generation u64 each) gives slots back.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use transport_core::codec::{self, PREFIX_LEN, Prefix};
+use transport_core::codec::{self, PREFIX_LEN, Prefix, Reader};
 use transport_core::{Error, Frame, Policy, Result};
 
 /// Protocol version; a subscriber of another version is refused.
@@ -284,49 +284,9 @@ pub fn encode_control(c: &Control) -> Bytes {
     b.freeze()
 }
 
-/// A bounds-checked reader; every short read is a protocol error.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
-        if self.0.len() < n {
-            return Err(Error::Protocol(format!("{what}: message truncated")));
-        }
-        let (h, t) = self.0.split_at(n);
-        self.0 = t;
-        Ok(h)
-    }
-    fn u8(&mut self, what: &str) -> Result<u8> {
-        Ok(self.take(1, what)?[0])
-    }
-    fn u16(&mut self, what: &str) -> Result<u16> {
-        let b = self.take(2, what)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
-    }
-    fn u32(&mut self, what: &str) -> Result<u32> {
-        let b = self.take(4, what)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn u64(&mut self, what: &str) -> Result<u64> {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(self.take(8, what)?);
-        Ok(u64::from_le_bytes(a))
-    }
-    fn end(&self, what: &str) -> Result<()> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::Protocol(format!(
-                "{what}: {} unexpected trailing bytes",
-                self.0.len()
-            )))
-        }
-    }
-}
-
 /// Decodes a control part.
 pub fn decode_control(part: &[u8]) -> Result<Control> {
-    let mut r = Reader(part);
+    let mut r = Reader::new(part);
     if r.take(4, "control")? != CONTROL_MAGIC {
         return Err(Error::Protocol(
             "a two-part message that is not a framewire control".into(),
@@ -380,7 +340,7 @@ pub fn decode_control(part: &[u8]) -> Result<Control> {
         }
         k => return Err(Error::Protocol(format!("unknown control kind {k}"))),
     };
-    r.end("control")?;
+    r.finish("control")?;
     Ok(c)
 }
 
@@ -587,7 +547,7 @@ pub fn encode_shm(id: &SubscriberId, conn: Option<u32>, reason: &str) -> Bytes {
 
 /// Decodes any upstream message.
 pub fn decode_upstream_any(msg: &[u8]) -> Result<Upstream> {
-    let mut r = Reader(msg);
+    let mut r = Reader::new(msg);
     if r.take(4, "upstream")? != UPSTREAM_MAGIC {
         return Err(Error::Protocol(
             "an upstream message that is not framewire's".into(),
@@ -634,13 +594,13 @@ pub fn decode_upstream_any(msg: &[u8]) -> Result<Upstream> {
         }
         k => return Err(Error::Protocol(format!("unknown upstream kind {k}"))),
     };
-    r.end("upstream")?;
+    r.finish("upstream")?;
     Ok(u)
 }
 
 /// Decodes an upstream message.
 pub fn decode_upstream(msg: &[u8]) -> Result<Status> {
-    let mut r = Reader(msg);
+    let mut r = Reader::new(msg);
     if r.take(4, "upstream")? != UPSTREAM_MAGIC {
         return Err(Error::Protocol(
             "an upstream message that is not framewire's".into(),
@@ -662,7 +622,7 @@ pub fn decode_upstream(msg: &[u8]) -> Result<Status> {
                 received: r.u64("status")?,
                 dropped: r.u64("status")?,
             };
-            r.end("status")?;
+            r.finish("status")?;
             Ok(s)
         }
         k => Err(Error::Protocol(format!("unknown upstream kind {k}"))),
