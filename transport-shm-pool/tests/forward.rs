@@ -149,9 +149,15 @@ async fn chain_forwards_without_a_copy() {
     until("B's forward slot back", || b.free_forward_slots() == 4).await;
 
     // A stream of frames goes the same way, in order, nothing copied.
+    // Both pools use the `fail` policy and releases travel back
+    // asynchronously (C -> A's release socket), so on a loaded machine the
+    // views of the last few frames may not be back yet: wait for a free slot
+    // (with a deadline) instead of racing the release.
     for seq in 1..=40u64 {
+        until("a free slot in A", || a.free_slots() > 0).await;
         send_pattern(&mut a, seq, 100_000 + seq as usize).await;
         let f = recv(&mut sub_a).await.expect("recv A");
+        until("a free forward slot in B", || b.free_forward_slots() > 0).await;
         b.send(f).await.expect("forward");
         let f = recv(&mut c).await.expect("recv C");
         assert_eq!(f.seq, seq, "B numbers its frames");

@@ -48,6 +48,18 @@ async fn wait_free(publ: &ZmqPublisher, n: usize) {
     }
 }
 
+/// Waits until the publisher's pool has a free slot. Releases travel back
+/// over the subscriber's socket, so right after a view or an owned copy is
+/// dropped its slot may not be free yet; under `fail` a send must not race
+/// that.
+async fn wait_a_free_slot(publ: &ZmqPublisher) {
+    let deadline = tokio::time::Instant::now() + T;
+    while publ.shm_free_slots().unwrap_or(0) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no slot came back");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// Checks for a while that the pool keeps exactly `n` free slots.
 async fn stays_free(publ: &ZmqPublisher, n: usize) {
     for _ in 0..20 {
@@ -130,6 +142,7 @@ async fn owned_subscribers_release_at_once_and_loans_are_the_slot() {
     within(publ.wait_for_subscribers(1, T)).await.expect("one");
     let mut kept = Vec::new();
     for i in 0..6 {
+        wait_a_free_slot(&publ).await;
         let mut loan = within(publ.loan(1000)).await.expect("loan");
         pattern::fill(i, &mut loan);
         within(publ.send_loan(loan)).await.expect("send_loan");
@@ -189,6 +202,7 @@ async fn a_subscriber_that_does_not_attach_gets_payloads_inline() {
     assert!(why.contains("shm=inline"), "{why}");
     let mut kept = Vec::new();
     for i in 0..6 {
+        wait_a_free_slot(&publ).await;
         publ.send(Frame::new(pattern::make(i, 100 << 10)))
             .await
             .expect("holding inline frames never fills the pool");
