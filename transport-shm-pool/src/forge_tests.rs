@@ -80,9 +80,15 @@ impl FakePublisher {
                 claims_len: wire::claims_len(wire::claim_entries(g.slots)),
             };
             let ro = sys::reopen_read_only(pool.fd()).expect("read-only fd");
-            wire::send(&stream, &Msg::Hello(hello), Some(ro.as_fd()), "HELLO")
-                .await
-                .expect("HELLO");
+            let (_anchor, anchor_w) = sys::anchor_pipe().expect("anchor pipe");
+            wire::send_fds(
+                &stream,
+                &Msg::Hello(hello),
+                &[ro.as_fd(), anchor_w.as_fd()],
+                "HELLO",
+            )
+            .await
+            .expect("HELLO");
             assert!(matches!(
                 rx.recv(&stream, "CLAIMS").await,
                 Ok(Msg::Claims { .. })
@@ -284,7 +290,10 @@ impl FakeSubscriber {
         let Ok(Msg::Hello(hello)) = rx.recv(&stream, "HELLO").await else {
             panic!("expected HELLO")
         };
-        let seg = SegmentMap::open(rx.take_fd().expect("segment fd"), &hello).expect("map");
+        let fd = rx.take_fd().expect("segment fd");
+        let anchor = rx.take_fd().expect("anchor");
+        assert!(sys::is_pipe_write_end(anchor.as_fd()).expect("fstat"));
+        let seg = SegmentMap::open(fd, &hello, vec![std::sync::Arc::new(anchor)]).expect("map");
         let (claims, fd) = ClaimTable::create(wire::claim_entries(hello.slots)).expect("claims");
         let msg = Msg::Claims {
             len: hello.claims_len,
@@ -436,6 +445,7 @@ impl FakePublisher {
             index,
             inode: seg.segment_id(),
             len: seg.geometry().len,
+            anchors: 0,
         };
         wire::send(&self.stream, &msg, Some(ro.as_fd()), "SEGMENT")
             .await
@@ -559,6 +569,7 @@ async fn forged_forwards(mode: RecvMode) {
         index: 1,
         inode: sys::inode(unsealed.as_fd()).expect("inode"),
         len: 8192,
+        anchors: 0,
     };
     wire::send(&fake.stream, &msg, Some(unsealed.as_fd()), "SEGMENT")
         .await
@@ -566,6 +577,40 @@ async fn forged_forwards(mode: RecvMode) {
     match within("an unsealed SEGMENT", sub.recv()).await {
         Err(Error::Io { .. }) => {}
         other => panic!("expected an I/O error, got {other:?}"),
+    }
+    // Anchors: more than MAX_ANCHORS, or descriptors that are not a pipe's
+    // write end (a memfd, a pipe's read end): refused, nothing mapped.
+    let ro = sys::reopen_read_only(upstream.fd()).expect("read-only fd");
+    let segment = |anchors| Msg::Segment {
+        index: 1,
+        inode: upstream.segment_id(),
+        len: upstream.geometry().len,
+        anchors,
+    };
+    wire::send(
+        &fake.stream,
+        &segment(wire::MAX_ANCHORS + 1),
+        Some(ro.as_fd()),
+        "SEGMENT",
+    )
+    .await
+    .expect("SEGMENT");
+    match within("a SEGMENT with too many anchors", sub.recv()).await {
+        Err(Error::Protocol(m)) => assert!(m.contains("anchors"), "{m}"),
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+    let (pipe_r, _pipe_w) = sys::anchor_pipe().expect("pipe");
+    for (what, bad) in [
+        ("a memfd", unsealed.as_fd()),
+        ("a read end", pipe_r.as_fd()),
+    ] {
+        wire::send_fds(&fake.stream, &segment(1), &[ro.as_fd(), bad], "SEGMENT")
+            .await
+            .expect("SEGMENT");
+        match within("a SEGMENT with a bad anchor", sub.recv()).await {
+            Err(Error::Protocol(m)) => assert!(m.contains("pipe's write end"), "{what}: {m}"),
+            other => panic!("{what}: expected a protocol error, got {other:?}"),
+        }
     }
     fake.send_fwd(fwd_desc(1, 2, 5, 0, 100), header(7, 100))
         .await;
@@ -643,14 +688,24 @@ async fn forwarding_on_the_wire() {
     assert_eq!((b.forwarded(), b.free_slots()), (1, 2), "no slot of B used");
 
     let (index, inode, len) = match within("SEGMENT", fake.rx.recv(&fake.stream, "SEGMENT")).await {
-        Ok(Msg::Segment { index, inode, len }) => (index, inode, len),
+        Ok(Msg::Segment {
+            index,
+            inode,
+            len,
+            anchors,
+        }) => {
+            assert_eq!(anchors, 1, "B's anchor at A");
+            (index, inode, len)
+        }
         other => panic!("expected SEGMENT, got {other:?}"),
     };
     let fd = fake.rx.take_fd().expect("the segment's fd");
+    let anchor = fake.rx.take_fd().expect("the anchor");
+    assert!(sys::is_pipe_write_end(anchor.as_fd()).expect("fstat"));
     assert!(sys::is_read_only(fd.as_fd()).expect("fcntl"), "read-only");
     sys::check_sealed(fd.as_fd(), len).expect("sealed");
     assert_eq!(sys::inode(fd.as_fd()).expect("inode"), inode);
-    let seg = crate::pool::ForeignMap::open(fd, inode, len).expect("map it");
+    let seg = crate::pool::ForeignMap::open(fd, inode, len, Vec::new()).expect("map it");
     let d = match within("FWD", fake.rx.recv(&fake.stream, "FWD")).await {
         Ok(Msg::Fwd { desc, .. }) => desc,
         other => panic!("expected FWD, got {other:?}"),
@@ -705,7 +760,8 @@ async fn forwarding_on_the_wire() {
         }
         other => panic!("expected SEGMENT, got {other:?}"),
     }
-    assert!(fake.rx.take_fd().is_some());
+    assert!(fake.rx.take_fd().is_some(), "the segment");
+    assert!(fake.rx.take_fd().is_some(), "its anchor");
     let d = fake.next_fwd().await;
     assert_eq!(fake.claims.take(d.index, d.generation, false), Take::Taken);
     assert_eq!(a2.free_slots(), 1);

@@ -17,6 +17,7 @@
 //! it; [`ShmPoolTransport`](crate::ShmPoolTransport) is the usual way in.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_queue::ArrayQueue;
@@ -361,7 +362,11 @@ impl SegmentMap {
     /// Maps a segment received from a publisher, read-only and pre-faulted,
     /// after checking the fd (sealed, large enough, the announced inode) and
     /// the control header against the announced geometry.
-    pub(crate) fn open(fd: OwnedFd, hello: &Hello) -> Result<SegmentMap> {
+    pub(crate) fn open(
+        fd: OwnedFd,
+        hello: &Hello,
+        anchors: Vec<Arc<OwnedFd>>,
+    ) -> Result<SegmentMap> {
         let geo = Geometry::from_hello(hello)?;
         let io = |e: std::io::Error| Error::io("mapping the publisher's segment", e);
         sys::check_sealed(fd.as_fd(), geo.len).map_err(io)?;
@@ -388,7 +393,7 @@ impl SegmentMap {
                 "the segment's control header does not match the announced pool".into(),
             ));
         }
-        let reg = registry::register(map.as_ptr(), geo.len, fd, id);
+        let reg = registry::register(map.as_ptr(), geo.len, fd, id, anchors);
         Ok(SegmentMap {
             _reg: reg,
             map: Mapping { map, geo },
@@ -454,7 +459,12 @@ impl ForeignMap {
     /// Maps `len` bytes of a forwarded segment, read-only and pre-faulted,
     /// after checking the fd: a memfd sealed against shrinking (so reading
     /// the mapping can never SIGBUS), at least `len` bytes, inode `inode`.
-    pub(crate) fn open(fd: OwnedFd, inode: u64, len: u64) -> Result<ForeignMap> {
+    pub(crate) fn open(
+        fd: OwnedFd,
+        inode: u64,
+        len: u64,
+        anchors: Vec<Arc<OwnedFd>>,
+    ) -> Result<ForeignMap> {
         let io = |e: std::io::Error| Error::io("mapping a forwarded segment", e);
         if len == 0 || len > MAX_FORWARDED_LEN {
             return Err(Error::Protocol(format!(
@@ -475,7 +485,7 @@ impl ForeignMap {
             .populate()
             .map_raw_read_only(&fd)
             .map_err(io)?;
-        let reg = registry::register(map.as_ptr(), len, fd, id);
+        let reg = registry::register(map.as_ptr(), len, fd, id, anchors);
         Ok(ForeignMap { reg, map })
     }
 
@@ -558,7 +568,7 @@ mod tests {
             claims_len: 0,
         };
         pool.set_header(1, 42, 3);
-        let seg = SegmentMap::open(ro, &hello).unwrap();
+        let seg = SegmentMap::open(ro, &hello, Vec::new()).unwrap();
         assert_eq!(seg.header(1), (42, 3));
         assert_eq!(seg.id(), pool.segment_id());
         let bad = Hello {
@@ -566,12 +576,12 @@ mod tests {
             ..hello
         };
         let ro = sys::reopen_read_only(pool.fd()).unwrap();
-        assert!(SegmentMap::open(ro, &bad).is_err());
+        assert!(SegmentMap::open(ro, &bad, Vec::new()).is_err());
         let bad = Hello {
             segment: 1,
             ..hello
         };
         let ro = sys::reopen_read_only(pool.fd()).unwrap();
-        assert!(SegmentMap::open(ro, &bad).is_err());
+        assert!(SegmentMap::open(ro, &bad, Vec::new()).is_err());
     }
 }

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -18,6 +18,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use crossbeam_queue::ArrayQueue;
 use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -211,10 +212,15 @@ struct Conn {
     bit: u32,
     stream: UnixStream,
     claims: ClaimTable,
+    /// The read end of the subscriber's anchor (see `wire`, "Anchors").
+    anchor: AsyncFd<OwnedFd>,
     prefix: String,
     /// Receives frames (false after UNSUBSCRIBE or death).
     active: AtomicBool,
     dead: AtomicBool,
+    /// Its socket closed, but slots it took stay reserved until its anchor
+    /// has no writer left; its bit stays taken meanwhile.
+    lingering: AtomicBool,
     out: Mutex<Out>,
     inp: Mutex<RecvBuf>,
     wake: Notify,
@@ -459,19 +465,80 @@ impl Shared {
         self.progress.notify_waiters();
     }
 
-    /// Forgets a connection: its holds are cleared at once (a killed
-    /// subscriber gives its slots back here).
-    fn drop_conn(&self, conn: &Arc<Conn>) {
+    /// Forgets a connection whose socket closed (a killed subscriber ends
+    /// here). Descriptors it had not taken come back at once. Slots it took
+    /// come back at once too unless some process still holds its anchor (a
+    /// process it forwarded them to may be viewing them): those stay
+    /// reserved, and this returns true; the caller waits for the anchor's
+    /// end of file, then calls [`release_lingering`](Self::release_lingering).
+    fn drop_conn(&self, conn: &Arc<Conn>) -> bool {
         let mut st = lock(&self.state);
         if conn.dead.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        if Self::conn_is_current(&st, conn) {
-            st.conns[conn.bit as usize] = None;
+            return conn.lingering.load(Ordering::Acquire);
         }
         if conn.active.swap(false, Ordering::AcqRel) {
             st.subscribers -= 1;
             self.set_subscribers(&st);
+        }
+        // A closed publisher reuses no slot: nothing to wait for then.
+        let anchored = !self.closed.load(Ordering::Acquire)
+            && sys::pipe_has_writers(conn.anchor.get_ref().as_fd()).unwrap_or(false);
+        let bit = 1u64 << conn.bit;
+        let (mut freed, mut kept) = (0, 0);
+        for index in 0..st.slots.len() as u32 {
+            let s = st.slots[index as usize];
+            if !(s.in_flight && s.holders & bit != 0) {
+                continue;
+            }
+            if anchored && !conn.claims.reclaim(index, s.generation) {
+                // Taken: viewed here, or forwarded to a process that still
+                // holds the anchor.
+                kept += 1;
+                continue;
+            }
+            st.slots[index as usize].holders &= !bit;
+            if st.slots[index as usize].holders == 0 {
+                self.free_slot(&mut st, index);
+                freed += 1;
+            }
+        }
+        if kept == 0 {
+            Self::forget_conn(&mut st, conn);
+        } else {
+            conn.lingering.store(true, Ordering::Release);
+        }
+        unlock(st);
+        {
+            let mut out = lock(&conn.out);
+            out.queue.clear();
+            out.wbuf.clear();
+            out.pass = None;
+        }
+        tracing::debug!(pool = %self.name, subscriber = conn.bit, freed, kept, "shm-pool: subscriber gone");
+        conn.wake.notify_one();
+        self.subs_changed.notify_waiters();
+        self.progress.notify_waiters();
+        kept > 0
+    }
+
+    /// Frees a connection's bit for a new subscriber.
+    fn forget_conn(st: &mut State, conn: &Arc<Conn>) {
+        if Self::conn_is_current(st, conn) {
+            st.conns[conn.bit as usize] = None;
+        }
+        // The bit may go to a new subscriber, which has been sent no segment.
+        let bit = 1u64 << conn.bit;
+        for s in st.segs.iter_mut().flatten() {
+            s.sent_to &= !bit;
+        }
+    }
+
+    /// The anchor of a lingering connection reached end of file (or the
+    /// publisher closed): the slots it kept come back.
+    fn release_lingering(&self, conn: &Arc<Conn>) {
+        let mut st = lock(&self.state);
+        if !conn.lingering.swap(false, Ordering::AcqRel) {
+            return;
         }
         let bit = 1u64 << conn.bit;
         let mut freed = 0;
@@ -485,21 +552,38 @@ impl Shared {
                 }
             }
         }
-        // The bit may go to a new subscriber, which has been sent no segment.
-        for s in st.segs.iter_mut().flatten() {
-            s.sent_to &= !bit;
-        }
+        Self::forget_conn(&mut st, conn);
         unlock(st);
-        {
-            let mut out = lock(&conn.out);
-            out.queue.clear();
-            out.wbuf.clear();
-            out.pass = None;
-        }
-        tracing::debug!(pool = %self.name, subscriber = conn.bit, freed, "shm-pool: subscriber gone");
-        conn.wake.notify_one();
+        tracing::debug!(pool = %self.name, subscriber = conn.bit, freed, "shm-pool: anchor released");
         self.subs_changed.notify_waiters();
         self.progress.notify_waiters();
+    }
+
+    /// Waits until no process holds `conn`'s anchor any more, or the
+    /// publisher closes.
+    async fn wait_unanchored(&self, conn: &Conn) {
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            let mut ready = tokio::select! {
+                r = conn.anchor.readable() => match r {
+                    Ok(g) => g,
+                    Err(_) => return,
+                },
+                _ = conn.wake.notified() => continue,
+            };
+            let r = ready.try_io(|fd| match sys::pipe_has_writers(fd.get_ref().as_fd()) {
+                Ok(true) => Err(io::ErrorKind::WouldBlock.into()),
+                Ok(false) => Ok(()),
+                Err(e) => Err(e),
+            });
+            match r {
+                // End of file, or an error: nothing more to wait for.
+                Ok(_) => return,
+                Err(_would_block) => {}
+            }
+        }
     }
 
     /// Reads what a subscriber sent and acts on it. `via_reactor` reads
@@ -569,6 +653,7 @@ impl Shared {
                                 index,
                                 inode: seg.inode(),
                                 len: seg.len(),
+                                anchors: seg.anchors().len() as u32,
                             };
                             out.pass = Some(seg);
                             msg
@@ -586,7 +671,13 @@ impl Shared {
                 }
             }
             let r = match &out.pass {
-                Some(seg) => sys::send_fd_nb(conn.stream.as_fd(), &out.wbuf, seg.fd()),
+                Some(seg) => {
+                    // The segment, then its anchors (see `wire`, "Anchors").
+                    let fds: Vec<BorrowedFd<'_>> = std::iter::once(seg.fd())
+                        .chain(seg.anchors().iter().map(|a| a.as_fd()))
+                        .collect();
+                    sys::send_fd_nb(conn.stream.as_fd(), &out.wbuf, &fds)
+                }
                 None => sys::send_nb(conn.stream.as_fd(), &out.wbuf),
             };
             match r {
@@ -633,10 +724,18 @@ impl Shared {
 
     /// Looks for releases that already arrived, without waiting.
     fn drain_releases(&self) {
-        let conns: Vec<Arc<Conn>> = lock(&self.state).conns.iter().flatten().cloned().collect();
+        let conns: Vec<Arc<Conn>> = lock(&self.state)
+            .conns
+            .iter()
+            .flatten()
+            .filter(|c| !c.dead.load(Ordering::Acquire))
+            .cloned()
+            .collect();
         for c in conns {
             if self.read_conn(&c, false) == ReadOutcome::Closed {
+                // Its task waits for the anchor, if need be.
                 self.drop_conn(&c);
+                c.wake.notify_one();
             }
         }
     }
@@ -952,7 +1051,10 @@ async fn conn_task(shared: Arc<Shared>, conn: Arc<Conn>) {
             Err(_) => break,
         }
     }
-    shared.drop_conn(&conn);
+    if shared.drop_conn(&conn) {
+        shared.wait_unanchored(&conn).await;
+        shared.release_lingering(&conn);
+    }
 }
 
 async fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
@@ -1011,13 +1113,23 @@ async fn handshake(shared: &Arc<Shared>, stream: UnixStream) -> Result<()> {
         }
     };
     let hello = shared.hello();
-    wire::send(
+    // The subscriber's anchor: it gets the write end, this side keeps only
+    // the read end (see `wire`, "Anchors").
+    let (anchor, anchor_w) =
+        sys::anchor_pipe().map_err(|e| Error::io("creating the subscriber's anchor pipe", e))?;
+    wire::send_fds(
         &stream,
         &Msg::Hello(hello),
-        Some(shared.ro_fd.as_fd()),
+        &[shared.ro_fd.as_fd(), anchor_w.as_fd()],
         "HELLO",
     )
     .await?;
+    drop(anchor_w);
+    // SAFETY: `anchor` is an `OwnedFd`: its descriptor stays open, and
+    // `as_raw_fd` returns that same descriptor, for as long as the
+    // `AsyncFd` owns it.
+    let anchor = unsafe { AsyncFd::register_with_interest(anchor, Interest::READABLE) }
+        .map_err(|e| Error::io("watching the subscriber's anchor", io::Error::from(e)))?;
     match rx.recv(&stream, "CLAIMS").await? {
         Msg::Claims { len } if len == hello.claims_len => {}
         other => return Err(Error::Protocol(format!("expected CLAIMS, got {other:?}"))),
@@ -1053,9 +1165,11 @@ async fn handshake(shared: &Arc<Shared>, stream: UnixStream) -> Result<()> {
                     bit: bit as u32,
                     stream,
                     claims,
+                    anchor,
                     prefix,
                     active: AtomicBool::new(true),
                     dead: AtomicBool::new(false),
+                    lingering: AtomicBool::new(false),
                     out: Mutex::new(Out::default()),
                     inp: Mutex::new(rx),
                     wake: Notify::new(),
@@ -1425,7 +1539,9 @@ impl Publisher for ShmPoolPublisher {
         }
         let mut frame = frame;
         // A view of another pool's slot goes on as it is, without a copy.
-        if let Some((seg, offset)) = registry::lookup(frame.payload.as_ptr(), len) {
+        if let Some((seg, offset)) = registry::lookup(frame.payload.as_ptr(), len)
+            .filter(|(seg, _)| seg.anchors().len() <= wire::MAX_ANCHORS as usize)
+        {
             match self.forward(frame, seg, offset).await? {
                 None => return Ok(()),
                 Some(f) => frame = f,

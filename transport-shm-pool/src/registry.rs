@@ -29,6 +29,10 @@ pub(crate) struct SegFd {
     fd: OwnedFd,
     inode: u64,
     len: u64,
+    /// The anchors (pipe write ends) of every hop that keeps this segment's
+    /// slots reserved for this process's views: passed on with the segment
+    /// when a frame in it is forwarded (see `wire`, "Anchors").
+    anchors: Vec<Arc<OwnedFd>>,
     /// True while the mapping that registered it is mapped.
     mapped: AtomicBool,
 }
@@ -57,6 +61,11 @@ impl SegFd {
     /// Bytes of the segment that the registered mapping covers.
     pub(crate) fn len(&self) -> u64 {
         self.len
+    }
+
+    /// The anchors to pass on with this segment.
+    pub(crate) fn anchors(&self) -> &[Arc<OwnedFd>] {
+        &self.anchors
     }
 
     /// False once the mapping that registered it is gone: no payload can be
@@ -93,13 +102,21 @@ impl Registration {
 }
 
 /// Registers the read-only mapping of `len` bytes at `base` of the memfd `fd`
-/// (inode `inode`). `fd` should be read-only: it is what subscribers of this
-/// process's publishers receive.
-pub(crate) fn register(base: *const u8, len: u64, fd: OwnedFd, inode: u64) -> Registration {
+/// (inode `inode`), with the anchors that keep its slots reserved. `fd`
+/// should be read-only: it is what subscribers of this process's publishers
+/// receive.
+pub(crate) fn register(
+    base: *const u8,
+    len: u64,
+    fd: OwnedFd,
+    inode: u64,
+    anchors: Vec<Arc<OwnedFd>>,
+) -> Registration {
     let seg = Arc::new(SegFd {
         fd,
         inode,
         len,
+        anchors,
         mapped: AtomicBool::new(true),
     });
     let base = base as usize;
@@ -150,7 +167,7 @@ mod tests {
         let buf = vec![0u8; 3 * 4096];
         let base = buf.as_ptr();
         let fd = sys::memfd("registry-test", 4096).unwrap();
-        let reg = register(base, 8192, fd, 42);
+        let reg = register(base, 8192, fd, 42, Vec::new());
         // SAFETY: offsets stay inside `buf`.
         let (inside, edge) = unsafe { (base.add(100), base.add(8191)) };
         let (seg, off) = lookup(inside, 1000).expect("inside");

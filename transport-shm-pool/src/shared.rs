@@ -616,7 +616,7 @@ impl Attached {
             let fd = rx
                 .take_fd()
                 .ok_or_else(|| Error::Protocol("HELLO came without the segment fd".into()))?;
-            let seg = SegmentMap::open(fd, &hello)?;
+            let seg = SegmentMap::open(fd, &hello, Vec::new())?;
             let conn = match rx.recv(&stream, "READY").await? {
                 Msg::Ready { id } => id,
                 other => return Err(Error::Protocol(format!("expected READY, got {other:?}"))),

@@ -3,7 +3,7 @@
 //! segments a forwarding publisher passes on.
 
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -199,6 +199,9 @@ pub struct ShmPoolSubscriber {
     may_reclaim: bool,
     /// Segments the publisher forwards from, by the index it announced.
     fwd: Vec<Option<Arc<ForeignMap>>>,
+    /// This subscriber's anchor at its publisher (see `wire`, "Anchors"):
+    /// held by every mapping made through this connection.
+    anchor: Arc<OwnedFd>,
     missed: u64,
     held: Option<Frame>,
     closed: Option<String>,
@@ -212,6 +215,20 @@ impl std::fmt::Debug for ShmPoolSubscriber {
             .field("mode", &self.mode)
             .field("segment", &self.link.seg)
             .finish_non_exhaustive()
+    }
+}
+
+/// The next descriptor received, checked to be an anchor (a pipe's write end).
+fn take_anchor(rx: &mut RecvBuf, what: &str) -> Result<Arc<OwnedFd>> {
+    let fd = rx
+        .take_fd()
+        .ok_or_else(|| Error::Protocol(format!("{what} arrived without its anchor")))?;
+    match sys::is_pipe_write_end(fd.as_fd()) {
+        Ok(true) => Ok(Arc::new(fd)),
+        Ok(false) => Err(Error::Protocol(format!(
+            "{what} came with an anchor that is not a pipe's write end"
+        ))),
+        Err(e) => Err(Error::io(format!("checking the anchor of {what}"), e)),
     }
 }
 
@@ -311,7 +328,8 @@ impl ShmPoolSubscriber {
         let fd = rx
             .take_fd()
             .ok_or_else(|| Error::Protocol("HELLO arrived without the segment fd".into()))?;
-        let seg = SegmentMap::open(fd, &hello)?;
+        let anchor = take_anchor(&mut rx, "HELLO")?;
+        let seg = SegmentMap::open(fd, &hello, vec![anchor.clone()])?;
         let entries = wire::claim_entries(hello.slots);
         if hello.claims_len != wire::claims_len(entries) {
             return Err(Error::Protocol(format!(
@@ -352,6 +370,7 @@ impl ShmPoolSubscriber {
             prefix: opts.topic_prefix.clone(),
             busy_poll: cfg.busy_poll,
             may_reclaim: hello.flags & wire::HELLO_RECLAIMS != 0,
+            anchor,
             fwd: (0..wire::MAX_FORWARD_SEGMENTS).map(|_| None).collect(),
             missed: 0,
             held: None,
@@ -471,11 +490,23 @@ impl ShmPoolSubscriber {
     }
 
     /// Maps a segment the publisher will forward frames from (SEGMENT).
-    fn on_segment(&mut self, index: u32, inode: u64, len: u64) -> Result<()> {
+    fn on_segment(&mut self, index: u32, inode: u64, len: u64, anchors: u32) -> Result<()> {
         let fd = self
             .rx
             .take_fd()
             .ok_or_else(|| Error::Protocol("SEGMENT arrived without its fd".into()))?;
+        if anchors > wire::MAX_ANCHORS {
+            return Err(Error::Protocol(format!(
+                "SEGMENT with {anchors} anchors (at most {})",
+                wire::MAX_ANCHORS
+            )));
+        }
+        // The hops before this publisher's, then this connection's own.
+        let mut held = Vec::with_capacity(anchors as usize + 1);
+        for _ in 0..anchors {
+            held.push(take_anchor(&mut self.rx, "SEGMENT")?);
+        }
+        held.push(self.anchor.clone());
         let Some(entry) = self.fwd.get_mut(index as usize) else {
             return Err(Error::Protocol(format!(
                 "SEGMENT index {index} is out of range (below {})",
@@ -487,7 +518,7 @@ impl ShmPoolSubscriber {
                 "SEGMENT index {index} is already in use (FORGET comes first)"
             )));
         }
-        let map = ForeignMap::open(fd, inode, len)?;
+        let map = ForeignMap::open(fd, inode, len, held)?;
         tracing::debug!(
             pool = %self.name,
             index,
@@ -669,10 +700,15 @@ impl Subscriber for ShmPoolSubscriber {
                             return r;
                         }
                     }
-                    Ok(Msg::Segment { index, inode, len }) => {
+                    Ok(Msg::Segment {
+                        index,
+                        inode,
+                        len,
+                        anchors,
+                    }) => {
                         // A segment that cannot be mapped is reported; the
                         // frames that name it then fail on their own.
-                        self.on_segment(index, inode, len)?;
+                        self.on_segment(index, inode, len, anchors)?;
                     }
                     Ok(Msg::Forget { index }) => {
                         // Views made from it keep their mapping.
@@ -694,6 +730,9 @@ impl Subscriber for ShmPoolSubscriber {
                 }
             }
             if let Some(reason) = &self.closed {
+                // No FWD can name a forwarded segment any more: let the
+                // mappings (and the anchors they hold) go with their last view.
+                self.fwd.iter_mut().for_each(|e| *e = None);
                 return Err(Error::Disconnected(reason.clone()));
             }
             self.read_more().await;

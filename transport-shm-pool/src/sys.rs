@@ -16,8 +16,9 @@ use rustix::net::{
     SendAncillaryMessage, SendFlags,
 };
 
-/// Most file descriptors accepted with one `recvmsg`; the protocol sends one at a time.
-const MAX_FDS_PER_READ: usize = 4;
+/// Most file descriptors accepted with one `recvmsg`: a SEGMENT's fd and its
+/// anchors is the most the protocol sends with one message.
+const MAX_FDS_PER_READ: usize = 2 + crate::wire::MAX_ANCHORS as usize;
 
 /// The effective uid of this process.
 pub(crate) fn euid() -> u32 {
@@ -97,6 +98,41 @@ pub(crate) fn is_read_only(fd: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(!fl.intersects(OFlags::WRONLY | OFlags::RDWR))
 }
 
+/// A close-on-exec pipe, both ends non-blocking: `(read end, write end)`.
+/// The publisher keeps the read end of one per subscriber (its *anchor*) and
+/// hands out the write end: the read end reports end of file once every copy
+/// of the write end, in every process, is closed.
+pub(crate) fn anchor_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::pipe::pipe_with(
+        rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+    )?)
+}
+
+/// True when `fd` is the write end of a pipe (what an anchor must be).
+pub(crate) fn is_pipe_write_end(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let st = rustix::fs::fstat(fd)?;
+    let fl = rustix::fs::fcntl_getfl(fd)?;
+    Ok(rustix::fs::FileType::from_raw_mode(st.st_mode).is_fifo()
+        && fl.contains(OFlags::WRONLY)
+        && !fl.contains(OFlags::RDWR))
+}
+
+/// Whether some process still holds the write end of the pipe whose
+/// non-blocking read end is `fd`: reads (and discards) what is there, and
+/// answers false at end of file, true when the read would block.
+pub(crate) fn pipe_has_writers(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut scrap = [0u8; 256];
+    loop {
+        match rustix::io::read(fd, &mut scrap) {
+            Ok(0) => return Ok(false),
+            Ok(_) => {}
+            Err(Errno::AGAIN) => return Ok(true),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Opens a second, read-only file description of `fd` through `/proc/self/fd`:
 /// what subscribers get, so that they cannot map the segment writable at all.
 pub(crate) fn reopen_read_only(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
@@ -174,19 +210,22 @@ pub(crate) fn send_nb(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
 }
 
 /// One non-blocking `sendmsg` carrying `pass` with `SCM_RIGHTS`; the
-/// descriptor travels with the first byte sent.
+/// descriptors travel with the first byte sent.
 pub(crate) fn send_fd_nb(
     fd: BorrowedFd<'_>,
     buf: &[u8],
-    pass: BorrowedFd<'_>,
+    pass: &[BorrowedFd<'_>],
 ) -> io::Result<usize> {
-    let fds = [pass];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    if pass.is_empty() {
+        return send_nb(fd, buf);
+    }
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_READ))];
     let mut control = SendAncillaryBuffer::new(&mut space);
-    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
-        return Err(io::Error::other(
-            "the SCM_RIGHTS control buffer is too small",
-        ));
+    if pass.len() > MAX_FDS_PER_READ || !control.push(SendAncillaryMessage::ScmRights(pass)) {
+        return Err(io::Error::other(format!(
+            "{} descriptors do not fit one message (at most {MAX_FDS_PER_READ})",
+            pass.len()
+        )));
     }
     Ok(rustix::net::sendmsg(
         fd,
@@ -230,19 +269,18 @@ pub(crate) fn recv_nb(
 pub(crate) async fn send_all(
     stream: &tokio::net::UnixStream,
     buf: &[u8],
-    mut pass: Option<BorrowedFd<'_>>,
+    mut pass: &[BorrowedFd<'_>],
 ) -> io::Result<()> {
     let mut pos = 0;
     while pos < buf.len() {
         stream.writable().await?;
-        let r = stream.try_io(tokio::io::Interest::WRITABLE, || match pass {
-            Some(p) => send_fd_nb(stream.as_fd(), &buf[pos..], p),
-            None => send_nb(stream.as_fd(), &buf[pos..]),
+        let r = stream.try_io(tokio::io::Interest::WRITABLE, || {
+            send_fd_nb(stream.as_fd(), &buf[pos..], pass)
         });
         match r {
             Ok(n) => {
                 pos += n;
-                pass = None;
+                pass = &[];
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),

@@ -14,11 +14,11 @@
 //! ```text
 //! subscriber                                   publisher
 //!   SUBSCRIBE(version, topic prefix)     ->
-//!                                        <-    HELLO(geometry) + read-only segment fd
+//!                                        <-    HELLO(geometry) + read-only segment fd + anchor
 //!   CLAIMS(len) + claim-table memfd      ->
 //!                                        <-    READY(subscriber id)   or REJECT(reason)
 //!                                        <-    DESC(segment, slot, generation, len, missed, frame header) ...
-//!                                        <-    SEGMENT(index, inode, len) + read-only fd of a forwarded segment
+//!                                        <-    SEGMENT(index, inode, len, n) + read-only fd of a forwarded segment + n anchors
 //!                                        <-    FWD(index, claim, generation, offset, len, missed, frame header) ...
 //!                                        <-    FORGET(index)
 //!   RELEASE(claim, generation) ...       ->
@@ -41,6 +41,30 @@
 //! released it; its claim word and RELEASE use the claim index
 //! `slots + forward slot`, so pool slots and forward slots share one index
 //! space `0 .. 2 * slots` ([`claim_entries`]).
+//!
+//! # Anchors
+//!
+//! With HELLO the publisher passes each subscriber the write end of a pipe
+//! whose read end it keeps: the subscriber's *anchor*. Nobody writes to it;
+//! what matters is when the read end sees end of file, which is when every
+//! copy of the write end, in every process, is closed. The subscriber keeps
+//! its anchor with its mapping of the pool, and a process that forwards a
+//! frame passes the anchors of the frame's segment on with SEGMENT (the
+//! anchors it received with that segment, plus its own anchor at the
+//! publisher it received the segment from), so every process that can view
+//! a slot holds the anchor of every hop the slot's reservation goes through.
+//!
+//! When a subscriber's socket closes, the publisher takes back what the
+//! subscriber had not taken yet, but a slot the subscriber *had* taken
+//! (claim word [`TAKEN`]: it may be viewing it, or may have forwarded it)
+//! stays reserved until the subscriber's anchor reaches end of file. For a
+//! subscriber that exits or is killed and forwarded nothing, that is at once
+//! (its process held the only copy); for a forwarding process killed while
+//! its own subscribers still view what it forwarded, it is when the last of
+//! those processes has dropped its views of the segment (or exited). So a
+//! killed forwarder never lets its publisher reuse a slot under a
+//! downstream view. A publisher copies instead of forwarding a payload whose
+//! segment would need more than [`MAX_ANCHORS`] anchors.
 //!
 //! # The claim table
 //!
@@ -69,15 +93,21 @@ use crate::sys;
 
 /// Version of this protocol; peers with another version are refused.
 /// Version 2 added forwarding (SEGMENT, FWD, FORGET; a claim word per
-/// forward slot).
-pub const VERSION: u16 = 2;
+/// forward slot); version 3 added anchors (a pipe's write end with HELLO,
+/// the anchors of a forwarded segment with SEGMENT).
+pub const VERSION: u16 = 3;
 /// Most forwarded segments a publisher announces to one subscriber at once
 /// (SEGMENT indices are below this).
 pub const MAX_FORWARD_SEGMENTS: u32 = 16;
 /// Largest message (kind + body): a DESC with the largest frame header.
 pub const MAX_MESSAGE: usize = codec::MAX_HEADER as usize + codec::PREFIX_LEN + 64;
-/// Most file descriptors a peer may have in flight before they are used.
-const MAX_PENDING_FDS: usize = 4;
+/// Most file descriptors a peer may have in flight before they are used
+/// (a SEGMENT's fd and its anchors, with room to spare).
+const MAX_PENDING_FDS: usize = 2 + MAX_ANCHORS as usize;
+/// Most anchors a SEGMENT carries: how many forwarding hops a frame can
+/// travel without a copy (a publisher copies a payload whose segment came
+/// through more hops than this).
+pub const MAX_ANCHORS: u32 = 8;
 
 const K_SUBSCRIBE: u8 = 0x01;
 const K_CLAIMS: u8 = 0x02;
@@ -186,7 +216,8 @@ pub enum Msg {
         /// The frame's encoded prefix and header ([`transport_core::codec`]).
         header: Bytes,
     },
-    /// Publisher -> subscriber, with the forwarded segment's read-only fd attached.
+    /// Publisher -> subscriber, with the forwarded segment's read-only fd
+    /// attached, then `anchors` anchors (pipe write ends).
     Segment {
         /// The index FWD descriptors will name it by.
         index: u32,
@@ -194,6 +225,8 @@ pub enum Msg {
         inode: u64,
         /// Bytes to map.
         len: u64,
+        /// Anchors attached after the segment's fd (at most [`MAX_ANCHORS`]).
+        anchors: u32,
     },
     /// Publisher -> subscriber: a forwarded frame.
     Fwd {
@@ -266,11 +299,17 @@ pub fn encode(msg: &Msg, out: &mut BytesMut) {
             out.put_u64_le(desc.missed);
             out.put_slice(header);
         }
-        Msg::Segment { index, inode, len } => {
+        Msg::Segment {
+            index,
+            inode,
+            len,
+            anchors,
+        } => {
             out.put_u8(K_SEGMENT);
             out.put_u32_le(*index);
             out.put_u64_le(*inode);
             out.put_u64_le(*len);
+            out.put_u32_le(*anchors);
         }
         Msg::Fwd { desc, header } => {
             out.put_u8(K_FWD);
@@ -374,11 +413,12 @@ pub fn decode(mut body: Bytes) -> Result<Msg> {
             Msg::Desc { desc, header: body }
         }
         K_SEGMENT => {
-            need(&body, 4 + 8 + 8, "SEGMENT")?;
+            need(&body, 4 + 8 + 8 + 4, "SEGMENT")?;
             Msg::Segment {
                 index: body.get_u32_le(),
                 inode: body.get_u64_le(),
                 len: body.get_u64_le(),
+                anchors: body.get_u32_le(),
             }
         }
         K_FWD => {
@@ -498,6 +538,16 @@ pub(crate) async fn send(
     stream: &tokio::net::UnixStream,
     msg: &Msg,
     pass: Option<BorrowedFd<'_>>,
+    what: &str,
+) -> Result<()> {
+    send_fds(stream, msg, pass.as_slice(), what).await
+}
+
+/// Sends one message with descriptors attached to its first byte.
+pub(crate) async fn send_fds(
+    stream: &tokio::net::UnixStream,
+    msg: &Msg,
+    pass: &[BorrowedFd<'_>],
     what: &str,
 ) -> Result<()> {
     let mut b = BytesMut::new();
@@ -712,6 +762,7 @@ mod tests {
             index: 3,
             inode: 77,
             len: 1 << 30,
+            anchors: 2,
         });
         round_trip(Msg::Fwd {
             desc: FwdDesc {

@@ -463,15 +463,65 @@ fn forwarding_across_processes() {
         assert_eq!(publ.free_slots(), 1, "three slots behind three views");
         views.remove(0);
         until("the dropped view's slot", || publ.free_slots() == 2).await;
-        // Killed with views still alive downstream: its subscriber's socket
-        // closes, so its holds (and those it kept for us) end.
+        // Killed with views still alive downstream. Its socket closes, but
+        // this process still holds its anchor (passed on with the segment):
+        // the two slots behind our views stay reserved, the publisher goes
+        // on with the others.
         let mut fwd = fwd;
         fwd.kill();
-        until("every slot back after the kill", || publ.free_slots() == 4).await;
+        until("the forwarder unregistered", || {
+            publ.subscriber_count() == Some(0)
+        })
+        .await;
+        for _ in 0..30 {
+            assert_eq!(publ.free_slots(), 2, "slots behind live downstream views");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let mut local = ShmPoolTransport::new()
+            .subscribe(publ.endpoint(), &SubscribeOptions::default())
+            .await
+            .expect("a local subscriber");
+        publ.wait_for_subscribers(1, WAIT)
+            .await
+            .expect("the local subscriber");
+        for seq in 3..23u64 {
+            until("a free slot", || publ.free_slots() > 0).await;
+            publ.send(Frame::new(pattern::make(seq, 300_000)))
+                .await
+                .expect("send");
+            let f = tokio::time::timeout(WAIT, local.recv())
+                .await
+                .expect("in time")
+                .expect("recv");
+            assert_eq!(f.seq, seq);
+            for v in &views {
+                assert!(
+                    pattern::check(v.seq, &v.payload),
+                    "slot of frame {} reused under a downstream view",
+                    v.seq
+                );
+            }
+        }
         match tokio::time::timeout(WAIT, sub.recv()).await {
             Ok(Err(Error::Disconnected(_))) => {}
             other => panic!("expected Disconnected, got {other:?}"),
         }
+        let clone = views[1].payload.clone();
+        drop(views);
+        for _ in 0..10 {
+            assert!(
+                publ.free_slots() <= 2,
+                "a clone keeps the segment mapped, and so both slots reserved"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        drop(clone);
+        // The last view of the segment gone (the subscriber dropped its
+        // table at Disconnected): the anchor closes, the slots come back.
+        until("every slot back once the views are gone", || {
+            publ.free_slots() == 4
+        })
+        .await;
         assert_eq!(publ.stale_releases(), 0);
     });
     assert!(socket_released(&up));
