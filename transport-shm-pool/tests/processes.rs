@@ -181,6 +181,14 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) -> Duration {
     start.elapsed()
 }
 
+/// The next frame from `sub`, within `WAIT`.
+async fn recv_frame<S: Subscriber>(sub: &mut S) -> Frame {
+    tokio::time::timeout(WAIT, sub.recv())
+        .await
+        .expect("a frame in time")
+        .expect("recv")
+}
+
 async fn publisher(url: &str, policy: transport_core::Policy) -> ShmPoolPublisher {
     ShmPoolTransport::new()
         .publish(
@@ -275,10 +283,7 @@ fn killed_subscriber_gives_its_slots_back() {
             publ.send(Frame::new(pattern::make(seq, 100_000)))
                 .await
                 .expect("send");
-            let f = tokio::time::timeout(WAIT, local.recv())
-                .await
-                .expect("in time")
-                .expect("recv");
+            let f = recv_frame(&mut local).await;
             assert_eq!(f.seq, seq);
         }
         holder.expect(&format!("holding {slots}"));
@@ -312,10 +317,7 @@ fn killed_subscriber_gives_its_slots_back() {
             publ.send(Frame::new(pattern::make(seq, 100_000)))
                 .await
                 .expect("send after the kill");
-            let f = tokio::time::timeout(WAIT, local.recv())
-                .await
-                .expect("in time")
-                .expect("recv");
+            let f = recv_frame(&mut local).await;
             assert_eq!(f.seq, seq);
             assert!(pattern::check(seq, &f.payload));
         }
@@ -352,10 +354,7 @@ fn killed_publisher_disconnects_subscribers() {
         publ.expect("sent 3");
         let mut held = Vec::new();
         for seq in 0..3 {
-            let f = tokio::time::timeout(WAIT, sub.recv())
-                .await
-                .expect("in time")
-                .expect("recv");
+            let f = recv_frame(&mut sub).await;
             assert_eq!(f.seq, seq);
             assert!(pattern::check(seq, &f.payload));
             held.push(f);
@@ -450,10 +449,7 @@ fn forwarding_across_processes() {
         }
         let mut views = Vec::new();
         for seq in 0..3u64 {
-            let f = tokio::time::timeout(WAIT, sub.recv())
-                .await
-                .expect("in time")
-                .expect("recv");
+            let f = recv_frame(&mut sub).await;
             assert_eq!(f.seq, seq);
             assert!(pattern::check(seq, &f.payload), "frame {seq} intact");
             assert_eq!(f.trace.len(), 1, "the forwarder's hop");
@@ -489,10 +485,7 @@ fn forwarding_across_processes() {
             publ.send(Frame::new(pattern::make(seq, 300_000)))
                 .await
                 .expect("send");
-            let f = tokio::time::timeout(WAIT, local.recv())
-                .await
-                .expect("in time")
-                .expect("recv");
+            let f = recv_frame(&mut local).await;
             assert_eq!(f.seq, seq);
             for v in &views {
                 assert!(
