@@ -272,6 +272,8 @@ struct FakeSubscriber {
     rx: RecvBuf,
     seg: SegmentMap,
     claims: ClaimTable,
+    /// The anchor the publisher sent with HELLO (the mapping holds it too).
+    anchor: std::sync::Arc<std::os::fd::OwnedFd>,
 }
 
 impl FakeSubscriber {
@@ -293,7 +295,8 @@ impl FakeSubscriber {
         let fd = rx.take_fd().expect("segment fd");
         let anchor = rx.take_fd().expect("anchor");
         assert!(sys::is_pipe_write_end(anchor.as_fd()).expect("fstat"));
-        let seg = SegmentMap::open(fd, &hello, vec![std::sync::Arc::new(anchor)]).expect("map");
+        let anchor = std::sync::Arc::new(anchor);
+        let seg = SegmentMap::open(fd, &hello, vec![anchor.clone()]).expect("map");
         let (claims, fd) = ClaimTable::create(wire::claim_entries(hello.slots)).expect("claims");
         let msg = Msg::Claims {
             len: hello.claims_len,
@@ -310,6 +313,7 @@ impl FakeSubscriber {
             rx,
             seg,
             claims,
+            anchor,
         }
     }
 
@@ -330,6 +334,71 @@ impl FakeSubscriber {
         .await
         .expect("RELEASE");
     }
+}
+
+/// A subscriber whose socket closes while a copy of its anchor lives on (as
+/// in a process it forwarded to): what it had only been offered comes back,
+/// the slot it took stays reserved until the last copy of the anchor is
+/// closed. Bytes written into the anchor change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taken_slots_wait_for_the_anchor() {
+    let name = name("anchor");
+    let endpoint =
+        Endpoint::parse(&format!("shm-pool://{name}?slots=2&slot_size=4KiB")).expect("url");
+    let opts = PublishOptions::default().policy(Policy::Fail);
+    let mut publ = ShmPoolTransport::new()
+        .publish(&endpoint, &opts)
+        .await
+        .expect("publish");
+    let mut fake = FakeSubscriber::connect(&name).await;
+    publ.wait_for_subscribers(1, WAIT)
+        .await
+        .expect("subscriber");
+    for seq in 0..2 {
+        publ.send(Frame::new(pattern::make(seq, 100)))
+            .await
+            .expect("send");
+    }
+    let taken = fake.next_desc().await;
+    let offered = fake.next_desc().await;
+    assert_eq!(
+        fake.claims.take(taken.index, taken.generation, false),
+        Take::Taken
+    );
+    let anchor = fake.anchor.clone();
+    // Fill the pipe: the publisher must not be kept busy reading it.
+    let junk = [0xa5u8; 4096];
+    while rustix::io::write(&*anchor, &junk).is_ok() {}
+    drop(fake);
+    until("the subscriber gone", || publ.subscriber_count() == Some(0)).await;
+    until("the offered slot back", || publ.free_slots() == 1).await;
+    for _ in 0..30 {
+        assert_eq!(publ.free_slots(), 1, "the taken slot stays reserved");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert_ne!(taken.index, offered.index);
+    // The publisher goes on: a new subscriber gets frames in the free slot.
+    let mut sub = ShmPoolTransport::new()
+        .subscribe(&endpoint, &SubscribeOptions::default())
+        .await
+        .expect("subscribe");
+    publ.wait_for_subscribers(1, WAIT)
+        .await
+        .expect("the new subscriber");
+    for seq in 2..6 {
+        publ.send(Frame::new(pattern::make(seq, 100)))
+            .await
+            .expect("send into the free slot");
+        let f = within("a frame", sub.recv()).await.expect("recv");
+        assert_eq!(f.seq, seq);
+        until("the slot back", || publ.free_slots() == 1).await;
+    }
+    drop(anchor);
+    until("the taken slot back with the anchor", || {
+        publ.free_slots() == 2
+    })
+    .await;
+    assert_eq!(publ.stale_releases(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

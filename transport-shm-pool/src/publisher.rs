@@ -96,10 +96,13 @@ struct State {
 /// Unlocks `state`, then drops the forwarded payloads freed under it: a drop
 /// may release an upstream slot and, for the last view of an upstream
 /// subscriber, unmap its segment, neither of which belongs under the lock.
-fn unlock(mut st: MutexGuard<'_, State>) {
+/// Returns true when a payload was dropped (a segment may have been unmapped).
+fn unlock(mut st: MutexGuard<'_, State>) -> bool {
     let dead = std::mem::take(&mut st.graveyard);
     drop(st);
+    let dropped = !dead.is_empty();
     drop(dead);
+    dropped
 }
 
 enum Outgoing {
@@ -404,6 +407,24 @@ impl Shared {
         }
     }
 
+    /// [`unlock`]s `state`; if that dropped forwarded payloads, forgets the
+    /// segments they left unused and unmapped. Without this, a segment whose
+    /// last forwarded frame is gone would stay announced (and its anchors
+    /// open, keeping the upstream slots reserved) until the next forward.
+    fn release_lock(&self, st: MutexGuard<'_, State>) {
+        if unlock(st) {
+            let mut st = lock(&self.state);
+            for i in 0..st.segs.len() {
+                if st.segs[i]
+                    .as_ref()
+                    .is_some_and(|s| s.refs == 0 && !s.seg.is_mapped())
+                {
+                    self.forget_seg(&mut st, i);
+                }
+            }
+        }
+    }
+
     fn conn_is_current(st: &State, conn: &Arc<Conn>) -> bool {
         matches!(st.conns.get(conn.bit as usize), Some(Some(c)) if Arc::ptr_eq(c, conn))
     }
@@ -434,7 +455,7 @@ impl Shared {
         if s.holders == 0 {
             self.free_slot(&mut st, index);
         }
-        unlock(st);
+        self.release_lock(st);
     }
 
     fn on_unsubscribe(&self, conn: &Arc<Conn>) {
@@ -460,7 +481,7 @@ impl Shared {
         lock(&conn.out)
             .queue
             .retain(|o| matches!(o, Outgoing::Ready(_) | Outgoing::Forget(_)));
-        unlock(st);
+        self.release_lock(st);
         self.subs_changed.notify_waiters();
         self.progress.notify_waiters();
     }
@@ -507,7 +528,7 @@ impl Shared {
         } else {
             conn.lingering.store(true, Ordering::Release);
         }
-        unlock(st);
+        self.release_lock(st);
         {
             let mut out = lock(&conn.out);
             out.queue.clear();
@@ -553,7 +574,7 @@ impl Shared {
             }
         }
         Self::forget_conn(&mut st, conn);
-        unlock(st);
+        self.release_lock(st);
         tracing::debug!(pool = %self.name, subscriber = conn.bit, freed, "shm-pool: anchor released");
         self.subs_changed.notify_waiters();
         self.progress.notify_waiters();
@@ -566,22 +587,19 @@ impl Shared {
             if self.closed.load(Ordering::Acquire) {
                 return;
             }
-            let mut ready = tokio::select! {
+            // No writer left (or the pipe cannot be polled): done.
+            if !sys::pipe_has_writers(conn.anchor.get_ref().as_fd()).unwrap_or(false) {
+                return;
+            }
+            // Woken by the writers' hang-up (or by bytes a peer wrote, or a
+            // spurious wake-up): clear the readiness, then poll again above,
+            // so that no hang-up is lost between the two.
+            tokio::select! {
                 r = conn.anchor.readable() => match r {
-                    Ok(g) => g,
+                    Ok(mut g) => g.clear_ready(),
                     Err(_) => return,
                 },
-                _ = conn.wake.notified() => continue,
-            };
-            let r = ready.try_io(|fd| match sys::pipe_has_writers(fd.get_ref().as_fd()) {
-                Ok(true) => Err(io::ErrorKind::WouldBlock.into()),
-                Ok(false) => Ok(()),
-                Err(e) => Err(e),
-            });
-            match r {
-                // End of file, or an error: nothing more to wait for.
-                Ok(_) => return,
-                Err(_would_block) => {}
+                _ = conn.wake.notified() => {}
             }
         }
     }
@@ -797,7 +815,7 @@ impl Shared {
                 break;
             }
         }
-        unlock(st);
+        self.release_lock(st);
         found
     }
 
@@ -982,7 +1000,7 @@ impl Shared {
             // Nobody to send it to after all (or no such segment): let go.
             graveyard.push(payload);
             self.seg_unref(&mut st, seg);
-            unlock(st);
+            self.release_lock(st);
             self.unreserve(index);
             return;
         }
@@ -1472,7 +1490,7 @@ impl ShmPoolPublisher {
         let seg_index = {
             let mut st = lock(&self.shared.state);
             let r = self.shared.seg_ref(&mut st, &seg);
-            unlock(st);
+            self.shared.release_lock(st);
             r
         };
         let Some(seg_index) = seg_index else {
@@ -1495,7 +1513,7 @@ impl ShmPoolPublisher {
         if let Err(e) = encoded {
             let mut st = lock(&self.shared.state);
             self.shared.seg_unref(&mut st, seg_index);
-            unlock(st);
+            self.shared.release_lock(st);
             return Err(e);
         }
         let len = frame.payload.len();

@@ -220,9 +220,12 @@ impl std::fmt::Debug for ShmPoolSubscriber {
 
 /// The next descriptor received, checked to be an anchor (a pipe's write end).
 fn take_anchor(rx: &mut RecvBuf, what: &str) -> Result<Arc<OwnedFd>> {
-    let fd = rx
-        .take_fd()
-        .ok_or_else(|| Error::Protocol(format!("{what} arrived without its anchor")))?;
+    check_anchor(rx.take_fd(), what)
+}
+
+/// `fd`, checked to be an anchor (a pipe's write end).
+fn check_anchor(fd: Option<OwnedFd>, what: &str) -> Result<Arc<OwnedFd>> {
+    let fd = fd.ok_or_else(|| Error::Protocol(format!("{what} arrived without its anchor")))?;
     match sys::is_pipe_write_end(fd.as_fd()) {
         Ok(true) => Ok(Arc::new(fd)),
         Ok(false) => Err(Error::Protocol(format!(
@@ -495,6 +498,11 @@ impl ShmPoolSubscriber {
             .rx
             .take_fd()
             .ok_or_else(|| Error::Protocol("SEGMENT arrived without its fd".into()))?;
+        // Take every descriptor this SEGMENT announced before checking any,
+        // so that a refused one leaves none behind for the next message.
+        let announced: Vec<Option<OwnedFd>> = (0..anchors.min(wire::MAX_ANCHORS + 1))
+            .map(|_| self.rx.take_fd())
+            .collect();
         if anchors > wire::MAX_ANCHORS {
             return Err(Error::Protocol(format!(
                 "SEGMENT with {anchors} anchors (at most {})",
@@ -503,8 +511,8 @@ impl ShmPoolSubscriber {
         }
         // The hops before this publisher's, then this connection's own.
         let mut held = Vec::with_capacity(anchors as usize + 1);
-        for _ in 0..anchors {
-            held.push(take_anchor(&mut self.rx, "SEGMENT")?);
+        for fd in announced {
+            held.push(check_anchor(fd, "SEGMENT")?);
         }
         held.push(self.anchor.clone());
         let Some(entry) = self.fwd.get_mut(index as usize) else {

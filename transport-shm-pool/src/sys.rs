@@ -117,16 +117,19 @@ pub(crate) fn is_pipe_write_end(fd: BorrowedFd<'_>) -> io::Result<bool> {
         && !fl.contains(OFlags::RDWR))
 }
 
-/// Whether some process still holds the write end of the pipe whose
-/// non-blocking read end is `fd`: reads (and discards) what is there, and
-/// answers false at end of file, true when the read would block.
+/// Whether some process still holds the write end of the pipe whose read
+/// end is `fd`: false once the read end reports `POLLHUP`. Reads nothing, so
+/// whatever a peer wrote into the pipe cannot keep the caller busy.
 pub(crate) fn pipe_has_writers(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    let mut scrap = [0u8; 256];
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     loop {
-        match rustix::io::read(fd, &mut scrap) {
-            Ok(0) => return Ok(false),
-            Ok(_) => {}
-            Err(Errno::AGAIN) => return Ok(true),
+        match rustix::event::poll(&mut fds, Some(&now)) {
+            Ok(_) => return Ok(!fds[0].revents().contains(PollFlags::HUP)),
             Err(Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }

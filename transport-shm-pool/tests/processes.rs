@@ -422,8 +422,9 @@ fn publisher_and_subscriber_processes() {
 /// A forwarder process between a publisher and a subscriber here: the
 /// frames arrive intact and the forwarder copies none of them (it says how
 /// many it forwarded without a copy); the publisher's slots stay held while
-/// the subscriber here views the frames, come back as the views drop, and
-/// all come back when the forwarder is killed.
+/// the subscriber here views the frames, come back as the views drop; when
+/// the forwarder is killed, those behind live views stay reserved until the
+/// views drop.
 #[test]
 fn forwarding_across_processes() {
     let (up, down) = (unique("fwd-up"), unique("fwd-down"));
@@ -612,4 +613,95 @@ fn owner_only() {
             other => panic!("a squatted name must be refused, got {other:?}"),
         }
     });
+}
+
+/// A chain source (here) -> forwarder process -> relay (here) -> end (here):
+/// the forwarder in the middle is killed while the end views both frames.
+/// The source's slots stay reserved until the end's views are gone, and
+/// then come back without anyone having to drop the relay: its forwarded
+/// segment is forgotten (FORGET) once its last frame is released and the
+/// relay's subscriber has reported the forwarder gone.
+#[test]
+fn a_killed_forwarder_in_the_middle_of_a_chain() {
+    let (up, mid, down) = (
+        unique("chain-up"),
+        unique("chain-mid"),
+        unique("chain-down"),
+    );
+    let up_url = format!("shm-pool://{up}?slots=4&slot_size=1MiB");
+    let mid_url = format!("shm-pool://{mid}?slots=4&slot_size=1MiB");
+    let down_url = format!("shm-pool://{down}?slots=4&slot_size=1MiB");
+    runtime().block_on(async {
+        let mut publ = publisher(&up_url, transport_core::Policy::Fail).await;
+        let fwd = Peer::spawn(&["forward", &up_url, &mid_url, "--frames", "2"]);
+        fwd.expect("listening");
+        let views = SubscribeOptions::default().recv_mode(RecvMode::View);
+        let mut relay_in = ShmPoolTransport::new()
+            .subscribe(&Endpoint::parse(&mid_url).expect("url"), &views)
+            .await
+            .expect("subscribe to the forwarder");
+        fwd.expect("ready");
+        publ.wait_for_subscribers(1, WAIT)
+            .await
+            .expect("the forwarder");
+        let mut relay = publisher(&down_url, transport_core::Policy::Fail).await;
+        let mut end = ShmPoolTransport::new()
+            .subscribe(relay.endpoint(), &views)
+            .await
+            .expect("subscribe to the relay");
+        relay.wait_for_subscribers(1, WAIT).await.expect("the end");
+        for seq in 0..2u64 {
+            let mut loan = publ.loan(200_000).await.expect("loan");
+            pattern::fill(seq, &mut loan);
+            publ.send_loan(loan).await.expect("send_loan");
+        }
+        let mut held = Vec::new();
+        for seq in 0..2u64 {
+            let f = recv_frame(&mut relay_in).await;
+            relay.send(f).await.expect("forward at the relay");
+            let f = recv_frame(&mut end).await;
+            assert!(pattern::check(seq, &f.payload), "frame {seq} intact");
+            held.push(f);
+        }
+        assert_eq!(relay.forwarded(), 2);
+        fwd.expect("forwarded 2 2");
+        assert_eq!(publ.free_slots(), 2);
+
+        let mut fwd = fwd;
+        fwd.kill();
+        until("the forwarder unregistered", || {
+            publ.subscriber_count() == Some(0)
+        })
+        .await;
+        match tokio::time::timeout(WAIT, relay_in.recv()).await {
+            Ok(Err(Error::Disconnected(_))) => {}
+            other => panic!("expected Disconnected at the relay, got {other:?}"),
+        }
+        for _ in 0..30 {
+            assert_eq!(publ.free_slots(), 2, "slots behind the end's views");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        for f in &held {
+            assert!(pattern::check(f.seq, &f.payload), "frame {} intact", f.seq);
+        }
+        drop(held);
+        until("the relay's forward slots back", || {
+            relay.free_forward_slots() == 4
+        })
+        .await;
+        // The end reads the relay's FORGET (and nothing else).
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), end.recv())
+                .await
+                .is_err(),
+            "no frame after the two"
+        );
+        until("the source's slots back, the relay still alive", || {
+            publ.free_slots() == 4
+        })
+        .await;
+        assert_eq!(relay.subscriber_count(), Some(1));
+        assert_eq!(publ.stale_releases(), 0);
+    });
+    assert!(socket_released(&up));
 }
