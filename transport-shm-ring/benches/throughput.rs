@@ -7,7 +7,11 @@
 //! and then waits until the subscriber has read them all
 //! (`wait_consumed`), so the figure is end-to-end: into the ring, out of it.
 //!
-//! - `memcpy`: one `copy_from_slice` between two pre-faulted buffers.
+//! - `memcpy`: one `copy_from_slice` between two pre-faulted buffers (at
+//!   8 MiB both stay in the last-level cache: the strictest baseline).
+//! - `memcpy_cold`: the same copy, cycling through enough buffer pairs
+//!   (128 MiB of sources) that each copy starts cold, as frames streaming
+//!   through memory do: single-thread memcpy bandwidth in the usual sense.
 //! - `send/ringN`: `send(Frame)` of a ready payload: two copies in all (into
 //!   the ring, out of it), on two processes at once.
 //! - `loan/ringN`: `loan` + `send_loan`, the producer writing nothing
@@ -30,6 +34,9 @@ use transport_core::{Endpoint, Frame, Publisher, Transport};
 use transport_shm_ring::{ShmRingPublisher, ShmRingTransport};
 
 const SIZES: [usize; 2] = [8 << 20, 32 << 20];
+/// Bytes of source buffers `memcpy_cold` cycles through (as much again of
+/// destinations).
+const COLD_BYTES: usize = 128 << 20;
 /// Ring depths measured, in records of the frame size.
 const RECORDS: [usize; 2] = [2, 4];
 
@@ -84,6 +91,24 @@ fn bench(c: &mut Criterion) {
                 std::hint::black_box(&mut dst);
             })
         });
+        // The same copy between buffers that are not in cache: each
+        // iteration takes the next source/destination pair (COLD_BYTES of
+        // sources and as much of destinations, several times the last-level
+        // cache), as a stream of frames through memory would.
+        let pairs = (COLD_BYTES / size).max(2);
+        let mut cold: Vec<(Vec<u8>, Vec<u8>)> = (0..pairs)
+            .map(|_| (vec![0x5au8; size], vec![1u8; size]))
+            .collect();
+        let mut next = 0;
+        g.bench_function("memcpy_cold", |b| {
+            b.iter(|| {
+                let (s, d) = &mut cold[next];
+                d.copy_from_slice(std::hint::black_box(s));
+                std::hint::black_box(d);
+                next = (next + 1) % pairs;
+            })
+        });
+        drop(cold);
 
         let payload = bytes::Bytes::from(src.clone());
         for records in RECORDS {
