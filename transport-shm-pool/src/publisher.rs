@@ -1556,9 +1556,11 @@ impl Publisher for ShmPoolPublisher {
             return Ok(());
         }
         let mut frame = frame;
-        // A view of another pool's slot goes on as it is, without a copy.
+        // A view of another pool's slot goes on as it is, without a copy,
+        // when its anchors can go with it: none (a `zmq+...?shm=pool` view,
+        // whose publisher has no anchors) or too many, and it is copied.
         if let Some((seg, offset)) = registry::lookup(frame.payload.as_ptr(), len)
-            .filter(|(seg, _)| seg.anchors().len() <= wire::MAX_ANCHORS as usize)
+            .filter(|(seg, _)| (1..=wire::MAX_ANCHORS as usize).contains(&seg.anchors().len()))
         {
             match self.forward(frame, seg, offset).await? {
                 None => return Ok(()),

@@ -64,7 +64,8 @@
 //! those processes has dropped its views of the segment (or exited). So a
 //! killed forwarder never lets its publisher reuse a slot under a
 //! downstream view. A publisher copies instead of forwarding a payload whose
-//! segment would need more than [`MAX_ANCHORS`] anchors.
+//! segment would need more than [`MAX_ANCHORS`] anchors, or has none (a
+//! mapping made by another protocol, such as `transport-zmq`'s `shm=pool`).
 //!
 //! # The claim table
 //!

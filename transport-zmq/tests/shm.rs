@@ -532,3 +532,43 @@ async fn hostile_references_are_an_error_per_message_and_the_subscriber_goes_on(
     assert!(pool.release(&good, 0));
     assert_eq!(pool.free_slots(), 2);
 }
+
+/// A view received through `shm=pool` and re-sent by an `shm-pool`
+/// publisher is copied, not forwarded: the ZeroMQ hop has no anchor to pass
+/// on, so forwarding could let the zmq publisher reuse the slot under the
+/// downstream views if the re-sending process died.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_shm_pool_publisher_copies_a_zmq_view() {
+    use transport_shm_pool::ShmPoolTransport;
+    let mut zp = publisher("slots=2&slot_size=1MiB", Policy::Block).await;
+    let url = zp.endpoint().url().to_owned();
+    let mut zs = subscriber(&url, RecvMode::View).await;
+    within(zp.wait_for_subscribers(1, T)).await.expect("one");
+    let shm = ShmPoolTransport::new();
+    let ep = Endpoint::parse(&format!(
+        "shm-pool://zmq-view-{}?slots=2&slot_size=1MiB",
+        std::process::id()
+    ))
+    .expect("url");
+    let mut sp = within(shm.publish(&ep, &PublishOptions::default()))
+        .await
+        .expect("an shm-pool publisher");
+    let views = SubscribeOptions::default().recv_mode(RecvMode::View);
+    let mut ss = within(shm.subscribe(sp.endpoint(), &views))
+        .await
+        .expect("its subscriber");
+    within(sp.wait_for_subscribers(1, T))
+        .await
+        .expect("subscribed");
+    zp.send(Frame::new(pattern::make(0, 100_000)))
+        .await
+        .expect("send");
+    let f = within(zs.recv()).await.expect("a view over zmq");
+    within(sp.send(f)).await.expect("re-send");
+    assert_eq!(sp.forwarded(), 0, "copied, not forwarded");
+    let g = within(ss.recv()).await.expect("recv");
+    assert!(pattern::check(0, &g.payload));
+    assert_eq!(sp.free_slots(), 1, "the copy is in a slot of its own");
+    // The zmq view went with the copy: its slot is back.
+    wait_free(&zp, 2).await;
+}
