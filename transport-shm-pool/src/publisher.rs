@@ -96,13 +96,26 @@ struct State {
 /// Unlocks `state`, then drops the forwarded payloads freed under it: a drop
 /// may release an upstream slot and, for the last view of an upstream
 /// subscriber, unmap its segment, neither of which belongs under the lock.
-/// Returns true when a payload was dropped (a segment may have been unmapped).
-fn unlock(mut st: MutexGuard<'_, State>) -> bool {
+fn unlock(mut st: MutexGuard<'_, State>) {
     let dead = std::mem::take(&mut st.graveyard);
     drop(st);
-    let dropped = !dead.is_empty();
     drop(dead);
-    dropped
+}
+
+/// Sweeps `shared`'s forwarded segments each time a mapping of this process
+/// goes away ([`registry::unmapped`]), until the publisher is gone.
+async fn sweep_task(shared: std::sync::Weak<Shared>) {
+    loop {
+        // Registered before the sweep: an unmap during it is not missed.
+        let unmapped = registry::unmapped();
+        tokio::pin!(unmapped);
+        unmapped.as_mut().enable();
+        match shared.upgrade() {
+            Some(sh) => sh.sweep_unmapped(),
+            None => return,
+        }
+        unmapped.await;
+    }
 }
 
 enum Outgoing {
@@ -401,26 +414,29 @@ impl Shared {
             let b = m.trailing_zeros() as usize;
             m &= m - 1;
             if let Some(Some(c)) = st.conns.get(b) {
-                lock(&c.out).queue.push_back(Outgoing::Forget(i as u32));
-                c.wake.notify_one();
+                // A connection that is gone (or lingers) sends nothing more.
+                if !c.dead.load(Ordering::Acquire) {
+                    lock(&c.out).queue.push_back(Outgoing::Forget(i as u32));
+                    c.wake.notify_one();
+                }
             }
         }
     }
 
-    /// [`unlock`]s `state`; if that dropped forwarded payloads, forgets the
-    /// segments they left unused and unmapped. Without this, a segment whose
-    /// last forwarded frame is gone would stay announced (and its anchors
-    /// open, keeping the upstream slots reserved) until the next forward.
-    fn release_lock(&self, st: MutexGuard<'_, State>) {
-        if unlock(st) {
-            let mut st = lock(&self.state);
-            for i in 0..st.segs.len() {
-                if st.segs[i]
-                    .as_ref()
-                    .is_some_and(|s| s.refs == 0 && !s.seg.is_mapped())
-                {
-                    self.forget_seg(&mut st, i);
-                }
+    /// Forgets the forwarded segments that no frame in flight uses and that
+    /// are no longer mapped in this process (FORGET to the subscribers that
+    /// were sent them). Run by [`sweep_task`] whenever a mapping goes away
+    /// anywhere in the process: without it, such a segment would stay
+    /// announced, and its anchors open (keeping upstream slots reserved),
+    /// until the next forward needed its index.
+    fn sweep_unmapped(&self) {
+        let mut st = lock(&self.state);
+        for i in 0..st.segs.len() {
+            if st.segs[i]
+                .as_ref()
+                .is_some_and(|s| s.refs == 0 && !s.seg.is_mapped())
+            {
+                self.forget_seg(&mut st, i);
             }
         }
     }
@@ -455,7 +471,7 @@ impl Shared {
         if s.holders == 0 {
             self.free_slot(&mut st, index);
         }
-        self.release_lock(st);
+        unlock(st);
     }
 
     fn on_unsubscribe(&self, conn: &Arc<Conn>) {
@@ -481,7 +497,7 @@ impl Shared {
         lock(&conn.out)
             .queue
             .retain(|o| matches!(o, Outgoing::Ready(_) | Outgoing::Forget(_)));
-        self.release_lock(st);
+        unlock(st);
         self.subs_changed.notify_waiters();
         self.progress.notify_waiters();
     }
@@ -528,7 +544,7 @@ impl Shared {
         } else {
             conn.lingering.store(true, Ordering::Release);
         }
-        self.release_lock(st);
+        unlock(st);
         {
             let mut out = lock(&conn.out);
             out.queue.clear();
@@ -574,7 +590,7 @@ impl Shared {
             }
         }
         Self::forget_conn(&mut st, conn);
-        self.release_lock(st);
+        unlock(st);
         tracing::debug!(pool = %self.name, subscriber = conn.bit, freed, "shm-pool: anchor released");
         self.subs_changed.notify_waiters();
         self.progress.notify_waiters();
@@ -815,7 +831,7 @@ impl Shared {
                 break;
             }
         }
-        self.release_lock(st);
+        unlock(st);
         found
     }
 
@@ -1000,7 +1016,7 @@ impl Shared {
             // Nobody to send it to after all (or no such segment): let go.
             graveyard.push(payload);
             self.seg_unref(&mut st, seg);
-            self.release_lock(st);
+            unlock(st);
             self.unreserve(index);
             return;
         }
@@ -1313,6 +1329,7 @@ pub struct ShmPoolPublisher {
     next_seq: u64,
     targets: Vec<Arc<Conn>>,
     accept: JoinHandle<()>,
+    sweep: JoinHandle<()>,
 }
 
 impl std::fmt::Debug for ShmPoolPublisher {
@@ -1377,6 +1394,7 @@ impl ShmPoolPublisher {
             closed: AtomicBool::new(false),
         });
         let accept = tokio::spawn(accept_loop(shared.clone(), listener));
+        let sweep = tokio::spawn(sweep_task(Arc::downgrade(&shared)));
         Ok(ShmPoolPublisher {
             shared,
             endpoint: endpoint.clone(),
@@ -1385,6 +1403,7 @@ impl ShmPoolPublisher {
             next_seq: 0,
             targets: Vec::new(),
             accept,
+            sweep,
         })
     }
 
@@ -1419,6 +1438,14 @@ impl ShmPoolPublisher {
     /// holds one until every subscriber has released it).
     pub fn free_forward_slots(&self) -> usize {
         self.shared.fwd_free.len()
+    }
+
+    /// Foreign segments this publisher announces to its subscribers now:
+    /// those of forwarded frames in flight, and those it forwarded from
+    /// before that are still mapped in this process. One that is neither is
+    /// forgotten (FORGET) as soon as its last mapping here goes away.
+    pub fn forwarded_segments(&self) -> usize {
+        lock(&self.shared.state).segs.iter().flatten().count()
     }
 
     fn check_len(&self, len: usize) -> Result<()> {
@@ -1490,7 +1517,7 @@ impl ShmPoolPublisher {
         let seg_index = {
             let mut st = lock(&self.shared.state);
             let r = self.shared.seg_ref(&mut st, &seg);
-            self.shared.release_lock(st);
+            unlock(st);
             r
         };
         let Some(seg_index) = seg_index else {
@@ -1513,7 +1540,7 @@ impl ShmPoolPublisher {
         if let Err(e) = encoded {
             let mut st = lock(&self.shared.state);
             self.shared.seg_unref(&mut st, seg_index);
-            self.shared.release_lock(st);
+            unlock(st);
             return Err(e);
         }
         let len = frame.payload.len();
@@ -1683,6 +1710,7 @@ impl Drop for ShmPoolPublisher {
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::Release);
         self.accept.abort();
+        self.sweep.abort();
         for c in lock(&self.shared.state).conns.iter().flatten() {
             c.wake.notify_one();
         }

@@ -78,6 +78,15 @@ impl SegFd {
 /// Mappings by start address.
 static REGISTRY: RwLock<BTreeMap<usize, Arc<SegFd>>> = RwLock::new(BTreeMap::new());
 
+/// Woken each time a registered mapping goes away.
+static UNMAPPED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Completes the next time a registered mapping of this process goes away:
+/// publishers then forget forwarded segments that nothing uses any more.
+pub(crate) fn unmapped() -> tokio::sync::futures::Notified<'static> {
+    UNMAPPED.notified()
+}
+
 /// A registered mapping; leaves the registry when dropped, which must happen
 /// before the mapping is unmapped (make it the first field of the owner).
 pub(crate) struct Registration {
@@ -138,6 +147,7 @@ impl Drop for Registration {
         }
         // Release: pairs with the acquire in `is_mapped`.
         self.seg.mapped.store(false, Ordering::Release);
+        UNMAPPED.notify_waiters();
     }
 }
 

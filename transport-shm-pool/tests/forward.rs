@@ -419,3 +419,49 @@ async fn forwarder_dropped_under_a_view() {
     drop(view);
     until("A's slot back", || a.free_slots() == 2).await;
 }
+
+/// One view forwarded by two publishers of this process: when the upstream
+/// subscriber is gone and the last forwarded frame is released, both
+/// publishers forget the segment, whichever of them let go last (the
+/// mapping, and the anchors it carries, go with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_forwarders_forget_a_segment_once_it_is_unmapped() {
+    let mut a = publisher("forget-a", "slots=2&slot_size=64KiB", Policy::Block, "a").await;
+    let mut sub_a = subscriber(&mut a, RecvMode::View).await;
+    let mut b1 = publisher("forget-b1", "slots=2&slot_size=64KiB", Policy::Block, "b1").await;
+    let mut c1 = subscriber(&mut b1, RecvMode::View).await;
+    let mut b2 = publisher("forget-b2", "slots=2&slot_size=64KiB", Policy::Block, "b2").await;
+    let mut c2 = subscriber(&mut b2, RecvMode::View).await;
+
+    send_pattern(&mut a, 0, 50_000).await;
+    let f = recv(&mut sub_a).await.expect("recv A");
+    b1.send(f.clone()).await.expect("forward at B1");
+    b2.send(f).await.expect("forward at B2");
+    assert_eq!((b1.forwarded(), b2.forwarded()), (1, 1));
+    let v1 = recv(&mut c1).await.expect("recv C1");
+    let v2 = recv(&mut c2).await.expect("recv C2");
+    assert!(pattern::check(0, &v1.payload) && pattern::check(0, &v2.payload));
+    // The upstream subscriber goes: A's pool stays mapped here only through
+    // the frames the forward slots hold.
+    drop(sub_a);
+    drop(v1);
+    until("B1's forward slot back", || b1.free_forward_slots() == 2).await;
+    stays("B2 still forwards from the segment", || {
+        b2.forwarded_segments() == 1 && a.free_slots() == 1
+    })
+    .await;
+    drop(v2);
+    until("both forget the unmapped segment", || {
+        b1.forwarded_segments() == 0 && b2.forwarded_segments() == 0
+    })
+    .await;
+    until("A's slot back", || a.free_slots() == 2).await;
+    // C1 and C2 read the FORGETs (and nothing else).
+    for c in [&mut c1, &mut c2] {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), c.recv())
+                .await
+                .is_err()
+        );
+    }
+}
