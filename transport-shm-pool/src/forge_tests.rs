@@ -336,13 +336,9 @@ impl FakeSubscriber {
     }
 }
 
-/// A subscriber whose socket closes while a copy of its anchor lives on (as
-/// in a process it forwarded to): what it had only been offered comes back,
-/// the slot it took stays reserved until the last copy of the anchor is
-/// closed. Bytes written into the anchor change nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn taken_slots_wait_for_the_anchor() {
-    let name = name("anchor");
+/// A real publisher (2 slots of 4 KiB, `fail`) and a fake subscriber of it.
+async fn with_fake_subscriber(test: &str) -> (Endpoint, crate::ShmPoolPublisher, FakeSubscriber) {
+    let name = name(test);
     let endpoint =
         Endpoint::parse(&format!("shm-pool://{name}?slots=2&slot_size=4KiB")).expect("url");
     let opts = PublishOptions::default().policy(Policy::Fail);
@@ -350,10 +346,20 @@ async fn taken_slots_wait_for_the_anchor() {
         .publish(&endpoint, &opts)
         .await
         .expect("publish");
-    let mut fake = FakeSubscriber::connect(&name).await;
+    let fake = FakeSubscriber::connect(&name).await;
     publ.wait_for_subscribers(1, WAIT)
         .await
         .expect("subscriber");
+    (endpoint, publ, fake)
+}
+
+/// A subscriber whose socket closes while a copy of its anchor lives on (as
+/// in a process it forwarded to): what it had only been offered comes back,
+/// the slot it took stays reserved until the last copy of the anchor is
+/// closed. Bytes written into the anchor change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taken_slots_wait_for_the_anchor() {
+    let (endpoint, mut publ, mut fake) = with_fake_subscriber("anchor").await;
     for seq in 0..2 {
         publ.send(Frame::new(pattern::make(seq, 100)))
             .await
@@ -403,18 +409,7 @@ async fn taken_slots_wait_for_the_anchor() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_releases_are_ignored_and_counted() {
-    let name = name("release");
-    let endpoint =
-        Endpoint::parse(&format!("shm-pool://{name}?slots=2&slot_size=4KiB")).expect("url");
-    let opts = PublishOptions::default().policy(Policy::Fail);
-    let mut publ = ShmPoolTransport::new()
-        .publish(&endpoint, &opts)
-        .await
-        .expect("publish");
-    let mut fake = FakeSubscriber::connect(&name).await;
-    publ.wait_for_subscribers(1, WAIT)
-        .await
-        .expect("subscriber");
+    let (_, mut publ, mut fake) = with_fake_subscriber("release").await;
 
     publ.send(Frame::new(pattern::make(0, 100)))
         .await
