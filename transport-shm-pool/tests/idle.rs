@@ -25,6 +25,16 @@ async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {
         .unwrap_or_else(|_| panic!("{what}: timed out"))
 }
 
+/// Polls `f` for 500 ms (it must not complete: nothing can arrive) and
+/// checks that this process used next to no CPU meanwhile.
+async fn asleep_for_500ms<F: std::future::Future>(what: &str, f: F) {
+    let before = cpu_time();
+    let r = tokio::time::timeout(Duration::from_millis(500), f).await;
+    assert!(r.is_err(), "{what}: completed, but nothing could arrive");
+    let cost = cpu_time() - before;
+    assert!(cost < IDLE_BUDGET, "{what} cost {cost:?} of CPU in 500 ms");
+}
+
 /// An idle subscriber (event wake-up, then `busy_poll`) and a publisher
 /// blocked on a pool whose every slot is viewed sleep: next to no CPU. The
 /// cancelled blocked send leaves nothing behind.
@@ -60,24 +70,9 @@ fn idle_subscribers_and_a_blocked_publisher_use_no_cpu() {
             .await
             .expect("subscribers");
 
-        let before = cpu_time();
-        let r = tokio::time::timeout(Duration::from_millis(500), s.recv()).await;
-        assert!(r.is_err(), "nothing was sent");
-        let idle = cpu_time() - before;
-        assert!(
-            idle < IDLE_BUDGET,
-            "an idle subscriber cost {idle:?} of CPU in 500 ms"
-        );
-
+        asleep_for_500ms("an idle subscriber", s.recv()).await;
         // busy_poll spins at most its bound per wait, then parks.
-        let before = cpu_time();
-        let r = tokio::time::timeout(Duration::from_millis(500), busy.recv()).await;
-        assert!(r.is_err(), "nothing was sent");
-        let idle = cpu_time() - before;
-        assert!(
-            idle < IDLE_BUDGET,
-            "an idle busy_poll=2ms subscriber cost {idle:?} of CPU in 500 ms"
-        );
+        asleep_for_500ms("an idle busy_poll=2ms subscriber", busy.recv()).await;
 
         // Both slots held by views: the third send blocks, asleep.
         let mut held = Vec::new();
@@ -89,18 +84,12 @@ fn idle_subscribers_and_a_blocked_publisher_use_no_cpu() {
             held.push(within("recv busy", busy.recv()).await.expect("recv busy"));
         }
         assert_eq!(p.free_slots(), 0);
-        let before = cpu_time();
-        let r = tokio::time::timeout(
-            Duration::from_millis(500),
+        // Every slot is viewed: the send blocks.
+        asleep_for_500ms(
+            "a blocked publisher",
             p.send(Frame::new(pattern::make(2, 1000))),
         )
         .await;
-        assert!(r.is_err(), "every slot is viewed: the send blocks");
-        let blocked = cpu_time() - before;
-        assert!(
-            blocked < IDLE_BUDGET,
-            "a blocked publisher cost {blocked:?} of CPU in 500 ms"
-        );
 
         // The cancelled send took no slot and no sequence number.
         drop(held);
