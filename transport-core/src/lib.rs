@@ -34,12 +34,14 @@ pub mod endpoint;
 mod error;
 mod frame;
 pub mod pattern;
+pub mod stream;
 mod transport;
 
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
 pub use endpoint::Endpoint;
+pub use stream::{FrameStream, SubscriberExt};
 pub use error::{BoxError, Error, Result, fmt_size};
 pub use frame::{DType, Frame, Hop, Layout, PixelFormat, monotonic_ns};
 pub use transport::{
