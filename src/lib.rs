@@ -5,6 +5,8 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 pub use transport_core::*;
 
+pub mod blocking;
+
 #[cfg(feature = "tcp")]
 pub use transport_tcp as tcp;
 
