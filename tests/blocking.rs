@@ -42,7 +42,11 @@ fn send_loan_and_recv_from_plain_threads() {
 fn recv_timeout_and_try_recv_return_none_when_nothing_came() {
     let (mut p, mut s) = pair("tcp://127.0.0.1:0");
     let t0 = Instant::now();
-    assert!(s.recv_timeout(Duration::from_millis(100)).unwrap().is_none());
+    assert!(
+        s.recv_timeout(Duration::from_millis(100))
+            .unwrap()
+            .is_none()
+    );
     assert!(t0.elapsed() >= Duration::from_millis(100));
     assert!(s.try_recv().unwrap().is_none());
     p.send(Frame::new(vec![1u8; 8])).unwrap();

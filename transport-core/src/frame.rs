@@ -49,6 +49,28 @@ impl PixelFormat {
         PixelFormat::Nv12,
     ];
 
+    /// Bytes per pixel of a packed (interleaved) format; `None` for planar
+    /// formats, whose rows cannot share one pitch.
+    pub fn bytes_per_pixel(self) -> Option<u32> {
+        match self {
+            PixelFormat::Gray8 => Some(1),
+            PixelFormat::Gray16 => Some(2),
+            PixelFormat::Rgb8 | PixelFormat::Bgr8 => Some(3),
+            PixelFormat::Rgba8 | PixelFormat::Bgra8 => Some(4),
+            PixelFormat::Yuv420p | PixelFormat::Nv12 => None,
+        }
+    }
+
+    /// Channels per pixel of a packed format (`None` for planar formats).
+    pub fn channels(self) -> Option<u32> {
+        match self {
+            PixelFormat::Gray8 | PixelFormat::Gray16 => Some(1),
+            PixelFormat::Rgb8 | PixelFormat::Bgr8 => Some(3),
+            PixelFormat::Rgba8 | PixelFormat::Bgra8 => Some(4),
+            PixelFormat::Yuv420p | PixelFormat::Nv12 => None,
+        }
+    }
+
     /// Bytes taken by an image of this format and size, or `None` on overflow.
     pub fn frame_len(self, width: u32, height: u32) -> Option<u64> {
         let px = u64::from(width).checked_mul(u64::from(height))?;
@@ -165,6 +187,33 @@ pub enum Layout {
         /// Dimensions, outermost first.
         shape: Vec<u64>,
     },
+    /// One image of a packed pixel format whose rows start `row_pitch` bytes
+    /// apart (rows padded for alignment, or a crop of a wider image). The
+    /// payload is `row_pitch * height` bytes. Travels in envelope version 2:
+    /// peers that only speak version 1 refuse it with a version error.
+    StridedImage {
+        /// Width in pixels.
+        width: u32,
+        /// Height in pixels.
+        height: u32,
+        /// How pixels are stored (a packed format: see [`PixelFormat::bytes_per_pixel`]).
+        format: PixelFormat,
+        /// Bytes from the start of one row to the start of the next; at least
+        /// `width * bytes_per_pixel`.
+        row_pitch: u32,
+    },
+    /// A tensor with explicit strides (a transposed or sliced view). Element
+    /// `[i0, i1, ...]` starts at byte `i0 * strides[0] + i1 * strides[1] + ...`;
+    /// the payload is exactly the bytes the elements span. Travels in
+    /// envelope version 2 (see [`Layout::StridedImage`]).
+    StridedTensor {
+        /// Element type.
+        dtype: DType,
+        /// Dimensions, outermost first.
+        shape: Vec<u64>,
+        /// Byte stride of each dimension (as many as `shape`).
+        strides: Vec<u64>,
+    },
     /// A batch of parts laid end to end (for example encoded video packets);
     /// each entry is one part's length in bytes.
     Parts(Vec<u64>),
@@ -188,6 +237,50 @@ impl Layout {
                 }
                 Some(n)
             }
+            Layout::StridedImage {
+                width,
+                height,
+                format,
+                row_pitch,
+            } => {
+                let bpp = format.bytes_per_pixel().ok_or_else(|| {
+                    Error::InvalidLayout(format!(
+                        "{format:?} is planar: a row pitch applies to packed formats only"
+                    ))
+                })?;
+                let row = u64::from(*width) * u64::from(bpp);
+                if u64::from(*row_pitch) < row {
+                    return Err(Error::InvalidLayout(format!(
+                        "row_pitch {row_pitch} is shorter than a row of {width} {format:?} pixels ({row} bytes)"
+                    )));
+                }
+                Some(u64::from(*row_pitch) * u64::from(*height))
+            }
+            Layout::StridedTensor {
+                dtype,
+                shape,
+                strides,
+            } => {
+                if shape.len() != strides.len() {
+                    return Err(Error::InvalidLayout(format!(
+                        "{} strides for a tensor of {} dims",
+                        strides.len(),
+                        shape.len()
+                    )));
+                }
+                if shape.contains(&0) {
+                    Some(0)
+                } else {
+                    let mut end = dtype.size();
+                    for (d, s) in shape.iter().zip(strides) {
+                        end = (d - 1)
+                            .checked_mul(*s)
+                            .and_then(|x| x.checked_add(end))
+                            .ok_or_else(overflow)?;
+                    }
+                    Some(end)
+                }
+            }
             Layout::Parts(parts) => {
                 let mut n = 0u64;
                 for p in parts {
@@ -196,6 +289,15 @@ impl Layout {
                 Some(n)
             }
         })
+    }
+
+    /// True for layouts that need envelope version 2 ([`Layout::StridedImage`],
+    /// [`Layout::StridedTensor`]).
+    pub fn needs_v2(&self) -> bool {
+        matches!(
+            self,
+            Layout::StridedImage { .. } | Layout::StridedTensor { .. }
+        )
     }
 
     /// Checks that this layout describes a payload of `len` bytes.
@@ -357,6 +459,51 @@ mod tests {
             Layout::Parts(vec![1, 2, 3]).expected_len().unwrap(),
             Some(6)
         );
+    }
+
+    #[test]
+    fn strided_layouts_know_their_length() {
+        let img = Layout::StridedImage {
+            width: 3,
+            height: 2,
+            format: PixelFormat::Rgb8,
+            row_pitch: 16,
+        };
+        assert_eq!(img.expected_len().unwrap(), Some(32));
+        let short = Layout::StridedImage {
+            width: 3,
+            height: 2,
+            format: PixelFormat::Rgb8,
+            row_pitch: 8,
+        };
+        assert!(short.expected_len().is_err());
+        let planar = Layout::StridedImage {
+            width: 4,
+            height: 4,
+            format: PixelFormat::Nv12,
+            row_pitch: 8,
+        };
+        assert!(planar.expected_len().is_err());
+        // A transposed 2x3 f32 matrix stored as 3x2.
+        let t = Layout::StridedTensor {
+            dtype: DType::F32,
+            shape: vec![2, 3],
+            strides: vec![4, 8],
+        };
+        assert_eq!(t.expected_len().unwrap(), Some(24));
+        let bad = Layout::StridedTensor {
+            dtype: DType::F32,
+            shape: vec![2, 3],
+            strides: vec![4],
+        };
+        assert!(bad.expected_len().is_err());
+        let huge = Layout::StridedTensor {
+            dtype: DType::U8,
+            shape: vec![u64::MAX, 3],
+            strides: vec![u64::MAX, 1],
+        };
+        assert!(huge.expected_len().is_err());
+        assert!(t.needs_v2() && !Layout::Raw.needs_v2());
     }
 
     #[test]

@@ -26,6 +26,8 @@
 //! ```
 #![deny(unsafe_code)]
 
+#[cfg(feature = "ndarray")]
+pub mod array;
 pub mod codec;
 // Streaming stores for large copies into shared memory need intrinsics.
 #[allow(unsafe_code)]
@@ -41,9 +43,9 @@ mod transport;
 pub mod testkit;
 
 pub use endpoint::Endpoint;
-pub use stream::{FrameStream, SubscriberExt};
 pub use error::{BoxError, Error, Result, fmt_size};
 pub use frame::{DType, Frame, Hop, Layout, PixelFormat, monotonic_ns};
+pub use stream::{FrameStream, SubscriberExt};
 pub use transport::{
     COMMON_PARAMS, Capabilities, DynTransport, Loan, LoanBuffer, Policy, PublishOptions, Publisher,
     RecvMode, SeqTracker, StatCounters, Stats, SubscribeOptions, Subscriber, Transport, wait_until,

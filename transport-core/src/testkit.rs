@@ -202,6 +202,20 @@ fn layouts_for(len: usize) -> Vec<Layout> {
             dtype: DType::F32,
             shape: vec![3, len64 / 12],
         };
+        // Envelope version 2: rows 12 bytes apart holding 3 RGB pixels
+        // (the padding is 3 bytes), and the same bytes as a transposed
+        // tensor of u32 (12 bytes per column).
+        v.push(Layout::StridedImage {
+            width: 3,
+            height: (len / 12) as u32,
+            format: PixelFormat::Rgb8,
+            row_pitch: 12,
+        });
+        v.push(Layout::StridedTensor {
+            dtype: DType::U32,
+            shape: vec![3, len64 / 12],
+            strides: vec![4, 12],
+        });
     }
     v
 }
