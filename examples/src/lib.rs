@@ -20,12 +20,15 @@ use std::time::Duration;
 use framewire::{Error, Frame, Publisher, RecvMode, Result, SubscribeOptions, Subscriber, pattern};
 use tokio::time::MissedTickBehavior;
 
-/// Sets up logging to stderr, filtered by `RUST_LOG` (default: `warn`).
+/// Sets up logging to stderr, filtered by `RUST_LOG` (default: `warn`);
+/// colours only when stderr is a terminal, so log files hold plain text.
 pub fn init_tracing() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
