@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 pub use transport_core::*;
 
 pub mod blocking;
+mod traced;
 
 #[cfg(feature = "tcp")]
 pub use transport_tcp as tcp;
@@ -128,20 +129,23 @@ impl Registry {
         self.backend(&ep)?.capabilities(&ep)
     }
 
-    /// Creates a publisher for `url`.
+    /// Creates a publisher for `url`, inside a tracing span (see the crate
+    /// docs, "Tracing").
     pub async fn publish(&self, url: &str, opts: PublishOptions) -> Result<Box<dyn Publisher>> {
         let ep = Endpoint::parse(url)?;
-        self.backend(&ep)?.publish_dyn(&ep, &opts).await
+        let p = self.backend(&ep)?.publish_dyn(&ep, &opts).await?;
+        Ok(traced::TracedPublisher::new(p))
     }
 
-    /// Creates a subscriber for `url`.
+    /// Creates a subscriber for `url`, inside a tracing span.
     pub async fn subscribe(
         &self,
         url: &str,
         opts: SubscribeOptions,
     ) -> Result<Box<dyn Subscriber>> {
         let ep = Endpoint::parse(url)?;
-        self.backend(&ep)?.subscribe_dyn(&ep, &opts).await
+        let s = self.backend(&ep)?.subscribe_dyn(&ep, &opts).await?;
+        Ok(traced::TracedSubscriber::new(s, url))
     }
 }
 

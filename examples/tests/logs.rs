@@ -41,7 +41,10 @@ fn logs_to_a_pipe_carry_no_ansi_colour_codes() {
     }
     let stderr = reader.join().expect("stderr reader");
     let stderr = String::from_utf8_lossy(&stderr);
-    assert!(!stderr.trim().is_empty(), "expected some log lines at debug");
+    assert!(
+        !stderr.trim().is_empty(),
+        "expected some log lines at debug"
+    );
     assert!(
         !stderr.contains('\u{1b}'),
         "ANSI escape codes in a piped log:\n{stderr}"
