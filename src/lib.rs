@@ -134,7 +134,7 @@ impl Registry {
     pub async fn publish(&self, url: &str, opts: PublishOptions) -> Result<Box<dyn Publisher>> {
         let ep = Endpoint::parse(url)?;
         let p = self.backend(&ep)?.publish_dyn(&ep, &opts).await?;
-        Ok(traced::TracedPublisher::new(p))
+        Ok(traced::TracedPublisher::boxed(p))
     }
 
     /// Creates a subscriber for `url`, inside a tracing span.
@@ -145,7 +145,7 @@ impl Registry {
     ) -> Result<Box<dyn Subscriber>> {
         let ep = Endpoint::parse(url)?;
         let s = self.backend(&ep)?.subscribe_dyn(&ep, &opts).await?;
-        Ok(traced::TracedSubscriber::new(s, url))
+        Ok(traced::TracedSubscriber::boxed(s, url))
     }
 }
 

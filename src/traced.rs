@@ -24,7 +24,7 @@ pub(crate) struct TracedPublisher {
 }
 
 impl TracedPublisher {
-    pub(crate) fn new(inner: Box<dyn Publisher>) -> Box<dyn Publisher> {
+    pub(crate) fn boxed(inner: Box<dyn Publisher>) -> Box<dyn Publisher> {
         let span = tracing::info_span!("framewire.publisher", url = %inner.endpoint().url());
         Box::new(TracedPublisher { inner, span })
     }
@@ -96,7 +96,7 @@ pub(crate) struct TracedSubscriber {
 }
 
 impl TracedSubscriber {
-    pub(crate) fn new(inner: Box<dyn Subscriber>, url: &str) -> Box<dyn Subscriber> {
+    pub(crate) fn boxed(inner: Box<dyn Subscriber>, url: &str) -> Box<dyn Subscriber> {
         let mode = match inner.recv_mode() {
             RecvMode::Owned => "owned",
             RecvMode::View => "view",
