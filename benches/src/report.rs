@@ -130,6 +130,26 @@ fn ticks_125(lo: f64, hi: f64) -> Vec<f64> {
     out
 }
 
+/// The largest 1, 2 or 5 x 10^k at or below `v` (> 0).
+fn floor_125(v: f64) -> f64 {
+    let d = 10f64.powf(v.log10().floor());
+    [5.0, 2.0, 1.0]
+        .iter()
+        .map(|m| m * d)
+        .find(|x| *x <= v * 1.000_001)
+        .unwrap_or(d)
+}
+
+/// The smallest 1, 2 or 5 x 10^k at or above `v` (> 0).
+fn ceil_125(v: f64) -> f64 {
+    let d = 10f64.powf(v.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .iter()
+        .map(|m| m * d)
+        .find(|x| *x >= v * 0.999_999)
+        .unwrap_or(10.0 * d)
+}
+
 /// About 6 evenly spaced ticks at a 1-2-5 step from 0 to `hi`.
 fn ticks_linear(hi: f64) -> Vec<f64> {
     if hi <= 0.0 {
@@ -270,10 +290,8 @@ pub fn write_svg(path: &Path, rows: &[Row], runs: usize) -> Result<(), String> {
     let (x0, x1) = (x0 - pad, x1 + pad);
 
     let draw_ci = runs >= 3;
-    let top = rows
-        .iter()
-        .map(|r| if draw_ci { r.mb_per_s_hi } else { r.mb_per_s })
-        .fold(0.0, f64::max);
+    // The axes fit the means; CI bars are clipped to them.
+    let top = rows.iter().map(|r| r.mb_per_s).fold(0.0, f64::max);
     let (unit, per) = rate_unit(top);
     let positive: Vec<f64> = rows
         .iter()
@@ -285,8 +303,7 @@ pub fn write_svg(path: &Path, rows: &[Row], runs: usize) -> Result<(), String> {
     let log_y = lo_v.is_finite() && hi_v / lo_v > 30.0;
     // y in chart coordinates: log10 of the value in `unit`, or the value.
     let (y0, y1, yticks) = if log_y {
-        let a = 10f64.powf(lo_v.log10().floor());
-        let b = 10f64.powf(hi_v.log10().ceil()).max(a * 10.0);
+        let (a, b) = (floor_125(lo_v), ceil_125(hi_v * 1.05));
         let t: Vec<f64> = ticks_125(a, b).iter().map(|v| v.log10()).collect();
         (a.log10(), b.log10(), t)
     } else {
@@ -305,7 +322,7 @@ pub fn write_svg(path: &Path, rows: &[Row], runs: usize) -> Result<(), String> {
     let legend_rows = all.len();
     let height = 640u32.max(120 + 18 * legend_rows as u32);
     let e = |e: &dyn std::fmt::Display| format!("drawing {}: {e}", path.display());
-    let root = SVGBackend::new(path, (1160, height)).into_drawing_area();
+    let root = SVGBackend::new(path, (1200, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|x| e(&x))?;
     let (left, right) = root.split_horizontally(820);
     let mut chart = ChartBuilder::on(&left)
@@ -372,9 +389,12 @@ pub fn write_svg(path: &Path, rows: &[Row], runs: usize) -> Result<(), String> {
             .unwrap_or(0);
         transport_color(&s.transport, i)
     };
-    for s in &all {
+    let n_series = all.len();
+    for (k, s) in all.iter().enumerate() {
         let color = color_of(s);
         let style = color.stroke_width(2);
+        // CI bars of different series at one size are set slightly apart.
+        let dodge = (k as f64 - (n_series as f64 - 1.0) / 2.0) * (x1 - x0) * 0.004;
         let pts: Vec<(f64, f64)> = s.rows.iter().map(|r| (x_of(r), to_y(r.mb_per_s))).collect();
         match dash(s.variant) {
             None => chart
@@ -387,12 +407,14 @@ pub fn write_svg(path: &Path, rows: &[Row], runs: usize) -> Result<(), String> {
         .map_err(|x| e(&x))?;
         if draw_ci {
             let bars = s.rows.iter().flat_map(|r| {
-                let (x, lo, hi) = (x_of(r), to_y(r.mb_per_s_lo), to_y(r.mb_per_s_hi));
-                let w = (x1 - x0) * 0.006;
+                let x = x_of(r) + dodge;
+                let (lo, hi) = (to_y(r.mb_per_s_lo), to_y(r.mb_per_s_hi));
+                let w = (x1 - x0) * 0.004;
+                let c = color.mix(0.45);
                 [
-                    PathElement::new(vec![(x, lo), (x, hi)], color.mix(0.7).stroke_width(1)),
-                    PathElement::new(vec![(x - w, lo), (x + w, lo)], color.mix(0.7)),
-                    PathElement::new(vec![(x - w, hi), (x + w, hi)], color.mix(0.7)),
+                    PathElement::new(vec![(x, lo), (x, hi)], c.stroke_width(1)),
+                    PathElement::new(vec![(x - w, lo), (x + w, lo)], c),
+                    PathElement::new(vec![(x - w, hi), (x + w, hi)], c),
                 ]
             });
             chart.draw_series(bars).map_err(|x| e(&x))?;
@@ -406,13 +428,17 @@ pub fn write_svg(path: &Path, rows: &[Row], runs: usize) -> Result<(), String> {
     let font = ("sans-serif", 14).into_font();
     right
         .draw(&Text::new(
-            "kind / transport / send",
+            if all.iter().any(|s| s.label.ends_with("sub") || s.label.ends_with("subs")) {
+                "kind / transport / send / subscribers (colour: transport)"
+            } else {
+                "kind / transport / send (colour: transport)"
+            },
             (10, 24),
             ("sans-serif", 15).into_font(),
         ))
         .map_err(|x| e(&x))?;
     let note = if draw_ci {
-        "bars: 95% CI of the mean over runs".to_owned()
+        "bars: 95% CI of the mean over runs, clipped to the axes".to_owned()
     } else {
         format!("{runs} run(s): 95% CI not drawn (needs 3+)")
     };
@@ -460,6 +486,9 @@ mod tests {
         assert_eq!(rate_unit(120_000.0), ("GB/s", 1e3));
         assert_eq!(rate_unit(900.0), ("MB/s", 1.0));
         assert_eq!(ticks_125(1.0, 100.0), vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]);
+        assert_eq!(floor_125(0.3), 0.2);
+        assert_eq!(ceil_125(2.18), 5.0);
+        assert_eq!(ceil_125(1000.0), 1000.0);
         assert_eq!(ticks_linear(12.0), vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0]);
     }
 }
