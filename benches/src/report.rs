@@ -428,7 +428,10 @@ pub fn write_svg(path: &Path, rows: &[Row], runs: usize) -> Result<(), String> {
     let font = ("sans-serif", 14).into_font();
     right
         .draw(&Text::new(
-            if all.iter().any(|s| s.label.ends_with("sub") || s.label.ends_with("subs")) {
+            if all
+                .iter()
+                .any(|s| s.label.ends_with("sub") || s.label.ends_with("subs"))
+            {
                 "kind / transport / send / subscribers (colour: transport)"
             } else {
                 "kind / transport / send (colour: transport)"
@@ -443,7 +446,11 @@ pub fn write_svg(path: &Path, rows: &[Row], runs: usize) -> Result<(), String> {
         format!("{runs} run(s): 95% CI not drawn (needs 3+)")
     };
     right
-        .draw(&Text::new(note, (10, 44), font.clone().color(&BLACK.mix(0.6))))
+        .draw(&Text::new(
+            note,
+            (10, 44),
+            font.clone().color(&BLACK.mix(0.6)),
+        ))
         .map_err(|x| e(&x))?;
     for (i, s) in all.iter().enumerate() {
         let y = 72 + 18 * i as i32;
@@ -485,10 +492,16 @@ mod tests {
         assert_eq!(short_num(120000.0), "120000");
         assert_eq!(rate_unit(120_000.0), ("GB/s", 1e3));
         assert_eq!(rate_unit(900.0), ("MB/s", 1.0));
-        assert_eq!(ticks_125(1.0, 100.0), vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]);
+        assert_eq!(
+            ticks_125(1.0, 100.0),
+            vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]
+        );
         assert_eq!(floor_125(0.3), 0.2);
         assert_eq!(ceil_125(2.18), 5.0);
         assert_eq!(ceil_125(1000.0), 1000.0);
-        assert_eq!(ticks_linear(12.0), vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0]);
+        assert_eq!(
+            ticks_linear(12.0),
+            vec![0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0]
+        );
     }
 }

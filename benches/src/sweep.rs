@@ -370,9 +370,7 @@ pub async fn consume(cfg: &Config) -> Result<Row, String> {
     // Per pass, the mean over subscribers; then mean and CI over passes.
     let per_pass = |f: fn(&Received) -> &Vec<f64>| -> Vec<f64> {
         (0..cfg.runs)
-            .map(|r| {
-                all.iter().filter_map(|g| f(g).get(r)).sum::<f64>() / all.len() as f64
-            })
+            .map(|r| all.iter().filter_map(|g| f(g).get(r)).sum::<f64>() / all.len() as f64)
             .collect()
     };
     let run_mb_s = per_pass(|g| &g.run_mb_s);

@@ -182,7 +182,14 @@ fn input_that_measures_nothing_or_cannot_run_is_refused_up_front() {
     );
     assert!(!e.contains("closed the connection"), "{e}");
     // The check covers every transport listed, not only the first.
-    let e = refused(&["--transports", "unix,zmq", "--sizes", "2GiB", "--kinds", "bytes"]);
+    let e = refused(&[
+        "--transports",
+        "unix,zmq",
+        "--sizes",
+        "2GiB",
+        "--kinds",
+        "bytes",
+    ]);
     assert!(e.contains("unix") && e.contains("max_payload"), "{e}");
     let e = refused(&["--transports", "tcp,,unix"]);
     assert!(e.contains("--transports") && e.contains("empty"), "{e}");
@@ -195,11 +202,17 @@ fn input_that_measures_nothing_or_cannot_run_is_refused_up_front() {
     let e = refused(&["--transports", "tcp", "--kinds", ""]);
     assert!(e.contains("--kinds"), "{e}");
     let e = refused(&["--transports", "tcp", "--subscribers", "0"]);
-    assert!(e.contains("--subscribers") && e.contains("at least 1"), "{e}");
+    assert!(
+        e.contains("--subscribers") && e.contains("at least 1"),
+        "{e}"
+    );
     let e = refused(&["--transports", "tcp", "--subscribers", "65"]);
     assert!(e.contains("--subscribers") && e.contains("1 to 64"), "{e}");
     let e = refused(&["--transports", "tcp", "--options", "busy_poll=fast"]);
-    assert!(e.contains("busy_poll"), "a bad endpoint option is named: {e}");
+    assert!(
+        e.contains("busy_poll"),
+        "a bad endpoint option is named: {e}"
+    );
 }
 
 #[test]
@@ -234,7 +247,10 @@ fn sweep_fans_out_to_several_subscriber_processes() {
             "the timed phase uses some CPU: {r:?}"
         );
         if r[2] == "tcp" {
-            assert_eq!(r[8], "1.000", "tcp is its own baseline at each count: {r:?}");
+            assert_eq!(
+                r[8], "1.000",
+                "tcp is its own baseline at each count: {r:?}"
+            );
         }
     }
     for t in ["tcp", "shm-pool"] {

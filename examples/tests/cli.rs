@@ -426,7 +426,10 @@ fn subscriber_words_views_from_the_backend_capabilities() {
     )];
     if cfg!(feature = "shm-pool") {
         cases.push((
-            format!("shm-pool://fw-ex-words-{}?slots=4&slot_size=64KiB", std::process::id()),
+            format!(
+                "shm-pool://fw-ex-words-{}?slots=4&slot_size=64KiB",
+                std::process::id()
+            ),
             "zero-copy views",
         ));
     }
@@ -434,7 +437,16 @@ fn subscriber_words_views_from_the_backend_capabilities() {
         let s = Proc::spawn(
             "subscriber",
             subscriber,
-            &["--endpoint", &url, "--count", "2", "--timeout", "30", "--recv", "view"],
+            &[
+                "--endpoint",
+                &url,
+                "--count",
+                "2",
+                "--timeout",
+                "30",
+                "--recv",
+                "view",
+            ],
         );
         let p = Proc::spawn(
             "publisher",
