@@ -311,6 +311,12 @@ async fn sweep(args: SweepArgs) -> Result<(), String> {
     sweep::add_speedups(&mut rows, &baseline);
     println!("{}", report::table(&rows));
     println!(
+        "subs: subscribers, each a process of its own; MB/s, items/s and latency are per subscriber; \
+         producer MB/s is what the publisher's sends achieved; CPU ms/frame is process CPU \
+         (getrusage) over the measured runs only: the producer's per frame sent, the \
+         consumer's per frame received (mean over subscribers)."
+    );
+    println!(
         "{} frames x {} runs per row after a discarded warm-up pass; MB/s is the mean over runs \
          with its 95% CI; latency is one-way (send stamp to receipt, CLOCK_MONOTONIC) over all \
          measured frames; speedup is against {baseline}; send={}, recv={}{}.",
@@ -327,12 +333,6 @@ async fn sweep(args: SweepArgs) -> Result<(), String> {
         } else {
             "; without --isolate, CPU is per configuration but peak RSS is this process's high-water mark"
         }
-    );
-    println!(
-        "subs: subscribers, each a process of its own; MB/s, items/s and latency are per subscriber; \
-         producer MB/s is what the publisher's sends achieved; CPU ms/frame is process CPU \
-         (getrusage) over the measured runs only: the producer's per frame sent, the \
-         consumer's per frame received (mean over subscribers)."
     );
     if let Some(p) = &args.csv {
         report::write_csv(p, &rows)?;
