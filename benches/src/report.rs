@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use comfy_table::{Cell, CellAlignment, Table, presets::UTF8_FULL_CONDENSED};
+use plotters::coord::Shift;
 use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint};
 use plotters::element::DashedPathElement;
 use plotters::prelude::*;
@@ -202,14 +203,17 @@ impl Ranged for Axis {
 struct Series<'a> {
     label: String,
     transport: String,
-    /// Index of its (kind, send, subscribers) combination: the line style.
-    variant: usize,
+    /// Index of its kind among the kinds plotted: the line style.
+    kind_i: usize,
+    /// Index of its (send, subscribers) combination: the marker.
+    mode_i: usize,
     rows: Vec<&'a Row>,
 }
 
 fn series(rows: &[Row]) -> Vec<Series<'_>> {
     let fan_out = rows.iter().any(|r| r.subscribers > 1);
-    let mut variants: Vec<(String, String, usize)> = Vec::new();
+    let mut kinds: Vec<String> = Vec::new();
+    let mut modes: Vec<(String, usize)> = Vec::new();
     let mut out: Vec<Series> = Vec::new();
     for r in rows {
         let mut label = format!("{} / {} / {}", r.kind, r.transport, r.send);
@@ -220,20 +224,15 @@ fn series(rows: &[Row]) -> Vec<Series<'_>> {
                 if r.subscribers == 1 { "" } else { "s" }
             ));
         }
-        let v = (r.kind.clone(), r.send.clone(), r.subscribers);
-        let variant = match variants.iter().position(|x| *x == v) {
-            Some(i) => i,
-            None => {
-                variants.push(v);
-                variants.len() - 1
-            }
-        };
+        let kind_i = index_of(&mut kinds, r.kind.clone());
+        let mode_i = index_of(&mut modes, (r.send.clone(), r.subscribers));
         match out.iter_mut().find(|s| s.label == label) {
             Some(s) => s.rows.push(r),
             None => out.push(Series {
                 label,
                 transport: r.transport.clone(),
-                variant,
+                kind_i,
+                mode_i,
                 rows: vec![r],
             }),
         }
@@ -257,6 +256,34 @@ fn transport_color(name: &str, fallback: usize) -> RGBColor {
             RGBColor(c.0, c.1, c.2)
         }
     }
+}
+
+/// The position of `v` in `seen`, added at the end if new.
+fn index_of<T: PartialEq>(seen: &mut Vec<T>, v: T) -> usize {
+    match seen.iter().position(|x| *x == v) {
+        Some(i) => i,
+        None => {
+            seen.push(v);
+            seen.len() - 1
+        }
+    }
+}
+
+/// Draws marker `mode` (filled circle, filled triangle, cross, hollow
+/// circle) at pixel `at` of `area`.
+fn marker(
+    area: &DrawingArea<SVGBackend<'_>, Shift>,
+    at: (i32, i32),
+    mode: usize,
+    color: RGBColor,
+) -> Result<(), String> {
+    match mode % 4 {
+        0 => area.draw(&Circle::new(at, 3, color.filled())),
+        1 => area.draw(&TriangleMarker::new(at, 5, color.filled())),
+        2 => area.draw(&Cross::new(at, 4, color.stroke_width(2))),
+        _ => area.draw(&Circle::new(at, 4, color.stroke_width(2))),
+    }
+    .map_err(|e| e.to_string())
 }
 
 /// Dash and gap lengths of line style `variant` (0 is a solid line).
@@ -320,7 +347,7 @@ pub fn write_svg(path: &Path, rows: &[Row], runs: usize) -> Result<(), String> {
     };
 
     let legend_rows = all.len();
-    let height = 640u32.max(120 + 18 * legend_rows as u32);
+    let height = 640u32.max(130 + 18 * legend_rows as u32);
     let e = |e: &dyn std::fmt::Display| format!("drawing {}: {e}", path.display());
     let root = SVGBackend::new(path, (1200, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|x| e(&x))?;
@@ -394,9 +421,10 @@ pub fn write_svg(path: &Path, rows: &[Row], runs: usize) -> Result<(), String> {
         let color = color_of(s);
         let style = color.stroke_width(2);
         // CI bars of different series at one size are set slightly apart.
-        let dodge = (k as f64 - (n_series as f64 - 1.0) / 2.0) * (x1 - x0) * 0.004;
+        let step = (0.004f64).min(0.05 / n_series as f64);
+        let dodge = (k as f64 - (n_series as f64 - 1.0) / 2.0) * (x1 - x0) * step;
         let pts: Vec<(f64, f64)> = s.rows.iter().map(|r| (x_of(r), to_y(r.mb_per_s))).collect();
-        match dash(s.variant) {
+        match dash(s.kind_i) {
             None => chart
                 .draw_series(LineSeries::new(pts.clone(), style))
                 .map(|_| ()),
@@ -419,9 +447,10 @@ pub fn write_svg(path: &Path, rows: &[Row], runs: usize) -> Result<(), String> {
             });
             chart.draw_series(bars).map_err(|x| e(&x))?;
         }
-        chart
-            .draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))
-            .map_err(|x| e(&x))?;
+        // In pixels on the root area (which shares the chart's origin).
+        for p in &pts {
+            marker(&root, chart.backend_coord(p), s.mode_i, color)?;
+        }
     }
 
     // The legend, beside the chart so that it hides no data.
@@ -432,9 +461,9 @@ pub fn write_svg(path: &Path, rows: &[Row], runs: usize) -> Result<(), String> {
                 .iter()
                 .any(|s| s.label.ends_with("sub") || s.label.ends_with("subs"))
             {
-                "kind / transport / send / subscribers (colour: transport)"
+                "kind / transport / send / subscribers"
             } else {
-                "kind / transport / send (colour: transport)"
+                "kind / transport / send"
             },
             (10, 24),
             ("sans-serif", 15).into_font(),
@@ -447,16 +476,23 @@ pub fn write_svg(path: &Path, rows: &[Row], runs: usize) -> Result<(), String> {
     };
     right
         .draw(&Text::new(
+            "colour: transport, line: kind, marker: send (+ subscribers)",
+            (10, 62),
+            font.clone().color(&BLACK.mix(0.6)),
+        ))
+        .map_err(|x| e(&x))?;
+    right
+        .draw(&Text::new(
             note,
             (10, 44),
             font.clone().color(&BLACK.mix(0.6)),
         ))
         .map_err(|x| e(&x))?;
     for (i, s) in all.iter().enumerate() {
-        let y = 72 + 18 * i as i32;
+        let y = 90 + 18 * i as i32;
         let color = color_of(s);
         let style = color.stroke_width(2);
-        match dash(s.variant) {
+        match dash(s.kind_i) {
             None => right.draw(&PathElement::new(vec![(10, y), (52, y)], style)),
             Some((d, g)) => right.draw(&DashedPathElement::new(
                 vec![(10, y), (52, y)],
@@ -466,9 +502,7 @@ pub fn write_svg(path: &Path, rows: &[Row], runs: usize) -> Result<(), String> {
             )),
         }
         .map_err(|x| e(&x))?;
-        right
-            .draw(&Circle::new((31, y), 3, color.filled()))
-            .map_err(|x| e(&x))?;
+        marker(&right, (31, y), s.mode_i, color)?;
         right
             .draw(&Text::new(s.label.clone(), (60, y - 7), font.clone()))
             .map_err(|x| e(&x))?;
