@@ -74,7 +74,8 @@ pub fn raise_hint(name: &str) -> &'static str {
 }
 
 /// Shared memory the harness's endpoint for `name` maps for payloads of
-/// `size` bytes (all of it is written over a run), or 0 for socket backends.
+/// `size` bytes (all of it is written over a run), or 0 for socket backends;
+/// in step with the sizing in [`url`].
 pub fn shared_bytes(name: &str, size: u64) -> u64 {
     let mib = size.div_ceil(1 << 20).max(1);
     match name {
@@ -134,6 +135,7 @@ pub fn url(name: &str, size: u64) -> Result<String, String> {
         "unix" => format!("unix://{}/{tag}.sock", std::env::temp_dir().display()),
         "zmq" => "zmq+tcp://127.0.0.1:0".to_owned(),
         // Room for several records of this size in flight.
+        // Keep in step with `shared_bytes`.
         "shm-ring" => format!("shm-ring://{tag}?capacity={}MiB", 4 * mib + 4),
         "shm-pool" => format!("shm-pool://{tag}?slots=8&slot_size={}MiB", mib + 1),
         other => return Err(format!("unknown transport `{other}`")),
