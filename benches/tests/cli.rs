@@ -246,6 +246,16 @@ fn sweep_fans_out_to_several_subscriber_processes() {
             num(15) + num(16) > 0.0,
             "the timed phase uses some CPU: {r:?}"
         );
+        // The timed phase is part of the configuration: its CPU (4 frames x
+        // 2 runs, sent once and received by each subscriber) is within
+        // `cpu_s`, which also counts start-up and the warm-up pass.
+        let subs = num(13);
+        let timed_s = (num(15) + num(16) * subs) * 8.0 / 1e3;
+        assert!(
+            timed_s <= num(11) + 0.002,
+            "timed-phase CPU {timed_s} s within the configuration's {} s: {r:?}",
+            num(11)
+        );
         if r[2] == "tcp" {
             assert_eq!(
                 r[8], "1.000",
