@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use framewire::endpoint::parse_size;
+use framewire::fmt_size;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use sweep::{Kind, SendMode};
@@ -43,6 +44,8 @@ enum Cmd {
     Consume { config: String },
     #[command(hide = true, name = "__stage")]
     Stage { config: String },
+    #[command(hide = true, name = "__subscribe")]
+    Subscribe { config: String },
 }
 
 #[derive(Args, Clone)]
@@ -56,12 +59,19 @@ struct SweepArgs {
     /// Payload kinds.
     #[arg(long, value_delimiter = ',', default_value = "bytes,tensor,packets")]
     kinds: Vec<Kind>,
-    /// Frames per run.
-    #[arg(long, default_value_t = 50)]
+    /// Frames per run (at least 1).
+    #[arg(long, default_value_t = 50, value_parser = at_least_one)]
     num_items: usize,
-    /// Measured runs per configuration (after one discarded warm-up pass).
-    #[arg(long, default_value_t = 5)]
+    /// Measured runs per configuration, after one discarded warm-up pass (at least 1; 3 or more for a confidence interval worth reading).
+    #[arg(long, default_value_t = 5, value_parser = at_least_one)]
     runs: usize,
+    /// Fan-out: subscriber counts to sweep, e.g. `1,8`. One publisher sends
+    /// every frame to N subscribers, each in a process of its own (as
+    /// separate programs would be deployed: own mappings, own CPU account),
+    /// so producer CPU per frame is the publisher's cost of serving N and
+    /// MB/s is per subscriber. 1 to 64.
+    #[arg(long, value_delimiter = ',', default_value = "1", value_parser = subscriber_count)]
+    subscribers: Vec<usize>,
     /// How the producer hands payloads over: `copy`, `loan`, or both (`copy,loan`).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "copy")]
     send: Vec<SendMode>,
@@ -124,19 +134,43 @@ struct WaterfallArgs {
     /// Current result file; without it the pipeline is run now with the arguments below.
     #[arg(long)]
     current: Option<PathBuf>,
-    /// Pipeline arguments, for runs made by this command.
+    /// Pipeline run by this command (at --baseline-ref, or now without --current): transport, as in `pipeline --transport`.
     #[arg(long, default_value = "tcp")]
     transport: String,
+    /// Filters between source and sink, as in `pipeline --hops`.
     #[arg(long, default_value_t = 2)]
     hops: usize,
+    /// Frame size as WIDTHxHEIGHT of RGB pixels, as in `pipeline --resolution`.
     #[arg(long, default_value = "3840x2160", value_parser = parse_resolution)]
     resolution: (u32, u32),
+    /// Frames measured in each phase, as in `pipeline --frames`.
     #[arg(long, default_value_t = 30)]
     frames: usize,
+    /// Simulated work per filter per frame in ms (a sleep), as in `pipeline --work-ms`.
     #[arg(long, default_value_t = 0.0)]
     work_ms: f64,
+    /// Extra endpoint options for every stage, as in `pipeline --options`.
     #[arg(long, default_value = "")]
     options: String,
+}
+
+/// Most subscribers `--subscribers` takes (shm-pool serves at most 64).
+const MAX_SUBSCRIBERS: usize = 64;
+
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (0 measures nothing)".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a whole number")),
+    }
+}
+
+fn subscriber_count(s: &str) -> Result<usize, String> {
+    let n = at_least_one(s)?;
+    if n > MAX_SUBSCRIBERS {
+        return Err(format!("{n} subscribers; give 1 to {MAX_SUBSCRIBERS}"));
+    }
+    Ok(n)
 }
 
 fn parse_resolution(s: &str) -> Result<(u32, u32), String> {
@@ -165,6 +199,50 @@ fn progress(len: u64, what: &str) -> ProgressBar {
     pb
 }
 
+/// Refuses a sweep that would measure nothing or that a backend cannot run,
+/// before anything starts.
+fn validate(args: &SweepArgs, transports: &[String]) -> Result<(), String> {
+    if args.transports.iter().any(|t| t.trim().is_empty()) {
+        return Err(
+            "--transports: an empty name in the list; give names such as `tcp,shm-pool`".into(),
+        );
+    }
+    transports::check(transports)?;
+    let empty = |what: &str| format!("--{what}: the list is empty; give at least one value");
+    if args.sizes.is_empty() {
+        return Err(empty("sizes"));
+    }
+    if args.kinds.is_empty() {
+        return Err(empty("kinds"));
+    }
+    if args.send.is_empty() {
+        return Err(empty("send"));
+    }
+    if args.subscribers.is_empty() {
+        return Err(empty("subscribers"));
+    }
+    if args.sizes.contains(&0) {
+        return Err("--sizes: a payload of 0 B measures nothing; give sizes of 1 B or more".into());
+    }
+    for t in transports {
+        for &size in &args.sizes {
+            let url = transports::url_with(t, size, &args.options)?;
+            let caps = framewire::capabilities(&url)
+                .map_err(|e| format!("{t} cannot run {} frames: {e}", fmt_size(size)))?;
+            if size > caps.max_payload {
+                return Err(format!(
+                    "--sizes {}: {t} accepts payloads up to {} (its max_payload for {url}); {}, or leave {t} out of --transports",
+                    fmt_size(size),
+                    fmt_size(caps.max_payload),
+                    transports::raise_hint(t),
+                ));
+            }
+            transports::check_memory(t, size)?;
+        }
+    }
+    Ok(())
+}
+
 async fn sweep(args: SweepArgs) -> Result<(), String> {
     let transports = if args.transports.is_empty() {
         transports::compiled()
@@ -174,21 +252,23 @@ async fn sweep(args: SweepArgs) -> Result<(), String> {
     } else {
         args.transports.clone()
     };
-    transports::check(&transports)?;
+    validate(&args, &transports)?;
     let baseline = transports.first().cloned().ok_or("no transport to run")?;
     let mut plan = Vec::new();
     for &send in &args.send {
-        for &size in &args.sizes {
-            for &kind in &args.kinds {
-                for t in &transports {
-                    plan.push((send, size, kind, t.clone()));
+        for &subscribers in &args.subscribers {
+            for &size in &args.sizes {
+                for &kind in &args.kinds {
+                    for t in &transports {
+                        plan.push((send, subscribers, size, kind, t.clone()));
+                    }
                 }
             }
         }
     }
     let configs: Vec<sweep::Config> = plan
         .into_iter()
-        .map(|(send, size, kind, transport)| {
+        .map(|(send, subscribers, size, kind, transport)| {
             Ok(sweep::Config {
                 url: transports::url_with(&transport, size, &args.options)?,
                 transport,
@@ -199,6 +279,7 @@ async fn sweep(args: SweepArgs) -> Result<(), String> {
                 send,
                 view: !args.owned,
                 touch: args.touch,
+                subscribers,
             })
         })
         .collect::<Result<_, String>>()?;
@@ -206,10 +287,16 @@ async fn sweep(args: SweepArgs) -> Result<(), String> {
     let mut rows = Vec::new();
     for cfg in &configs {
         pb.set_message(format!(
-            "{} {} {}",
+            "{} {} {} {}{}",
             cfg.transport,
             cfg.kind.name(),
-            cfg.size
+            fmt_size(cfg.size),
+            cfg.send.name(),
+            if cfg.subscribers > 1 {
+                format!(" x{} subscribers", cfg.subscribers)
+            } else {
+                String::new()
+            }
         ));
         let row = if args.isolate {
             sweep::consume_isolated(cfg).await?
@@ -223,6 +310,12 @@ async fn sweep(args: SweepArgs) -> Result<(), String> {
     pb.finish_and_clear();
     sweep::add_speedups(&mut rows, &baseline);
     println!("{}", report::table(&rows));
+    println!(
+        "subs: subscribers, each a process of its own; MB/s, items/s and latency are per subscriber; \
+         producer MB/s is what the publisher's sends achieved; CPU ms/frame is process CPU \
+         (getrusage) over the measured runs only: the producer's per frame sent, the \
+         consumer's per frame received (mean over subscribers)."
+    );
     println!(
         "{} frames x {} runs per row after a discarded warm-up pass; MB/s is the mean over runs \
          with its 95% CI; latency is one-way (send stamp to receipt, CLOCK_MONOTONIC) over all \
@@ -248,7 +341,7 @@ async fn sweep(args: SweepArgs) -> Result<(), String> {
         report::write_json(p, &rows)?;
     }
     if let Some(p) = &args.plot {
-        report::write_svg(p, &rows)?;
+        report::write_svg(p, &rows, args.runs)?;
     }
     Ok(())
 }
@@ -288,6 +381,7 @@ async fn main_async(cli: Cli) -> Result<(), String> {
                 owned: false,
                 touch: false,
                 isolate: false,
+                subscribers: vec![1],
                 csv: None,
                 json: None,
                 plot: None,
@@ -361,6 +455,10 @@ async fn main_async(cli: Cli) -> Result<(), String> {
                 serde_json::to_string(&row).map_err(|e| e.to_string())?
             );
             Ok(())
+        }
+        Some(Cmd::Subscribe { config }) => {
+            let cfg = serde_json::from_str(&config).map_err(|e| e.to_string())?;
+            sweep::subscriber(cfg).await
         }
         Some(Cmd::Stage { config }) => {
             let stage = serde_json::from_str(&config).map_err(|e| e.to_string())?;

@@ -96,6 +96,13 @@ pub struct Config {
     pub view: bool,
     /// The producer writes every byte of every frame, and the consumer reads every byte.
     pub touch: bool,
+    /// Subscribers, each in a process of its own (the first in the consumer process).
+    #[serde(default = "one")]
+    pub subscribers: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// One row of results: the CSV columns, in order.
@@ -114,15 +121,23 @@ pub struct Row {
     pub lat_p99_us: f64,
     pub cpu_s: f64,
     pub peak_rss_mb: f64,
+    /// Subscribers the frames fanned out to.
+    pub subscribers: usize,
+    /// Payload MB/s the publisher got through `send`/`send_loan` (timed phase).
+    pub producer_mb_per_s: f64,
+    /// Publisher process CPU per frame sent, timed phase only.
+    pub producer_cpu_ms_per_frame: f64,
+    /// Subscriber process CPU per frame received, timed phase only (mean over subscribers).
+    pub consumer_cpu_ms_per_frame: f64,
 }
 
 /// The CSV header line.
-pub const CSV_HEADER: &str = "size_bytes,kind,transport,send,items_per_s,mb_per_s,mb_per_s_lo,mb_per_s_hi,speedup,lat_p50_us,lat_p99_us,cpu_s,peak_rss_mb";
+pub const CSV_HEADER: &str = "size_bytes,kind,transport,send,items_per_s,mb_per_s,mb_per_s_lo,mb_per_s_hi,speedup,lat_p50_us,lat_p99_us,cpu_s,peak_rss_mb,subscribers,producer_mb_per_s,producer_cpu_ms_per_frame,consumer_cpu_ms_per_frame";
 
 impl Row {
     pub fn csv(&self) -> String {
         format!(
-            "{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.1},{:.1},{:.3},{:.1}",
+            "{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.1},{:.1},{:.3},{:.1},{},{:.3},{:.4},{:.4}",
             self.size_bytes,
             self.kind,
             self.transport,
@@ -135,7 +150,11 @@ impl Row {
             self.lat_p50_us,
             self.lat_p99_us,
             self.cpu_s,
-            self.peak_rss_mb
+            self.peak_rss_mb,
+            self.subscribers,
+            self.producer_mb_per_s,
+            self.producer_cpu_ms_per_frame,
+            self.consumer_cpu_ms_per_frame
         )
     }
 }
@@ -144,20 +163,51 @@ fn err(e: Error) -> String {
     e.to_string()
 }
 
-/// The producer child: publish, announce the endpoint, send a warm-up pass and
-/// `runs` measured passes of `num_items` frames, then wait for stdin to close.
+/// What the producer measured over the timed phase (every pass after the warm-up).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Produced {
+    /// Frames sent in the timed phase.
+    pub frames: u64,
+    /// From the first send of the first measured pass to the end of the final flush.
+    pub secs: f64,
+    /// CPU seconds of the producer process over the same span.
+    pub cpu_s: f64,
+}
+
+/// What one subscriber measured over the timed phase.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Received {
+    /// Payload MB/s of each measured pass.
+    pub run_mb_s: Vec<f64>,
+    /// Frames per second of each measured pass.
+    pub run_items_s: Vec<f64>,
+    /// One-way latency of every measured frame, in us.
+    pub lats_us: Vec<f64>,
+    /// Frames received in the timed phase.
+    pub frames: u64,
+    /// CPU seconds of the subscriber's process over the timed phase.
+    pub cpu_s: f64,
+}
+
+/// The producer child: publish, announce the endpoint, wait for every
+/// subscriber, send a warm-up pass and `runs` measured passes of `num_items`
+/// frames, report `PRODUCED {json}`, then wait for stdin to close.
 pub async fn produce(cfg: Config) -> Result<(), String> {
     let mut publ = framewire::publish(&cfg.url, PublishOptions::default())
         .await
         .map_err(err)?;
     println!("ENDPOINT {}", publ.endpoint().url());
-    publ.wait_for_subscribers(1, CHILD_TIMEOUT)
+    publ.wait_for_subscribers(cfg.subscribers.max(1), CHILD_TIMEOUT)
         .await
         .map_err(err)?;
     let size = cfg.size as usize;
     let layout = cfg.kind.layout(cfg.size);
     let ready = pattern::make(0, size);
+    let mut timed_from = None;
     for pass in 0..=cfg.runs {
+        if pass == 1 {
+            timed_from = Some((monotonic_ns(), proc::self_usage()));
+        }
         let topic = format!("p{pass}");
         for i in 0..cfg.num_items {
             match cfg.send {
@@ -187,6 +237,16 @@ pub async fn produce(cfg: Config) -> Result<(), String> {
         }
     }
     publ.flush().await.map_err(err)?;
+    let (t0, u0) = timed_from.ok_or("no measured pass (--runs 0)")?;
+    let produced = Produced {
+        frames: (cfg.runs * cfg.num_items) as u64,
+        secs: monotonic_ns().saturating_sub(t0) as f64 / 1e9,
+        cpu_s: proc::self_usage().cpu_s - u0.cpu_s,
+    };
+    println!(
+        "PRODUCED {}",
+        serde_json::to_string(&produced).map_err(|e| e.to_string())?
+    );
     // Stay up until the consumer is done: on shared-memory backends our
     // segments must outlive its last read.
     let mut lines =
@@ -195,26 +255,30 @@ pub async fn produce(cfg: Config) -> Result<(), String> {
     Ok(())
 }
 
-/// The consumer: starts the producer, receives everything, measures.
-pub async fn consume(cfg: &Config) -> Result<Row, String> {
-    let before_self = proc::self_usage();
-    let before_children = proc::children_usage();
-    let json = serde_json::to_string(cfg).map_err(|e| e.to_string())?;
-    let mut producer = Peer::spawn("producer", "__produce", &json)?;
-    let url = producer.expect("ENDPOINT ").await?;
+async fn subscribe(cfg: &Config, url: &str) -> Result<Box<dyn Subscriber>, String> {
     let mode = if cfg.view {
         RecvMode::View
     } else {
         RecvMode::Owned
     };
-    let mut sub = framewire::subscribe(&url, SubscribeOptions::default().recv_mode(mode))
+    framewire::subscribe(url, SubscribeOptions::default().recv_mode(mode))
         .await
-        .map_err(err)?;
+        .map_err(err)
+}
+
+/// Receives the warm-up pass and the measured passes; CPU is counted from
+/// the end of the warm-up pass to the last frame.
+async fn receive(cfg: &Config, sub: &mut Box<dyn Subscriber>) -> Result<Received, String> {
     let n = cfg.num_items;
-    let mut run_mb_s = Vec::new();
-    let mut run_items_s = Vec::new();
-    let mut lats_us = Vec::new();
+    let mut got = Received {
+        run_mb_s: Vec::new(),
+        run_items_s: Vec::new(),
+        lats_us: Vec::new(),
+        frames: 0,
+        cpu_s: 0.0,
+    };
     let mut checksum = 0u64;
+    let mut cpu_from = proc::self_usage();
     for pass in 0..=cfg.runs {
         let mut first_sent = u64::MAX;
         let mut last_recv = 0;
@@ -234,21 +298,89 @@ pub async fn consume(cfg: &Config) -> Result<Row, String> {
             first_sent = first_sent.min(f.timestamp_ns);
             last_recv = now;
             if pass > 0 {
-                lats_us.push(now.saturating_sub(f.timestamp_ns) as f64 / 1e3);
+                got.lats_us
+                    .push(now.saturating_sub(f.timestamp_ns) as f64 / 1e3);
+                got.frames += 1;
             }
         }
-        if pass > 0 {
+        if pass == 0 {
+            cpu_from = proc::self_usage();
+        } else {
             let secs = (last_recv.saturating_sub(first_sent)) as f64 / 1e9;
             let secs = secs.max(1e-9);
-            run_items_s.push(n as f64 / secs);
-            run_mb_s.push(n as f64 * cfg.size as f64 / 1e6 / secs);
+            got.run_items_s.push(n as f64 / secs);
+            got.run_mb_s.push(n as f64 * cfg.size as f64 / 1e6 / secs);
         }
     }
+    got.cpu_s = proc::self_usage().cpu_s - cpu_from.cpu_s;
     std::hint::black_box(checksum);
+    Ok(got)
+}
+
+/// An extra subscriber process (`--subscribers` above 1): receives like the
+/// consumer and reports `RECEIVED {json}`.
+pub async fn subscriber(cfg: Config) -> Result<(), String> {
+    let mut sub = subscribe(&cfg, &cfg.url).await?;
+    let got = receive(&cfg, &mut sub).await?;
     drop(sub);
+    println!(
+        "RECEIVED {}",
+        serde_json::to_string(&got).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+fn parse<T: serde::de::DeserializeOwned>(who: &str, line: &str) -> Result<T, String> {
+    serde_json::from_str(line).map_err(|e| format!("reading the {who} process's result: {e}"))
+}
+
+/// The consumer: starts the producer and the other subscribers, receives
+/// everything, measures.
+pub async fn consume(cfg: &Config) -> Result<Row, String> {
+    let before_self = proc::self_usage();
+    let before_children = proc::children_usage();
+    let json = serde_json::to_string(cfg).map_err(|e| e.to_string())?;
+    let mut producer = Peer::spawn("producer", "__produce", &json)?;
+    let url = producer.expect("ENDPOINT ").await?;
+    let mut others = Vec::new();
+    for k in 1..cfg.subscribers.max(1) {
+        let mut c = cfg.clone();
+        c.url = url.clone();
+        let json = serde_json::to_string(&c).map_err(|e| e.to_string())?;
+        others.push(Peer::spawn(
+            &format!("subscriber {}", k + 1),
+            "__subscribe",
+            &json,
+        )?);
+    }
+    let mut sub = subscribe(cfg, &url).await?;
+    let mut all = vec![receive(cfg, &mut sub).await?];
+    for p in &mut others {
+        let line = p.expect("RECEIVED ").await?;
+        all.push(parse(&p.name, &line)?);
+    }
+    let produced: Produced = parse("producer", &producer.expect("PRODUCED ").await?)?;
+    drop(sub);
+    for p in others {
+        p.finish().await?;
+    }
     producer.finish().await?;
     let after_self = proc::self_usage();
     let after_children = proc::children_usage();
+    // Per pass, the mean over subscribers; then mean and CI over passes.
+    let per_pass = |f: fn(&Received) -> &Vec<f64>| -> Vec<f64> {
+        (0..cfg.runs)
+            .map(|r| all.iter().filter_map(|g| f(g).get(r)).sum::<f64>() / all.len() as f64)
+            .collect()
+    };
+    let run_mb_s = per_pass(|g| &g.run_mb_s);
+    let run_items_s = per_pass(|g| &g.run_items_s);
+    let mut lats_us: Vec<f64> = all.iter().flat_map(|g| g.lats_us.iter().copied()).collect();
+    let consumer_ms = all
+        .iter()
+        .map(|g| per_frame_ms(g.cpu_s, g.frames))
+        .sum::<f64>()
+        / all.len() as f64;
     let (mb, half) = stats::mean_ci95(&run_mb_s);
     let (items, _) = stats::mean_ci95(&run_items_s);
     Ok(Row {
@@ -266,7 +398,23 @@ pub async fn consume(cfg: &Config) -> Result<Row, String> {
         cpu_s: (after_self.cpu_s - before_self.cpu_s)
             + (after_children.cpu_s - before_children.cpu_s),
         peak_rss_mb: after_self.max_rss_mb + after_children.max_rss_mb,
+        subscribers: cfg.subscribers.max(1),
+        producer_mb_per_s: if produced.secs > 0.0 {
+            produced.frames as f64 * cfg.size as f64 / 1e6 / produced.secs
+        } else {
+            0.0
+        },
+        producer_cpu_ms_per_frame: per_frame_ms(produced.cpu_s, produced.frames),
+        consumer_cpu_ms_per_frame: consumer_ms,
     })
+}
+
+fn per_frame_ms(cpu_s: f64, frames: u64) -> f64 {
+    if frames == 0 {
+        0.0
+    } else {
+        cpu_s.max(0.0) * 1e3 / frames as f64
+    }
 }
 
 fn sum_words(b: &Bytes) -> u64 {
@@ -286,18 +434,26 @@ pub async fn consume_isolated(cfg: &Config) -> Result<Row, String> {
     serde_json::from_str(&line).map_err(|e| format!("reading the consumer's result: {e}"))
 }
 
-/// Fills in `speedup` against the first transport listed, per (size, kind, send).
+/// Fills in `speedup` against the first transport listed, per (size, kind,
+/// send, subscribers).
 pub fn add_speedups(rows: &mut [Row], baseline: &str) {
-    let base: Vec<(u64, String, String, f64)> = rows
+    let base: Vec<(u64, String, String, usize, f64)> = rows
         .iter()
         .filter(|r| r.transport == baseline)
-        .map(|r| (r.size_bytes, r.kind.clone(), r.send.clone(), r.mb_per_s))
+        .map(|r| {
+            (
+                r.size_bytes,
+                r.kind.clone(),
+                r.send.clone(),
+                r.subscribers,
+                r.mb_per_s,
+            )
+        })
         .collect();
     for r in rows.iter_mut() {
-        if let Some((_, _, _, b)) = base
-            .iter()
-            .find(|(s, k, m, _)| *s == r.size_bytes && *k == r.kind && *m == r.send)
-        {
+        if let Some((_, _, _, _, b)) = base.iter().find(|(s, k, m, n, _)| {
+            *s == r.size_bytes && *k == r.kind && *m == r.send && *n == r.subscribers
+        }) {
             r.speedup = if *b > 0.0 { r.mb_per_s / b } else { 0.0 };
         }
     }

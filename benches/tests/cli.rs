@@ -54,13 +54,15 @@ fn sweep_writes_csv_json_and_svg() {
     assert_eq!(
         lines.next(),
         Some(
-            "size_bytes,kind,transport,send,items_per_s,mb_per_s,mb_per_s_lo,mb_per_s_hi,speedup,lat_p50_us,lat_p99_us,cpu_s,peak_rss_mb"
-        )
+            "size_bytes,kind,transport,send,items_per_s,mb_per_s,mb_per_s_lo,mb_per_s_hi,speedup,lat_p50_us,lat_p99_us,cpu_s,peak_rss_mb,subscribers,producer_mb_per_s,producer_cpu_ms_per_frame,consumer_cpu_ms_per_frame"
+        ),
+        "the old columns, then the new ones"
     );
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
     assert_eq!(rows.len(), 2 * 3 * 2);
     for r in &rows {
-        assert_eq!(r.len(), 13);
+        assert_eq!(r.len(), 17);
+        assert_eq!(r[13], "1", "one subscriber by default: {r:?}");
         let mb: f64 = r[5].parse().unwrap();
         let (lo, hi): (f64, f64) = (r[6].parse().unwrap(), r[7].parse().unwrap());
         assert!(mb > 0.0 && lo <= mb && mb <= hi, "{r:?}");
@@ -145,4 +147,154 @@ fn unknown_transports_are_named() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown transport `pigeon`"));
+}
+
+/// Runs a sweep that must be refused; returns its stderr.
+fn refused(args: &[&str]) -> String {
+    let out = bench().arg("sweep").args(args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "`sweep {}` must fail; stdout:\n{}\nstderr:\n{err}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "nothing measured, no table: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    err
+}
+
+#[test]
+fn input_that_measures_nothing_or_cannot_run_is_refused_up_front() {
+    let e = refused(&["--transports", "tcp", "--runs", "0"]);
+    assert!(e.contains("--runs") && e.contains("at least 1"), "{e}");
+    let e = refused(&["--transports", "tcp", "--num-items", "0"]);
+    assert!(e.contains("--num-items") && e.contains("at least 1"), "{e}");
+    // Larger than the tcp backend's max_payload (1 GiB by default): named,
+    // with the option to raise, before any process starts.
+    let e = refused(&["--transports", "tcp", "--sizes", "4GiB", "--kinds", "bytes"]);
+    assert!(
+        e.contains("4 GiB") && e.contains("max_payload") && e.contains("--options"),
+        "{e}"
+    );
+    assert!(!e.contains("closed the connection"), "{e}");
+    // The check covers every transport listed, not only the first.
+    let e = refused(&[
+        "--transports",
+        "unix,zmq",
+        "--sizes",
+        "2GiB",
+        "--kinds",
+        "bytes",
+    ]);
+    assert!(e.contains("unix") && e.contains("max_payload"), "{e}");
+    let e = refused(&["--transports", "tcp,,unix"]);
+    assert!(e.contains("--transports") && e.contains("empty"), "{e}");
+    let e = refused(&["--transports", ""]);
+    assert!(e.contains("--transports") && e.contains("empty"), "{e}");
+    let e = refused(&["--transports", "tcp", "--sizes", ""]);
+    assert!(e.contains("--sizes"), "{e}");
+    let e = refused(&["--transports", "tcp", "--sizes", "0"]);
+    assert!(e.contains("--sizes") && e.contains("0 B"), "{e}");
+    let e = refused(&["--transports", "tcp", "--kinds", ""]);
+    assert!(e.contains("--kinds"), "{e}");
+    let e = refused(&["--transports", "tcp", "--subscribers", "0"]);
+    assert!(
+        e.contains("--subscribers") && e.contains("at least 1"),
+        "{e}"
+    );
+    let e = refused(&["--transports", "tcp", "--subscribers", "65"]);
+    assert!(e.contains("--subscribers") && e.contains("1 to 64"), "{e}");
+    let e = refused(&["--transports", "tcp", "--options", "busy_poll=fast"]);
+    assert!(
+        e.contains("busy_poll"),
+        "a bad endpoint option is named: {e}"
+    );
+}
+
+#[test]
+fn sweep_fans_out_to_several_subscriber_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (csv, json) = (dir.path().join("f.csv"), dir.path().join("f.json"));
+    let stdout = run(bench()
+        .args(["sweep", "--transports", "tcp,shm-pool", "--sizes", "64KiB"])
+        .args(["--kinds", "bytes", "--num-items", "4", "--runs", "2"])
+        .args(["--subscribers", "1,3", "--send", "loan"])
+        .arg("--csv")
+        .arg(&csv)
+        .arg("--json")
+        .arg(&json));
+    assert!(stdout.contains("64 KiB"), "sizes with units: {stdout}");
+    let csv = std::fs::read_to_string(&csv).unwrap();
+    let rows: Vec<Vec<String>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(str::to_owned).collect())
+        .collect();
+    assert_eq!(rows.len(), 4, "2 transports x 2 subscriber counts: {csv}");
+    let mut seen = Vec::new();
+    for r in &rows {
+        let num = |i: usize| -> f64 { r[i].parse().unwrap() };
+        seen.push((r[2].clone(), r[13].clone()));
+        assert!(num(5) > 0.0, "per-subscriber MB/s: {r:?}");
+        assert!(num(14) > 0.0, "producer MB/s: {r:?}");
+        assert!(num(15) >= 0.0 && num(16) >= 0.0, "CPU per frame: {r:?}");
+        assert!(
+            num(15) + num(16) > 0.0,
+            "the timed phase uses some CPU: {r:?}"
+        );
+        // The timed phase is part of the configuration: its CPU (4 frames x
+        // 2 runs, sent once and received by each subscriber) is within
+        // `cpu_s`, which also counts start-up and the warm-up pass.
+        let subs = num(13);
+        let timed_s = (num(15) + num(16) * subs) * 8.0 / 1e3;
+        assert!(
+            timed_s <= num(11) + 0.002,
+            "timed-phase CPU {timed_s} s within the configuration's {} s: {r:?}",
+            num(11)
+        );
+        if r[2] == "tcp" {
+            assert_eq!(
+                r[8], "1.000",
+                "tcp is its own baseline at each count: {r:?}"
+            );
+        }
+    }
+    for t in ["tcp", "shm-pool"] {
+        for n in ["1", "3"] {
+            assert!(
+                seen.contains(&(t.to_owned(), n.to_owned())),
+                "{t} with {n} subscriber(s) in {seen:?}"
+            );
+        }
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for key in [
+        "subscribers",
+        "producer_mb_per_s",
+        "producer_cpu_ms_per_frame",
+        "consumer_cpu_ms_per_frame",
+    ] {
+        assert!(json[0].get(key).is_some(), "key {key} in {}", json[0]);
+    }
+}
+
+#[test]
+fn waterfall_options_have_help() {
+    let help = run(bench().args(["waterfall", "--help"]));
+    for opt in ["--hops", "--frames", "--work-ms"] {
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{opt} <")))
+            .unwrap_or_else(|| panic!("{opt} in {help}"));
+        let text = line.split_once('>').map_or("", |(_, t)| t.trim());
+        assert!(
+            !text.is_empty() && !text.starts_with('['),
+            "{opt} has a description, not only its default: `{line}`"
+        );
+    }
 }

@@ -397,3 +397,83 @@ fn bad_arguments_are_refused() {
         f.stderr
     );
 }
+
+#[test]
+fn publisher_and_subscriber_print_their_version() {
+    for exe in [
+        env!("CARGO_BIN_EXE_publisher"),
+        env!("CARGO_BIN_EXE_subscriber"),
+    ] {
+        let f = Proc::spawn("--version", exe, &["--version"]).finish(DEADLINE);
+        assert!(f.status.success(), "{exe} --version: {}", f.stderr);
+        assert!(
+            f.stdout.trim().ends_with(env!("CARGO_PKG_VERSION")),
+            "{exe} --version printed `{}`",
+            f.stdout
+        );
+    }
+}
+
+/// The subscriber's first note says what its frames are: on tcp, views are
+/// private copies; on shm-pool they are zero-copy views.
+#[test]
+fn subscriber_words_views_from_the_backend_capabilities() {
+    let subscriber = env!("CARGO_BIN_EXE_subscriber");
+    let publisher = env!("CARGO_BIN_EXE_publisher");
+    let mut cases = vec![(
+        format!("tcp://127.0.0.1:{}", free_tcp_port()),
+        "private copies",
+    )];
+    if cfg!(feature = "shm-pool") {
+        cases.push((
+            format!(
+                "shm-pool://fw-ex-words-{}?slots=4&slot_size=64KiB",
+                std::process::id()
+            ),
+            "zero-copy views",
+        ));
+    }
+    for (url, want) in cases {
+        let s = Proc::spawn(
+            "subscriber",
+            subscriber,
+            &[
+                "--endpoint",
+                &url,
+                "--count",
+                "2",
+                "--timeout",
+                "30",
+                "--recv",
+                "view",
+            ],
+        );
+        let p = Proc::spawn(
+            "publisher",
+            publisher,
+            &[
+                "--endpoint",
+                &url,
+                "--size",
+                "4KiB",
+                "--count",
+                "2",
+                "--wait-subscribers",
+                "1",
+                "--wait-timeout",
+                "30",
+            ],
+        );
+        let f = s.finish(DEADLINE);
+        let pf = p.finish(DEADLINE);
+        assert!(pf.status.success(), "{url}: {}", pf.stderr);
+        assert!(f.status.success(), "{url}: {}", f.stderr);
+        let note = f
+            .stderr
+            .lines()
+            .find(|l| l.contains("subscribed to"))
+            .unwrap_or_else(|| panic!("{url}: no subscribed note in {}", f.stderr));
+        assert!(note.contains(want), "{url}: `{note}` should say {want}");
+        assert!(!note.contains("View frames"), "{url}: `{note}`");
+    }
+}

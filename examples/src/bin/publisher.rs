@@ -19,7 +19,7 @@ use framewire_examples::{
 /// `sent=N bytes=B secs=S mb_per_s=X` (megabytes of 10^6 bytes, timed from
 /// the first send to the end of the final flush).
 #[derive(Debug, Parser)]
-#[command(name = "publisher")]
+#[command(name = "publisher", version)]
 struct Args {
     /// Endpoint URL, e.g. tcp://127.0.0.1:7000, unix:///tmp/cam0.sock,
     /// tcp://127.0.0.1:7000?policy=drop-oldest&queue=8.

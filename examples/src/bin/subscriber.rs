@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use framewire::{SubscribeOptions, Subscriber};
+use framewire::{RecvMode, SubscribeOptions, Subscriber};
 use framewire_examples::{
     RecvArg, StopReason, parse_secs, receive_frames_slowly, subscribe_patiently,
 };
@@ -25,7 +25,7 @@ use framewire_examples::{
 /// Exit status: 0 if no frame was corrupt and no backend error other than a
 /// lag report or the disconnect occurred, 1 otherwise.
 #[derive(Debug, Parser)]
-#[command(name = "subscriber")]
+#[command(name = "subscriber", version)]
 struct Args {
     /// Endpoint URL, e.g. tcp://127.0.0.1:7000 or unix:///tmp/cam0.sock.
     #[arg(long, value_name = "URL")]
@@ -69,11 +69,15 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    eprintln!(
-        "subscriber: subscribed to {} ({:?} frames)",
-        args.endpoint,
-        sub.recv_mode()
-    );
+    // Say what the frames are, from the backend's capabilities: a view is
+    // zero-copy only where the backend maps the publisher's memory.
+    let zero_copy = framewire::capabilities(&args.endpoint).is_ok_and(|c| c.zero_copy_views);
+    let what = match sub.recv_mode() {
+        RecvMode::View if zero_copy => "zero-copy views of the publisher's memory",
+        RecvMode::View => "private copies: this backend has no zero-copy views",
+        RecvMode::Owned => "owned copies",
+    };
+    eprintln!("subscriber: subscribed to {} ({what})", args.endpoint);
 
     let work = Duration::try_from_secs_f64(args.work_ms / 1e3).unwrap_or_default();
     let got =
