@@ -18,7 +18,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering, fence};
 
 use crossbeam_queue::ArrayQueue;
 use memmap2::{MmapOptions, MmapRaw};
@@ -144,12 +144,113 @@ impl Mapping {
         }
     }
 
+    /// Marks slot `index` as being rewritten: generation 0, which no
+    /// published reference carries. Then a release fence, so that a reader
+    /// that sees any byte written after this call (and fences before it
+    /// re-reads the header) sees generation 0 or a later one, never the old.
+    fn invalidate(&self, index: u32) {
+        let (g, _) = self.slot_header(index);
+        g.store(0, Ordering::Relaxed);
+        fence(Ordering::Release);
+    }
+
     fn slot_ptr(&self, index: u32) -> *mut u8 {
         assert!(index < self.geo.slots, "slot index checked by the caller");
         // SAFETY: slot `index` starts inside the mapping (geometry checked at
         // creation: data_offset + stride * slots == len), so the offset stays
         // within the same allocation.
         unsafe { self.map.as_mut_ptr().add(self.geo.slot_offset(index)) }
+    }
+}
+
+/// A lock-free free list of the slot indices `base .. base + n` that
+/// detects a double release whether or not the list is full.
+///
+/// Each index has a flag, set while it is on the list: a push swaps it from
+/// clear to set, so an index that is already free (released twice) is
+/// refused, counted and logged, and never enters the list a second time. A
+/// push never panics and never blocks, so it is safe in `Drop`.
+pub(crate) struct FreeList {
+    queue: ArrayQueue<u32>,
+    free: Box<[AtomicBool]>,
+    base: u32,
+    doubles: AtomicU64,
+}
+
+impl FreeList {
+    /// A list of the indices `base .. base + n`, all free.
+    pub(crate) fn new(base: u32, n: u32) -> FreeList {
+        let queue = ArrayQueue::new(n.max(1) as usize);
+        for i in base..base + n {
+            // Cannot fail: the queue has room for every index.
+            let _ = queue.push(i);
+        }
+        FreeList {
+            queue,
+            free: (0..n).map(|_| AtomicBool::new(true)).collect(),
+            base,
+            doubles: AtomicU64::new(0),
+        }
+    }
+
+    fn flag(&self, index: u32) -> Option<&AtomicBool> {
+        index
+            .checked_sub(self.base)
+            .and_then(|k| self.free.get(k as usize))
+    }
+
+    /// Takes a free index.
+    pub(crate) fn pop(&self) -> Option<u32> {
+        let index = self.queue.pop()?;
+        if let Some(f) = self.flag(index) {
+            // Only the popper owns `index` now; a push of it before this
+            // store is a release of a free index and was refused.
+            f.store(false, Ordering::Release);
+        }
+        Some(index)
+    }
+
+    /// Marks `index` free, unless it already is (or is out of range): then
+    /// nothing changes, the double release is counted and logged, and the
+    /// result is false.
+    pub(crate) fn check_push(&self, index: u32) -> bool {
+        let fresh = self
+            .flag(index)
+            .is_some_and(|f| !f.swap(true, Ordering::AcqRel));
+        if !fresh {
+            self.doubles.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                index,
+                "shm-pool: slot released while already free (double release); ignored"
+            );
+        }
+        fresh
+    }
+
+    /// Puts an index that [`check_push`](Self::check_push) accepted back on the list.
+    pub(crate) fn push_checked(&self, index: u32) {
+        // Cannot fail: each index is on the list at most once (its flag) and
+        // the queue has room for all of them.
+        let _ = self.queue.push(index);
+    }
+
+    /// Returns `index` to the list (see [`check_push`](Self::check_push)).
+    pub(crate) fn push(&self, index: u32) -> bool {
+        let fresh = self.check_push(index);
+        if fresh {
+            self.push_checked(index);
+        }
+        fresh
+    }
+
+    /// Indices free now.
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Double releases refused so far.
+    pub(crate) fn double_releases(&self) -> u64 {
+        self.doubles.load(Ordering::Relaxed)
     }
 }
 
@@ -174,7 +275,7 @@ pub struct SlotPool {
     map: Mapping,
     fd: OwnedFd,
     id: u64,
-    free: ArrayQueue<u32>,
+    free: FreeList,
 }
 
 impl std::fmt::Debug for SlotPool {
@@ -215,11 +316,7 @@ impl SlotPool {
         unsafe { std::ptr::copy_nonoverlapping(header.as_ptr(), map.as_mut_ptr(), header.len()) };
         sys::seal(fd.as_fd(), true).map_err(|e| Error::io(ctx(), e))?;
         let id = sys::inode(fd.as_fd()).map_err(|e| Error::io(ctx(), e))?;
-        let free = ArrayQueue::new(geo.slots as usize);
-        for i in 0..geo.slots {
-            // Cannot fail: the queue has room for every slot.
-            let _ = free.push(i);
-        }
+        let free = FreeList::new(0, geo.slots);
         Ok(SlotPool {
             map: Mapping { map, geo },
             fd,
@@ -263,18 +360,33 @@ impl SlotPool {
         self.fd.as_fd()
     }
 
+    /// Takes a free slot and marks its header as being rewritten
+    /// (generation 0), so that no reference to an earlier publication of it
+    /// passes a check from now on, before its new owner writes a byte.
     pub(crate) fn pop(&self) -> Option<u32> {
-        self.free.pop()
+        let index = self.free.pop()?;
+        self.map.invalidate(index);
+        Some(index)
     }
 
-    /// Returns a slot to the free list. Each index is pushed at most once per
-    /// pop (the publisher's accounting guarantees it); the queue has room for
-    /// every slot, so a failed push would be a double free and is refused.
-    pub(crate) fn push(&self, index: u32) {
-        if self.free.push(index).is_err() {
-            tracing::error!(index, "shm-pool: slot returned twice; ignored");
-            debug_assert!(false, "slot {index} returned twice");
+    /// Returns a slot to the free list, first marking its header invalid
+    /// (generation 0). A slot that is already free (a double release) is
+    /// refused, counted ([`double_releases`](Self::double_releases)) and
+    /// logged, whether or not the list is full; this never panics, so it is
+    /// safe in `Drop`. Returns whether the slot went back.
+    pub(crate) fn push(&self, index: u32) -> bool {
+        if !self.free.check_push(index) {
+            return false;
         }
+        self.map.invalidate(index);
+        self.free.push_checked(index);
+        true
+    }
+
+    /// Releases refused because the slot was already free (a double
+    /// release: a bug in the caller's accounting, counted and ignored).
+    pub fn double_releases(&self) -> u64 {
+        self.free.double_releases()
     }
 
     /// Writes slot `index`'s header: its generation and payload length.
@@ -421,6 +533,68 @@ impl SegmentMap {
     pub(crate) fn slot_ptr(&self, index: u32) -> *const u8 {
         self.map.slot_ptr(index).cast_const()
     }
+
+    /// Copies slot `index`'s first `len` bytes out with [`copy_shared`]
+    /// (relaxed atomic loads): safe however the publisher writes the slot
+    /// meanwhile; the caller re-checks the header after an acquire fence to
+    /// know whether the bytes are one publication.
+    ///
+    /// Panics unless `index < slots` and `len <= slot_size` (callers check).
+    pub(crate) fn copy_slot(&self, index: u32, len: usize) -> Vec<u8> {
+        assert!(
+            len as u64 <= self.map.geo.slot_size,
+            "length checked by the caller"
+        );
+        // SAFETY: `index < slots` (asserted by `slot_ptr`) and `len <=
+        // slot_size <= stride`, so the range lies inside the read-only
+        // mapping, which `self` keeps mapped for the call. This process never
+        // writes it (it is mapped `PROT_READ`).
+        unsafe { copy_shared(self.slot_ptr(index), len) }
+    }
+}
+
+/// Copies `len` bytes at `src`, which another process (or another mapping in
+/// this one) may be writing at the same time, without a data race: every
+/// byte is read by a relaxed atomic load (aligned 8-byte words, single bytes
+/// at the unaligned ends), never by a plain or SIMD load. The result may mix
+/// old and new bytes; a seqlock-style reader validates it afterwards
+/// (`fence(Acquire)`, then re-reading a version word).
+///
+/// # Safety
+/// `src .. src + len` lies in one live mapping that stays mapped for the
+/// call, and nothing in this process accesses it except through atomics (or
+/// through another mapping of the same memory).
+pub(crate) unsafe fn copy_shared(src: *const u8, len: usize) -> Vec<u8> {
+    let mut out = Vec::<u8>::with_capacity(len);
+    let dst = out.as_mut_ptr();
+    let head = src.align_offset(8).min(len);
+    let words = (len - head) / 8;
+    let tail = head + words * 8;
+    // SAFETY (all loads below): every address is in `src .. src + len`, so
+    // inside the live mapping (caller's contract); word loads are at
+    // 8-aligned addresses (`head` aligns them). Atomic loads of up to 8 bytes
+    // are allowed on read-only memory (std::sync::atomic, "Atomic accesses to
+    // read-only memory"). Every store is to `dst .. dst + len`, inside the
+    // fresh allocation of `len` bytes.
+    unsafe {
+        for i in 0..head {
+            let b = AtomicU8::from_ptr(src.add(i).cast_mut()).load(Ordering::Relaxed);
+            dst.add(i).write(b);
+        }
+        for w in 0..words {
+            let off = head + 8 * w;
+            let v =
+                AtomicU64::from_ptr(src.add(off).cast_mut().cast::<u64>()).load(Ordering::Relaxed);
+            dst.add(off).cast::<u64>().write_unaligned(v);
+        }
+        for i in tail..len {
+            let b = AtomicU8::from_ptr(src.add(i).cast_mut()).load(Ordering::Relaxed);
+            dst.add(i).write(b);
+        }
+        // Every byte of `0 .. len` was written above.
+        out.set_len(len);
+    }
+    out
 }
 
 /// `fd` itself when it is read-only, else a read-only reopening of it: what
@@ -539,6 +713,39 @@ mod tests {
         assert_eq!(leases[1].as_mut_slice().len(), 10_000);
         leases.clear();
         assert_eq!(pool.free_slots(), 3);
+    }
+
+    /// A slot released while already free is refused and counted, also
+    /// when the free list has room (it used to be caught only when the list
+    /// was full, and then by a `debug_assert!` that panicked inside `Drop`).
+    #[test]
+    fn a_double_release_is_refused_and_counted_without_a_panic() {
+        let pool = SlotPool::create("unit", 3, 4096).unwrap();
+        let a = pool.try_acquire().unwrap();
+        let _b = pool.try_acquire().unwrap();
+        let ai = a.index() as u32;
+        drop(a);
+        assert_eq!(pool.free_slots(), 2);
+        assert!(!pool.push(ai), "released twice, with room on the list");
+        assert_eq!(pool.free_slots(), 2);
+        assert_eq!(pool.double_releases(), 1);
+        assert!(!pool.push(7), "out of range");
+        assert_eq!(pool.double_releases(), 2);
+        // A lease dropped for a slot that is free: refused in `Drop`, no panic.
+        let lease = SlotLease {
+            pool: &pool,
+            index: ai,
+        };
+        drop(lease);
+        assert_eq!(pool.double_releases(), 3);
+        assert_eq!(pool.free_slots(), 2);
+        // Every slot still comes out exactly once.
+        let leases: Vec<_> = std::iter::from_fn(|| pool.try_acquire()).collect();
+        let mut seen: Vec<usize> = leases.iter().map(SlotLease::index).collect();
+        seen.sort_unstable();
+        assert_eq!(seen.len(), 2);
+        seen.dedup();
+        assert_eq!(seen.len(), 2, "no slot handed out twice");
     }
 
     #[test]
