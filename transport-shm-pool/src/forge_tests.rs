@@ -844,3 +844,109 @@ impl FakeSubscriber {
         }
     }
 }
+
+/// Reads (and discards) from `stream` until the peer closes it; panics if
+/// that takes longer than `limit`. Returns the messages seen before.
+async fn closed_within(stream: &UnixStream, limit: Duration, what: &str) -> Vec<Msg> {
+    let mut rx = RecvBuf::new();
+    let mut seen = Vec::new();
+    let read = async {
+        loop {
+            match rx.recv(stream, what).await {
+                Ok(m) => seen.push(m),
+                Err(_) => return,
+            }
+        }
+    };
+    tokio::time::timeout(limit, read).await.unwrap_or_else(|_| {
+        panic!("{what}: the publisher kept the connection open past {limit:?}")
+    });
+    seen
+}
+
+/// A subscriber that announces a large first message is dropped at once:
+/// during the handshake the publisher accepts only small messages and
+/// reserves nothing for a larger announced length (it used to reserve up to
+/// `MAX_MESSAGE`, 2 MiB, and wait for the bytes until the handshake timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_handshake_message_is_refused_at_once() {
+    let name = name("bighello");
+    let endpoint =
+        Endpoint::parse(&format!("shm-pool://{name}?slots=2&slot_size=4KiB")).expect("url");
+    let publ = ShmPoolTransport::new()
+        .publish(&endpoint, &PublishOptions::default())
+        .await
+        .expect("publish");
+    let stream = sys::connect(&socket_name(sys::euid(), &name))
+        .await
+        .expect("connect");
+    // A SUBSCRIBE announcing 1 MiB, of which only the kind byte is sent.
+    let mut head = (1u32 << 20).to_le_bytes().to_vec();
+    head.push(0x01);
+    sys::send_all(&stream, &head, &[]).await.expect("send");
+    let seen = closed_within(&stream, Duration::from_secs(2), "a huge SUBSCRIBE").await;
+    assert!(seen.is_empty(), "{seen:?}");
+    assert!(wire::MAX_HANDSHAKE_MESSAGE < 4 << 10);
+    assert_eq!(publ.subscriber_count(), Some(0));
+}
+
+/// At most `MAX_PENDING_HANDSHAKES` handshakes run at once: connections past
+/// that are refused at once with a clear reason (they used to be accepted
+/// without limit, each with its task and buffers); a handshake that never
+/// completes ends at `HANDSHAKE_TIMEOUT`, and then subscribers get in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_handshakes_are_bounded_and_time_out() {
+    use crate::publisher::{HANDSHAKE_TIMEOUT, MAX_PENDING_HANDSHAKES};
+    let name = name("pending");
+    let endpoint =
+        Endpoint::parse(&format!("shm-pool://{name}?slots=2&slot_size=4KiB")).expect("url");
+    let mut publ = ShmPoolTransport::new()
+        .publish(&endpoint, &PublishOptions::default())
+        .await
+        .expect("publish");
+    let sock = socket_name(sys::euid(), &name);
+    let start = std::time::Instant::now();
+    let mut idle = Vec::new();
+    for _ in 0..MAX_PENDING_HANDSHAKES {
+        idle.push(sys::connect(&sock).await.expect("connect"));
+    }
+    // Accepted after all of those (the backlog is served in order): refused.
+    let refused = within(
+        "a refused subscriber",
+        ShmPoolTransport::new().subscribe(&endpoint, &SubscribeOptions::default()),
+    )
+    .await;
+    match refused {
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.contains("handshakes are already in progress"), "{msg}");
+        }
+        Ok(_) => panic!("a subscriber got in past {MAX_PENDING_HANDSHAKES} pending handshakes"),
+    }
+    // The idle ones are dropped when their handshake times out.
+    let limit = HANDSHAKE_TIMEOUT + WAIT;
+    for s in &idle {
+        closed_within(
+            s,
+            limit.saturating_sub(start.elapsed()),
+            "an idle handshake",
+        )
+        .await;
+    }
+    assert!(start.elapsed() >= HANDSHAKE_TIMEOUT - Duration::from_millis(500));
+    drop(idle);
+    let mut sub = within(
+        "a subscriber after the timeouts",
+        ShmPoolTransport::new().subscribe(&endpoint, &SubscribeOptions::default()),
+    )
+    .await
+    .expect("subscribe once the pending handshakes timed out");
+    publ.wait_for_subscribers(1, WAIT)
+        .await
+        .expect("subscriber");
+    publ.send(Frame::new(Bytes::from_static(b"hello")))
+        .await
+        .expect("send");
+    let f = within("a frame", sub.recv()).await.expect("frame");
+    assert_eq!(&f.payload[..], b"hello");
+}

@@ -1091,12 +1091,39 @@ async fn conn_task(shared: Arc<Shared>, conn: Arc<Conn>) {
     }
 }
 
+/// Most handshakes a publisher runs at once (each costs a task, a socket and
+/// a few KiB until it completes or [`HANDSHAKE_TIMEOUT`] ends it): as many as
+/// it can have subscribers, so a legitimate burst of subscribers never meets
+/// the limit.
+pub(crate) const MAX_PENDING_HANDSHAKES: usize = MAX_SUBSCRIBERS;
+
+/// Refuses a connection without a handshake: one non-blocking REJECT (it
+/// fits an empty socket buffer), then the socket closes.
+fn refuse_now(stream: &UnixStream, reason: String) {
+    let mut b = BytesMut::new();
+    wire::encode(&Msg::Reject { reason }, &mut b);
+    let _ = sys::send_nb(stream.as_fd(), &b);
+}
+
 async fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
+    let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                let Ok(permit) = pending.clone().try_acquire_owned() else {
+                    tracing::warn!(pool = %shared.name, "shm-pool: {MAX_PENDING_HANDSHAKES} handshakes in progress; refusing a connection");
+                    refuse_now(
+                        &stream,
+                        format!(
+                            "{MAX_PENDING_HANDSHAKES} subscriber handshakes are already in progress \
+                             (each completes or times out within {HANDSHAKE_TIMEOUT:?}); try again"
+                        ),
+                    );
+                    continue;
+                };
                 let sh = shared.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&sh, stream)).await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => {
@@ -1188,6 +1215,9 @@ async fn handshake(shared: &Arc<Shared>, stream: UnixStream) -> Result<()> {
         }
     };
     drop(fd);
+    // Subscribers send only RELEASE and UNSUBSCRIBE from now on: the small
+    // limit stays, the reads get larger.
+    rx.open_up(wire::MAX_HANDSHAKE_MESSAGE);
     let conn = {
         let mut st = lock(&shared.state);
         if shared.closed.load(Ordering::Acquire) {
