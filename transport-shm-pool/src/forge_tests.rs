@@ -769,7 +769,7 @@ async fn forwarding_on_the_wire() {
     assert!(sys::is_read_only(fd.as_fd()).expect("fcntl"), "read-only");
     sys::check_sealed(fd.as_fd(), len).expect("sealed");
     assert_eq!(sys::inode(fd.as_fd()).expect("inode"), inode);
-    let seg = crate::pool::ForeignMap::open(fd, inode, len, Vec::new()).expect("map it");
+    let seg = crate::pool::ForeignMap::open(fd, inode, len, Vec::new(), u64::MAX).expect("map it");
     let d = match within("FWD", fake.rx.recv(&fake.stream, "FWD")).await {
         Ok(Msg::Fwd { desc, .. }) => desc,
         other => panic!("expected FWD, got {other:?}"),

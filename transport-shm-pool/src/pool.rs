@@ -369,18 +369,16 @@ impl SlotPool {
         Some(index)
     }
 
-    /// Returns a slot to the free list, first marking its header invalid
-    /// (generation 0). A slot that is already free (a double release) is
-    /// refused, counted ([`double_releases`](Self::double_releases)) and
-    /// logged, whether or not the list is full; this never panics, so it is
-    /// safe in `Drop`. Returns whether the slot went back.
+    /// Returns a slot to the free list. Its header keeps the last
+    /// publication's generation, and its bytes stay that frame until the
+    /// slot is popped again (which invalidates the header before anything is
+    /// written): a subscriber may still read a frame that was sent before
+    /// its publisher went away. A slot that is already free (a double
+    /// release) is refused, counted ([`double_releases`](Self::double_releases))
+    /// and logged, whether or not the list is full; this never panics, so it
+    /// is safe in `Drop`. Returns whether the slot went back.
     pub(crate) fn push(&self, index: u32) -> bool {
-        if !self.free.check_push(index) {
-            return false;
-        }
-        self.map.invalidate(index);
-        self.free.push_checked(index);
-        true
+        self.free.push(index)
     }
 
     /// Releases refused because the slot was already free (a double
@@ -481,7 +479,10 @@ impl SegmentMap {
     ) -> Result<SegmentMap> {
         let geo = Geometry::from_hello(hello)?;
         let io = |e: std::io::Error| Error::io("mapping the publisher's segment", e);
+        // Sealed, large enough and on tmpfs (no hugetlb page can SIGBUS);
+        // every page allocated, so pre-faulting costs page tables, not memory.
         sys::check_sealed(fd.as_fd(), geo.len).map_err(io)?;
+        sys::check_allocated(fd.as_fd(), geo.len).map_err(io)?;
         let id = sys::inode(fd.as_fd()).map_err(io)?;
         if id != hello.segment {
             return Err(Error::Protocol(format!(
@@ -608,9 +609,15 @@ fn read_only(fd: OwnedFd) -> std::io::Result<OwnedFd> {
     sys::reopen_read_only(fd.as_fd())
 }
 
-/// Largest forwarded segment a subscriber maps: the largest pool a publisher
-/// creates, with room for its control page.
-const MAX_FORWARDED_LEN: u64 = MAX_POOL_BYTES + (1 << 20);
+/// Largest forwarded segment a subscriber maps: exactly the largest segment
+/// a publisher of this crate creates (the largest pool, [`MAX_POOL_BYTES`],
+/// plus the control page of [`MAX_SLOTS`] slot headers). Forwarded frames
+/// are bytes of such a segment and nothing else.
+pub(crate) fn max_forwarded_len() -> u64 {
+    // Cannot overflow: a few hundred KiB past 256 GiB.
+    let ctrl = sys::page_align(CTRL_HEADER + SLOT_HEADER * MAX_SLOTS as u64).unwrap_or(u64::MAX);
+    MAX_POOL_BYTES.saturating_add(ctrl)
+}
 
 /// A subscriber's read-only mapping of a segment its publisher forwards
 /// (another pool's segment, whose frames the publisher re-sends without a
@@ -630,22 +637,33 @@ impl std::fmt::Debug for ForeignMap {
 }
 
 impl ForeignMap {
-    /// Maps `len` bytes of a forwarded segment, read-only and pre-faulted,
-    /// after checking the fd: a memfd sealed against shrinking (so reading
-    /// the mapping can never SIGBUS), at least `len` bytes, inode `inode`.
+    /// Maps `len` bytes of a forwarded segment read-only, after checking the
+    /// fd: an ordinary (tmpfs, not hugetlb) memfd sealed against shrinking,
+    /// at least `len` bytes, every page of them allocated, inode `inode`; so
+    /// reading the mapping can never SIGBUS and allocates nothing. `len` is
+    /// at most what a publisher creates ([`max_forwarded_len`]).
+    ///
+    /// Pre-faulted (`MAP_POPULATE`) only when `len <= populate_up_to` (the
+    /// subscriber passes its own publisher's segment length, announced in
+    /// HELLO): a larger segment is mapped lazily, so what a SEGMENT message
+    /// can make this process pre-fault is bounded by what it accepted at
+    /// the handshake.
     pub(crate) fn open(
         fd: OwnedFd,
         inode: u64,
         len: u64,
         anchors: Vec<Arc<OwnedFd>>,
+        populate_up_to: u64,
     ) -> Result<ForeignMap> {
         let io = |e: std::io::Error| Error::io("mapping a forwarded segment", e);
-        if len == 0 || len > MAX_FORWARDED_LEN {
+        let max = max_forwarded_len();
+        if len == 0 || len > max {
             return Err(Error::Protocol(format!(
-                "a forwarded segment of {len} bytes (1 to {MAX_FORWARDED_LEN} accepted)"
+                "a forwarded segment of {len} bytes (1 to {max} accepted: the largest segment a publisher creates)"
             )));
         }
         sys::check_sealed(fd.as_fd(), len).map_err(io)?;
+        sys::check_allocated(fd.as_fd(), len).map_err(io)?;
         let id = sys::inode(fd.as_fd()).map_err(io)?;
         if id != inode {
             return Err(Error::Protocol(format!(
@@ -654,11 +672,12 @@ impl ForeignMap {
         }
         let fd = read_only(fd).map_err(io)?;
         let n = usize::try_from(len).map_err(|e| io(std::io::Error::other(e)))?;
-        let map = MmapOptions::new()
-            .len(n)
-            .populate()
-            .map_raw_read_only(&fd)
-            .map_err(io)?;
+        let mut opts = MmapOptions::new();
+        opts.len(n);
+        if len <= populate_up_to {
+            opts.populate();
+        }
+        let map = opts.map_raw_read_only(&fd).map_err(io)?;
         let reg = registry::register(map.as_ptr(), len, fd, id, anchors);
         Ok(ForeignMap { reg, map })
     }

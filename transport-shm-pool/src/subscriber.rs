@@ -535,7 +535,9 @@ impl ShmPoolSubscriber {
                 "SEGMENT index {index} is already in use (FORGET comes first)"
             )));
         }
-        let map = ForeignMap::open(fd, inode, len, held)?;
+        // Pre-faulted only up to the size of the pool announced in HELLO.
+        let populate_up_to = self.link.seg.geometry().len;
+        let map = ForeignMap::open(fd, inode, len, held, populate_up_to)?;
         tracing::debug!(
             pool = %self.name,
             index,
