@@ -950,3 +950,94 @@ async fn pending_handshakes_are_bounded_and_time_out() {
     let f = within("a frame", sub.recv()).await.expect("frame");
     assert_eq!(&f.payload[..], b"hello");
 }
+
+/// Plays a publisher's handshake that hands out `segment` as its pool, with
+/// the geometry of 2 slots of `slot_size`; returns what the real
+/// subscriber's `subscribe` gave.
+async fn subscribe_to_segment(
+    test: &str,
+    segment: std::os::fd::OwnedFd,
+    slot_size: u64,
+) -> transport_core::Result<crate::ShmPoolSubscriber> {
+    let name = name(test);
+    let endpoint = Endpoint::parse(&format!("shm-pool://{name}")).expect("url");
+    let listener = sys::listen(&socket_name(sys::euid(), &name))
+        .await
+        .expect("listen");
+    let g = crate::pool::Geometry::new(2, slot_size).expect("geometry");
+    let hello = wire::Hello {
+        version: wire::VERSION,
+        flags: 0,
+        segment: sys::inode(segment.as_fd()).expect("inode"),
+        slots: g.slots,
+        slot_size: g.slot_size,
+        stride: g.stride,
+        data_offset: g.data_offset,
+        segment_len: g.len,
+        claims_len: wire::claims_len(wire::claim_entries(g.slots)),
+    };
+    let serve = async {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let mut rx = RecvBuf::new();
+        assert!(matches!(
+            rx.recv(&stream, "SUBSCRIBE").await,
+            Ok(Msg::Subscribe { .. })
+        ));
+        let (_anchor, anchor_w) = sys::anchor_pipe().expect("anchor pipe");
+        wire::send_fds(
+            &stream,
+            &Msg::Hello(hello),
+            &[segment.as_fd(), anchor_w.as_fd()],
+            "HELLO",
+        )
+        .await
+        .expect("HELLO");
+        // The subscriber goes on (CLAIMS) if it accepted the segment.
+        if let Ok(Msg::Claims { .. }) = rx.recv(&stream, "CLAIMS").await {
+            let _ = wire::send(&stream, &Msg::Ready { id: 0 }, None, "READY").await;
+        }
+        stream
+    };
+    let (shm, opts) = (ShmPoolTransport::new(), SubscribeOptions::default());
+    let subscribe = shm.subscribe(&endpoint, &opts);
+    let (_stream, r) = within("the handshake", async { tokio::join!(serve, subscribe) }).await;
+    r
+}
+
+/// A hugetlb memfd (whose pages SIGBUS when the huge-page pool runs out) is
+/// refused before it is mapped, with an error that says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hugetlb_segment_is_refused() {
+    use rustix::fs::MemfdFlags;
+    let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING | MemfdFlags::HUGETLB;
+    let fd = match rustix::fs::memfd_create("forge-hugetlb", flags) {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("skipped: this kernel makes no hugetlb memfd ({e})");
+            return;
+        }
+    };
+    rustix::fs::ftruncate(&fd, 2 << 20).expect("ftruncate to one huge page");
+    sys::seal(fd.as_fd(), false).expect("seal");
+    let err = subscribe_to_segment("hugetlb", fd, 8192)
+        .await
+        .expect_err("a hugetlb segment");
+    let msg = err.to_string();
+    assert!(msg.contains("hugetlbfs"), "{msg}");
+}
+
+/// A segment whose pages were never allocated (so pre-faulting it would
+/// allocate the whole announced size in the subscriber) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sparse_segment_is_refused() {
+    let g = crate::pool::Geometry::new(2, 4 << 20).expect("geometry");
+    let fd = sys::memfd("forge-sparse", g.len).expect("memfd");
+    // A correct control header (the first page), and nothing else written.
+    rustix::io::pwrite(&fd, &g.header_bytes(), 0).expect("write the header");
+    sys::seal(fd.as_fd(), false).expect("seal");
+    let err = subscribe_to_segment("sparse", fd, 4 << 20)
+        .await
+        .expect_err("a sparse segment");
+    let msg = err.to_string();
+    assert!(msg.contains("unallocated pages"), "{msg}");
+}

@@ -102,7 +102,7 @@ impl Geometry {
         Ok(g)
     }
 
-    fn header_bytes(&self) -> [u8; CTRL_HEADER as usize] {
+    pub(crate) fn header_bytes(&self) -> [u8; CTRL_HEADER as usize] {
         let mut b = [0u8; CTRL_HEADER as usize];
         b[0..8].copy_from_slice(&MAGIC);
         b[8..12].copy_from_slice(&LAYOUT_VERSION.to_le_bytes());
@@ -765,6 +765,63 @@ mod tests {
         assert_eq!(seen.len(), 2);
         seen.dedup();
         assert_eq!(seen.len(), 2, "no slot handed out twice");
+    }
+
+    /// Resident KiB of the mapping that starts at `addr` (`/proc/self/smaps`).
+    fn rss_kib(addr: *const u8) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let start = format!("{:x}-", addr as usize);
+        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&start));
+        assert!(lines.next().is_some(), "no mapping at {start}");
+        lines
+            .find_map(|l| l.strip_prefix("Rss:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// A forwarded segment is pre-faulted only when it is no larger than the
+    /// size the subscriber accepted at the handshake; it is at most the
+    /// largest segment a publisher creates; and one with unallocated pages
+    /// (reading them would allocate memory here) is refused.
+    #[test]
+    fn forwarded_segments_are_bounded_checked_and_prefaulted_only_up_to_the_pool() {
+        let pool = SlotPool::create("unit-fwd", 4, 1 << 20).unwrap();
+        let len = pool.geometry().len;
+        let open = |populate_up_to: u64| {
+            let ro = sys::reopen_read_only(pool.fd()).unwrap();
+            ForeignMap::open(ro, pool.segment_id(), len, Vec::new(), populate_up_to)
+        };
+        let lazy = open(len - 1).unwrap();
+        assert_eq!(
+            rss_kib(lazy.ptr(0)),
+            0,
+            "larger than announced: not pre-faulted"
+        );
+        let eager = open(len).unwrap();
+        assert_eq!(rss_kib(eager.ptr(0)) * 1024, len, "pre-faulted");
+        drop((lazy, eager));
+
+        let ro = sys::reopen_read_only(pool.fd()).unwrap();
+        let too_long = max_forwarded_len() + sys::page_size() as u64;
+        match ForeignMap::open(ro, pool.segment_id(), too_long, Vec::new(), u64::MAX) {
+            Err(Error::Protocol(m)) => {
+                assert!(m.contains("largest segment a publisher creates"), "{m}")
+            }
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
+        assert_eq!(
+            Geometry::new(MAX_SLOTS, MAX_POOL_BYTES / MAX_SLOTS as u64)
+                .unwrap()
+                .len,
+            max_forwarded_len(),
+            "exactly the largest pool's segment"
+        );
+
+        let sparse = sys::memfd("sparse", 1 << 20).unwrap();
+        sys::seal(sparse.as_fd(), false).unwrap();
+        let inode = sys::inode(sparse.as_fd()).unwrap();
+        let e = ForeignMap::open(sparse, inode, 1 << 20, Vec::new(), u64::MAX).unwrap_err();
+        assert!(e.to_string().contains("unallocated pages"), "{e}");
     }
 
     #[test]
