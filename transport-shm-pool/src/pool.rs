@@ -571,7 +571,7 @@ pub(crate) unsafe fn copy_shared(src: *const u8, len: usize) -> Vec<u8> {
     let head = src.align_offset(8).min(len);
     let words = (len - head) / 8;
     let tail = head + words * 8;
-    // SAFETY (all loads below): every address is in `src .. src + len`, so
+    // SAFETY: (all loads below) every address is in `src .. src + len`, so
     // inside the live mapping (caller's contract); word loads are at
     // 8-aligned addresses (`head` aligns them). Atomic loads of up to 8 bytes
     // are allowed on read-only memory (std::sync::atomic, "Atomic accesses to
