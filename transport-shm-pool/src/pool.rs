@@ -525,9 +525,15 @@ impl SegmentMap {
     /// Slot `index`'s generation and length as the publisher last wrote them.
     pub(crate) fn header(&self, index: u32) -> (u64, u64) {
         let (g, l) = self.map.slot_header(index);
-        // Acquire: pairs with the release stores in `SlotPool::set_header`.
-        let generation = g.load(Ordering::Acquire);
-        (generation, l.load(Ordering::Acquire))
+        // Relaxed loads (the only atomic accesses allowed on read-only
+        // memory, see `copy_shared`), each followed by an acquire fence:
+        // together an acquire load, pairing with the release stores in
+        // `SlotPool::set_header` (the length is stored before the generation).
+        let generation = g.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        let len = l.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        (generation, len)
     }
 
     /// Start of slot `index` (`index < slots`).
@@ -573,9 +579,9 @@ pub(crate) unsafe fn copy_shared(src: *const u8, len: usize) -> Vec<u8> {
     let tail = head + words * 8;
     // SAFETY: (all loads below) every address is in `src .. src + len`, so
     // inside the live mapping (caller's contract); word loads are at
-    // 8-aligned addresses (`head` aligns them). Atomic loads of up to 8 bytes
-    // are allowed on read-only memory (std::sync::atomic, "Atomic accesses to
-    // read-only memory"). Every store is to `dst .. dst + len`, inside the
+    // 8-aligned addresses (`head` aligns them). Relaxed atomic loads of up
+    // to register width are allowed on read-only memory (std::sync::atomic,
+    // "Atomic accesses to read-only memory"). Every store is to `dst .. dst + len`, inside the
     // fresh allocation of `len` bytes.
     unsafe {
         for i in 0..head {
