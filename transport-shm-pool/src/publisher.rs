@@ -1111,7 +1111,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let Ok(permit) = pending.clone().try_acquire_owned() else {
-                    tracing::warn!(pool = %shared.name, "shm-pool: {MAX_PENDING_HANDSHAKES} handshakes in progress; refusing a connection");
+                    tracing::debug!(pool = %shared.name, "shm-pool: {MAX_PENDING_HANDSHAKES} handshakes in progress; refusing a connection");
                     refuse_now(
                         &stream,
                         format!(
