@@ -769,7 +769,7 @@ async fn forwarding_on_the_wire() {
     assert!(sys::is_read_only(fd.as_fd()).expect("fcntl"), "read-only");
     sys::check_sealed(fd.as_fd(), len).expect("sealed");
     assert_eq!(sys::inode(fd.as_fd()).expect("inode"), inode);
-    let seg = crate::pool::ForeignMap::open(fd, inode, len, Vec::new()).expect("map it");
+    let seg = crate::pool::ForeignMap::open(fd, inode, len, Vec::new(), u64::MAX).expect("map it");
     let d = match within("FWD", fake.rx.recv(&fake.stream, "FWD")).await {
         Ok(Msg::Fwd { desc, .. }) => desc,
         other => panic!("expected FWD, got {other:?}"),
@@ -843,4 +843,201 @@ impl FakeSubscriber {
             other => panic!("expected FWD, got {other:?}"),
         }
     }
+}
+
+/// Reads (and discards) from `stream` until the peer closes it; panics if
+/// that takes longer than `limit`. Returns the messages seen before.
+async fn closed_within(stream: &UnixStream, limit: Duration, what: &str) -> Vec<Msg> {
+    let mut rx = RecvBuf::new();
+    let mut seen = Vec::new();
+    let read = async {
+        loop {
+            match rx.recv(stream, what).await {
+                Ok(m) => seen.push(m),
+                Err(_) => return,
+            }
+        }
+    };
+    tokio::time::timeout(limit, read).await.unwrap_or_else(|_| {
+        panic!("{what}: the publisher kept the connection open past {limit:?}")
+    });
+    seen
+}
+
+/// A subscriber that announces a large first message is dropped at once:
+/// during the handshake the publisher accepts only small messages and
+/// reserves nothing for a larger announced length (it used to reserve up to
+/// `MAX_MESSAGE`, 2 MiB, and wait for the bytes until the handshake timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_handshake_message_is_refused_at_once() {
+    let name = name("bighello");
+    let endpoint =
+        Endpoint::parse(&format!("shm-pool://{name}?slots=2&slot_size=4KiB")).expect("url");
+    let publ = ShmPoolTransport::new()
+        .publish(&endpoint, &PublishOptions::default())
+        .await
+        .expect("publish");
+    let stream = sys::connect(&socket_name(sys::euid(), &name))
+        .await
+        .expect("connect");
+    // A SUBSCRIBE announcing 1 MiB, of which only the kind byte is sent.
+    let mut head = (1u32 << 20).to_le_bytes().to_vec();
+    head.push(0x01);
+    sys::send_all(&stream, &head, &[]).await.expect("send");
+    let seen = closed_within(&stream, Duration::from_secs(2), "a huge SUBSCRIBE").await;
+    assert!(seen.is_empty(), "{seen:?}");
+    const { assert!(wire::MAX_HANDSHAKE_MESSAGE < 4 << 10) };
+    assert_eq!(publ.subscriber_count(), Some(0));
+}
+
+/// At most `MAX_PENDING_HANDSHAKES` handshakes run at once: connections past
+/// that are refused at once with a clear reason (they used to be accepted
+/// without limit, each with its task and buffers); a handshake that never
+/// completes ends at `HANDSHAKE_TIMEOUT`, and then subscribers get in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_handshakes_are_bounded_and_time_out() {
+    use crate::publisher::{HANDSHAKE_TIMEOUT, MAX_PENDING_HANDSHAKES};
+    let name = name("pending");
+    let endpoint =
+        Endpoint::parse(&format!("shm-pool://{name}?slots=2&slot_size=4KiB")).expect("url");
+    let mut publ = ShmPoolTransport::new()
+        .publish(&endpoint, &PublishOptions::default())
+        .await
+        .expect("publish");
+    let sock = socket_name(sys::euid(), &name);
+    let start = std::time::Instant::now();
+    let mut idle = Vec::new();
+    for _ in 0..MAX_PENDING_HANDSHAKES {
+        idle.push(sys::connect(&sock).await.expect("connect"));
+    }
+    // Accepted after all of those (the backlog is served in order): refused.
+    let refused = within(
+        "a refused subscriber",
+        ShmPoolTransport::new().subscribe(&endpoint, &SubscribeOptions::default()),
+    )
+    .await;
+    match refused {
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.contains("handshakes are already in progress"), "{msg}");
+        }
+        Ok(_) => panic!("a subscriber got in past {MAX_PENDING_HANDSHAKES} pending handshakes"),
+    }
+    // The idle ones are dropped when their handshake times out.
+    let limit = HANDSHAKE_TIMEOUT + WAIT;
+    for s in &idle {
+        closed_within(
+            s,
+            limit.saturating_sub(start.elapsed()),
+            "an idle handshake",
+        )
+        .await;
+    }
+    assert!(start.elapsed() >= HANDSHAKE_TIMEOUT - Duration::from_millis(500));
+    drop(idle);
+    let mut sub = within(
+        "a subscriber after the timeouts",
+        ShmPoolTransport::new().subscribe(&endpoint, &SubscribeOptions::default()),
+    )
+    .await
+    .expect("subscribe once the pending handshakes timed out");
+    publ.wait_for_subscribers(1, WAIT)
+        .await
+        .expect("subscriber");
+    publ.send(Frame::new(Bytes::from_static(b"hello")))
+        .await
+        .expect("send");
+    let f = within("a frame", sub.recv()).await.expect("frame");
+    assert_eq!(&f.payload[..], b"hello");
+}
+
+/// Plays a publisher's handshake that hands out `segment` as its pool, with
+/// the geometry of 2 slots of `slot_size`; returns what the real
+/// subscriber's `subscribe` gave.
+async fn subscribe_to_segment(
+    test: &str,
+    segment: std::os::fd::OwnedFd,
+    slot_size: u64,
+) -> transport_core::Result<crate::ShmPoolSubscriber> {
+    let name = name(test);
+    let endpoint = Endpoint::parse(&format!("shm-pool://{name}")).expect("url");
+    let listener = sys::listen(&socket_name(sys::euid(), &name))
+        .await
+        .expect("listen");
+    let g = crate::pool::Geometry::new(2, slot_size).expect("geometry");
+    let hello = wire::Hello {
+        version: wire::VERSION,
+        flags: 0,
+        segment: sys::inode(segment.as_fd()).expect("inode"),
+        slots: g.slots,
+        slot_size: g.slot_size,
+        stride: g.stride,
+        data_offset: g.data_offset,
+        segment_len: g.len,
+        claims_len: wire::claims_len(wire::claim_entries(g.slots)),
+    };
+    let serve = async {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let mut rx = RecvBuf::new();
+        assert!(matches!(
+            rx.recv(&stream, "SUBSCRIBE").await,
+            Ok(Msg::Subscribe { .. })
+        ));
+        let (_anchor, anchor_w) = sys::anchor_pipe().expect("anchor pipe");
+        wire::send_fds(
+            &stream,
+            &Msg::Hello(hello),
+            &[segment.as_fd(), anchor_w.as_fd()],
+            "HELLO",
+        )
+        .await
+        .expect("HELLO");
+        // The subscriber goes on (CLAIMS) if it accepted the segment.
+        if let Ok(Msg::Claims { .. }) = rx.recv(&stream, "CLAIMS").await {
+            let _ = wire::send(&stream, &Msg::Ready { id: 0 }, None, "READY").await;
+        }
+        stream
+    };
+    let (shm, opts) = (ShmPoolTransport::new(), SubscribeOptions::default());
+    let subscribe = shm.subscribe(&endpoint, &opts);
+    let (_stream, r) = within("the handshake", async { tokio::join!(serve, subscribe) }).await;
+    r
+}
+
+/// A hugetlb memfd (whose pages SIGBUS when the huge-page pool runs out) is
+/// refused before it is mapped, with an error that says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hugetlb_segment_is_refused() {
+    use rustix::fs::MemfdFlags;
+    let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING | MemfdFlags::HUGETLB;
+    let fd = match rustix::fs::memfd_create("forge-hugetlb", flags) {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("skipped: this kernel makes no hugetlb memfd ({e})");
+            return;
+        }
+    };
+    rustix::fs::ftruncate(&fd, 2 << 20).expect("ftruncate to one huge page");
+    sys::seal(fd.as_fd(), false).expect("seal");
+    let err = subscribe_to_segment("hugetlb", fd, 8192)
+        .await
+        .expect_err("a hugetlb segment");
+    let msg = err.to_string();
+    assert!(msg.contains("hugetlbfs"), "{msg}");
+}
+
+/// A segment whose pages were never allocated (so pre-faulting it would
+/// allocate the whole announced size in the subscriber) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sparse_segment_is_refused() {
+    let g = crate::pool::Geometry::new(2, 4 << 20).expect("geometry");
+    let fd = sys::memfd("forge-sparse", g.len).expect("memfd");
+    // A correct control header (the first page), and nothing else written.
+    rustix::io::pwrite(&fd, &g.header_bytes(), 0).expect("write the header");
+    sys::seal(fd.as_fd(), false).expect("seal");
+    let err = subscribe_to_segment("sparse", fd, 4 << 20)
+        .await
+        .expect_err("a sparse segment");
+    let msg = err.to_string();
+    assert!(msg.contains("unallocated pages"), "{msg}");
 }

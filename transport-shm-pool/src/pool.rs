@@ -18,7 +18,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering, fence};
 
 use crossbeam_queue::ArrayQueue;
 use memmap2::{MmapOptions, MmapRaw};
@@ -102,7 +102,7 @@ impl Geometry {
         Ok(g)
     }
 
-    fn header_bytes(&self) -> [u8; CTRL_HEADER as usize] {
+    pub(crate) fn header_bytes(&self) -> [u8; CTRL_HEADER as usize] {
         let mut b = [0u8; CTRL_HEADER as usize];
         b[0..8].copy_from_slice(&MAGIC);
         b[8..12].copy_from_slice(&LAYOUT_VERSION.to_le_bytes());
@@ -144,12 +144,113 @@ impl Mapping {
         }
     }
 
+    /// Marks slot `index` as being rewritten: generation 0, which no
+    /// published reference carries. Then a release fence, so that a reader
+    /// that sees any byte written after this call (and fences before it
+    /// re-reads the header) sees generation 0 or a later one, never the old.
+    fn invalidate(&self, index: u32) {
+        let (g, _) = self.slot_header(index);
+        g.store(0, Ordering::Relaxed);
+        fence(Ordering::Release);
+    }
+
     fn slot_ptr(&self, index: u32) -> *mut u8 {
         assert!(index < self.geo.slots, "slot index checked by the caller");
         // SAFETY: slot `index` starts inside the mapping (geometry checked at
         // creation: data_offset + stride * slots == len), so the offset stays
         // within the same allocation.
         unsafe { self.map.as_mut_ptr().add(self.geo.slot_offset(index)) }
+    }
+}
+
+/// A lock-free free list of the slot indices `base .. base + n` that
+/// detects a double release whether or not the list is full.
+///
+/// Each index has a flag, set while it is on the list: a push swaps it from
+/// clear to set, so an index that is already free (released twice) is
+/// refused, counted and logged, and never enters the list a second time. A
+/// push never panics and never blocks, so it is safe in `Drop`.
+pub(crate) struct FreeList {
+    queue: ArrayQueue<u32>,
+    free: Box<[AtomicBool]>,
+    base: u32,
+    doubles: AtomicU64,
+}
+
+impl FreeList {
+    /// A list of the indices `base .. base + n`, all free.
+    pub(crate) fn new(base: u32, n: u32) -> FreeList {
+        let queue = ArrayQueue::new(n.max(1) as usize);
+        for i in base..base + n {
+            // Cannot fail: the queue has room for every index.
+            let _ = queue.push(i);
+        }
+        FreeList {
+            queue,
+            free: (0..n).map(|_| AtomicBool::new(true)).collect(),
+            base,
+            doubles: AtomicU64::new(0),
+        }
+    }
+
+    fn flag(&self, index: u32) -> Option<&AtomicBool> {
+        index
+            .checked_sub(self.base)
+            .and_then(|k| self.free.get(k as usize))
+    }
+
+    /// Takes a free index.
+    pub(crate) fn pop(&self) -> Option<u32> {
+        let index = self.queue.pop()?;
+        if let Some(f) = self.flag(index) {
+            // Only the popper owns `index` now; a push of it before this
+            // store is a release of a free index and was refused.
+            f.store(false, Ordering::Release);
+        }
+        Some(index)
+    }
+
+    /// Marks `index` free, unless it already is (or is out of range): then
+    /// nothing changes, the double release is counted and logged, and the
+    /// result is false.
+    pub(crate) fn check_push(&self, index: u32) -> bool {
+        let fresh = self
+            .flag(index)
+            .is_some_and(|f| !f.swap(true, Ordering::AcqRel));
+        if !fresh {
+            self.doubles.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                index,
+                "shm-pool: slot released while already free (double release); ignored"
+            );
+        }
+        fresh
+    }
+
+    /// Puts an index that [`check_push`](Self::check_push) accepted back on the list.
+    pub(crate) fn push_checked(&self, index: u32) {
+        // Cannot fail: each index is on the list at most once (its flag) and
+        // the queue has room for all of them.
+        let _ = self.queue.push(index);
+    }
+
+    /// Returns `index` to the list (see [`check_push`](Self::check_push)).
+    pub(crate) fn push(&self, index: u32) -> bool {
+        let fresh = self.check_push(index);
+        if fresh {
+            self.push_checked(index);
+        }
+        fresh
+    }
+
+    /// Indices free now.
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Double releases refused so far.
+    pub(crate) fn double_releases(&self) -> u64 {
+        self.doubles.load(Ordering::Relaxed)
     }
 }
 
@@ -174,7 +275,7 @@ pub struct SlotPool {
     map: Mapping,
     fd: OwnedFd,
     id: u64,
-    free: ArrayQueue<u32>,
+    free: FreeList,
 }
 
 impl std::fmt::Debug for SlotPool {
@@ -215,11 +316,7 @@ impl SlotPool {
         unsafe { std::ptr::copy_nonoverlapping(header.as_ptr(), map.as_mut_ptr(), header.len()) };
         sys::seal(fd.as_fd(), true).map_err(|e| Error::io(ctx(), e))?;
         let id = sys::inode(fd.as_fd()).map_err(|e| Error::io(ctx(), e))?;
-        let free = ArrayQueue::new(geo.slots as usize);
-        for i in 0..geo.slots {
-            // Cannot fail: the queue has room for every slot.
-            let _ = free.push(i);
-        }
+        let free = FreeList::new(0, geo.slots);
         Ok(SlotPool {
             map: Mapping { map, geo },
             fd,
@@ -263,18 +360,31 @@ impl SlotPool {
         self.fd.as_fd()
     }
 
+    /// Takes a free slot and marks its header as being rewritten
+    /// (generation 0), so that no reference to an earlier publication of it
+    /// passes a check from now on, before its new owner writes a byte.
     pub(crate) fn pop(&self) -> Option<u32> {
-        self.free.pop()
+        let index = self.free.pop()?;
+        self.map.invalidate(index);
+        Some(index)
     }
 
-    /// Returns a slot to the free list. Each index is pushed at most once per
-    /// pop (the publisher's accounting guarantees it); the queue has room for
-    /// every slot, so a failed push would be a double free and is refused.
-    pub(crate) fn push(&self, index: u32) {
-        if self.free.push(index).is_err() {
-            tracing::error!(index, "shm-pool: slot returned twice; ignored");
-            debug_assert!(false, "slot {index} returned twice");
-        }
+    /// Returns a slot to the free list. Its header keeps the last
+    /// publication's generation, and its bytes stay that frame until the
+    /// slot is popped again (which invalidates the header before anything is
+    /// written): a subscriber may still read a frame that was sent before
+    /// its publisher went away. A slot that is already free (a double
+    /// release) is refused, counted ([`double_releases`](Self::double_releases))
+    /// and logged, whether or not the list is full; this never panics, so it
+    /// is safe in `Drop`. Returns whether the slot went back.
+    pub(crate) fn push(&self, index: u32) -> bool {
+        self.free.push(index)
+    }
+
+    /// Releases refused because the slot was already free (a double
+    /// release: a bug in the caller's accounting, counted and ignored).
+    pub fn double_releases(&self) -> u64 {
+        self.free.double_releases()
     }
 
     /// Writes slot `index`'s header: its generation and payload length.
@@ -369,7 +479,10 @@ impl SegmentMap {
     ) -> Result<SegmentMap> {
         let geo = Geometry::from_hello(hello)?;
         let io = |e: std::io::Error| Error::io("mapping the publisher's segment", e);
+        // Sealed, large enough and on tmpfs (no hugetlb page can SIGBUS);
+        // every page allocated, so pre-faulting costs page tables, not memory.
         sys::check_sealed(fd.as_fd(), geo.len).map_err(io)?;
+        sys::check_allocated(fd.as_fd(), geo.len).map_err(io)?;
         let id = sys::inode(fd.as_fd()).map_err(io)?;
         if id != hello.segment {
             return Err(Error::Protocol(format!(
@@ -412,15 +525,83 @@ impl SegmentMap {
     /// Slot `index`'s generation and length as the publisher last wrote them.
     pub(crate) fn header(&self, index: u32) -> (u64, u64) {
         let (g, l) = self.map.slot_header(index);
-        // Acquire: pairs with the release stores in `SlotPool::set_header`.
-        let generation = g.load(Ordering::Acquire);
-        (generation, l.load(Ordering::Acquire))
+        // Relaxed loads (the only atomic accesses allowed on read-only
+        // memory, see `copy_shared`), each followed by an acquire fence:
+        // together an acquire load, pairing with the release stores in
+        // `SlotPool::set_header` (the length is stored before the generation).
+        let generation = g.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        let len = l.load(Ordering::Relaxed);
+        fence(Ordering::Acquire);
+        (generation, len)
     }
 
     /// Start of slot `index` (`index < slots`).
     pub(crate) fn slot_ptr(&self, index: u32) -> *const u8 {
         self.map.slot_ptr(index).cast_const()
     }
+
+    /// Copies slot `index`'s first `len` bytes out with [`copy_shared`]
+    /// (relaxed atomic loads): safe however the publisher writes the slot
+    /// meanwhile; the caller re-checks the header after an acquire fence to
+    /// know whether the bytes are one publication.
+    ///
+    /// Panics unless `index < slots` and `len <= slot_size` (callers check).
+    pub(crate) fn copy_slot(&self, index: u32, len: usize) -> Vec<u8> {
+        assert!(
+            len as u64 <= self.map.geo.slot_size,
+            "length checked by the caller"
+        );
+        // SAFETY: `index < slots` (asserted by `slot_ptr`) and `len <=
+        // slot_size <= stride`, so the range lies inside the read-only
+        // mapping, which `self` keeps mapped for the call. This process never
+        // writes it (it is mapped `PROT_READ`).
+        unsafe { copy_shared(self.slot_ptr(index), len) }
+    }
+}
+
+/// Copies `len` bytes at `src`, which another process (or another mapping in
+/// this one) may be writing at the same time, without a data race: every
+/// byte is read by a relaxed atomic load (aligned 8-byte words, single bytes
+/// at the unaligned ends), never by a plain or SIMD load. The result may mix
+/// old and new bytes; a seqlock-style reader validates it afterwards
+/// (`fence(Acquire)`, then re-reading a version word).
+///
+/// # Safety
+/// `src .. src + len` lies in one live mapping that stays mapped for the
+/// call, and nothing in this process accesses it except through atomics (or
+/// through another mapping of the same memory).
+pub(crate) unsafe fn copy_shared(src: *const u8, len: usize) -> Vec<u8> {
+    let mut out = Vec::<u8>::with_capacity(len);
+    let dst = out.as_mut_ptr();
+    let head = src.align_offset(8).min(len);
+    let words = (len - head) / 8;
+    let tail = head + words * 8;
+    // SAFETY: (all loads below) every address is in `src .. src + len`, so
+    // inside the live mapping (caller's contract); word loads are at
+    // 8-aligned addresses (`head` aligns them). Relaxed atomic loads of up
+    // to register width are allowed on read-only memory (std::sync::atomic,
+    // "Atomic accesses to read-only memory"). Every store is to `dst .. dst + len`, inside the
+    // fresh allocation of `len` bytes.
+    unsafe {
+        for i in 0..head {
+            let b = AtomicU8::from_ptr(src.add(i).cast_mut()).load(Ordering::Relaxed);
+            dst.add(i).write(b);
+        }
+        for w in 0..words {
+            let off = head + 8 * w;
+            let v =
+                AtomicU64::from_ptr(src.add(off).cast_mut().cast::<u64>()).load(Ordering::Relaxed);
+            dst.add(off).cast::<u64>().write_unaligned(v);
+        }
+        for i in tail..len {
+            let b = AtomicU8::from_ptr(src.add(i).cast_mut()).load(Ordering::Relaxed);
+            dst.add(i).write(b);
+        }
+        // Every byte of `0 .. len` was written above.
+        out.set_len(len);
+    }
+    out
 }
 
 /// `fd` itself when it is read-only, else a read-only reopening of it: what
@@ -434,9 +615,15 @@ fn read_only(fd: OwnedFd) -> std::io::Result<OwnedFd> {
     sys::reopen_read_only(fd.as_fd())
 }
 
-/// Largest forwarded segment a subscriber maps: the largest pool a publisher
-/// creates, with room for its control page.
-const MAX_FORWARDED_LEN: u64 = MAX_POOL_BYTES + (1 << 20);
+/// Largest forwarded segment a subscriber maps: exactly the largest segment
+/// a publisher of this crate creates (the largest pool, [`MAX_POOL_BYTES`],
+/// plus the control page of [`MAX_SLOTS`] slot headers). Forwarded frames
+/// are bytes of such a segment and nothing else.
+pub(crate) fn max_forwarded_len() -> u64 {
+    // Cannot overflow: a few hundred KiB past 256 GiB.
+    let ctrl = sys::page_align(CTRL_HEADER + SLOT_HEADER * MAX_SLOTS as u64).unwrap_or(u64::MAX);
+    MAX_POOL_BYTES.saturating_add(ctrl)
+}
 
 /// A subscriber's read-only mapping of a segment its publisher forwards
 /// (another pool's segment, whose frames the publisher re-sends without a
@@ -456,22 +643,33 @@ impl std::fmt::Debug for ForeignMap {
 }
 
 impl ForeignMap {
-    /// Maps `len` bytes of a forwarded segment, read-only and pre-faulted,
-    /// after checking the fd: a memfd sealed against shrinking (so reading
-    /// the mapping can never SIGBUS), at least `len` bytes, inode `inode`.
+    /// Maps `len` bytes of a forwarded segment read-only, after checking the
+    /// fd: an ordinary (tmpfs, not hugetlb) memfd sealed against shrinking,
+    /// at least `len` bytes, every page of them allocated, inode `inode`; so
+    /// reading the mapping can never SIGBUS and allocates nothing. `len` is
+    /// at most what a publisher creates ([`max_forwarded_len`]).
+    ///
+    /// Pre-faulted (`MAP_POPULATE`) only when `len <= populate_up_to` (the
+    /// subscriber passes its own publisher's segment length, announced in
+    /// HELLO): a larger segment is mapped lazily, so what a SEGMENT message
+    /// can make this process pre-fault is bounded by what it accepted at
+    /// the handshake.
     pub(crate) fn open(
         fd: OwnedFd,
         inode: u64,
         len: u64,
         anchors: Vec<Arc<OwnedFd>>,
+        populate_up_to: u64,
     ) -> Result<ForeignMap> {
         let io = |e: std::io::Error| Error::io("mapping a forwarded segment", e);
-        if len == 0 || len > MAX_FORWARDED_LEN {
+        let max = max_forwarded_len();
+        if len == 0 || len > max {
             return Err(Error::Protocol(format!(
-                "a forwarded segment of {len} bytes (1 to {MAX_FORWARDED_LEN} accepted)"
+                "a forwarded segment of {len} bytes (1 to {max} accepted: the largest segment a publisher creates)"
             )));
         }
         sys::check_sealed(fd.as_fd(), len).map_err(io)?;
+        sys::check_allocated(fd.as_fd(), len).map_err(io)?;
         let id = sys::inode(fd.as_fd()).map_err(io)?;
         if id != inode {
             return Err(Error::Protocol(format!(
@@ -480,11 +678,12 @@ impl ForeignMap {
         }
         let fd = read_only(fd).map_err(io)?;
         let n = usize::try_from(len).map_err(|e| io(std::io::Error::other(e)))?;
-        let map = MmapOptions::new()
-            .len(n)
-            .populate()
-            .map_raw_read_only(&fd)
-            .map_err(io)?;
+        let mut opts = MmapOptions::new();
+        opts.len(n);
+        if len <= populate_up_to {
+            opts.populate();
+        }
+        let map = opts.map_raw_read_only(&fd).map_err(io)?;
         let reg = registry::register(map.as_ptr(), len, fd, id, anchors);
         Ok(ForeignMap { reg, map })
     }
@@ -539,6 +738,96 @@ mod tests {
         assert_eq!(leases[1].as_mut_slice().len(), 10_000);
         leases.clear();
         assert_eq!(pool.free_slots(), 3);
+    }
+
+    /// A slot released while already free is refused and counted, also
+    /// when the free list has room (it used to be caught only when the list
+    /// was full, and then by a `debug_assert!` that panicked inside `Drop`).
+    #[test]
+    fn a_double_release_is_refused_and_counted_without_a_panic() {
+        let pool = SlotPool::create("unit", 3, 4096).unwrap();
+        let a = pool.try_acquire().unwrap();
+        let _b = pool.try_acquire().unwrap();
+        let ai = a.index() as u32;
+        drop(a);
+        assert_eq!(pool.free_slots(), 2);
+        assert!(!pool.push(ai), "released twice, with room on the list");
+        assert_eq!(pool.free_slots(), 2);
+        assert_eq!(pool.double_releases(), 1);
+        assert!(!pool.push(7), "out of range");
+        assert_eq!(pool.double_releases(), 2);
+        // A lease dropped for a slot that is free: refused in `Drop`, no panic.
+        let lease = SlotLease {
+            pool: &pool,
+            index: ai,
+        };
+        drop(lease);
+        assert_eq!(pool.double_releases(), 3);
+        assert_eq!(pool.free_slots(), 2);
+        // Every slot still comes out exactly once.
+        let leases: Vec<_> = std::iter::from_fn(|| pool.try_acquire()).collect();
+        let mut seen: Vec<usize> = leases.iter().map(SlotLease::index).collect();
+        seen.sort_unstable();
+        assert_eq!(seen.len(), 2);
+        seen.dedup();
+        assert_eq!(seen.len(), 2, "no slot handed out twice");
+    }
+
+    /// Resident KiB of the mapping that starts at `addr` (`/proc/self/smaps`).
+    fn rss_kib(addr: *const u8) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let start = format!("{:x}-", addr as usize);
+        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&start));
+        assert!(lines.next().is_some(), "no mapping at {start}");
+        lines
+            .find_map(|l| l.strip_prefix("Rss:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// A forwarded segment is pre-faulted only when it is no larger than the
+    /// size the subscriber accepted at the handshake; it is at most the
+    /// largest segment a publisher creates; and one with unallocated pages
+    /// (reading them would allocate memory here) is refused.
+    #[test]
+    fn forwarded_segments_are_bounded_checked_and_prefaulted_only_up_to_the_pool() {
+        let pool = SlotPool::create("unit-fwd", 4, 1 << 20).unwrap();
+        let len = pool.geometry().len;
+        let open = |populate_up_to: u64| {
+            let ro = sys::reopen_read_only(pool.fd()).unwrap();
+            ForeignMap::open(ro, pool.segment_id(), len, Vec::new(), populate_up_to)
+        };
+        let lazy = open(len - 1).unwrap();
+        assert_eq!(
+            rss_kib(lazy.ptr(0)),
+            0,
+            "larger than announced: not pre-faulted"
+        );
+        let eager = open(len).unwrap();
+        assert_eq!(rss_kib(eager.ptr(0)) * 1024, len, "pre-faulted");
+        drop((lazy, eager));
+
+        let ro = sys::reopen_read_only(pool.fd()).unwrap();
+        let too_long = max_forwarded_len() + sys::page_size() as u64;
+        match ForeignMap::open(ro, pool.segment_id(), too_long, Vec::new(), u64::MAX) {
+            Err(Error::Protocol(m)) => {
+                assert!(m.contains("largest segment a publisher creates"), "{m}")
+            }
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
+        assert_eq!(
+            Geometry::new(MAX_SLOTS, MAX_POOL_BYTES / MAX_SLOTS as u64)
+                .unwrap()
+                .len,
+            max_forwarded_len(),
+            "exactly the largest pool's segment"
+        );
+
+        let sparse = sys::memfd("sparse", 1 << 20).unwrap();
+        sys::seal(sparse.as_fd(), false).unwrap();
+        let inode = sys::inode(sparse.as_fd()).unwrap();
+        let e = ForeignMap::open(sparse, inode, 1 << 20, Vec::new(), u64::MAX).unwrap_err();
+        assert!(e.to_string().contains("unallocated pages"), "{e}");
     }
 
     #[test]

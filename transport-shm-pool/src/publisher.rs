@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use crossbeam_queue::ArrayQueue;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::net::{UnixListener, UnixStream};
@@ -28,7 +27,7 @@ use transport_core::{
 };
 
 use crate::config::{self, Config};
-use crate::pool::SlotPool;
+use crate::pool::{FreeList, SlotPool};
 use crate::registry::{self, SegFd};
 use crate::sys;
 use crate::wire::{self, ClaimTable, Desc, FwdDesc, Hello, Msg, RecvBuf};
@@ -260,7 +259,7 @@ pub(crate) struct Shared {
     stats: StatCounters,
     stale_releases: AtomicU64,
     /// Free forward slots, by claim index (`pool slots + k`).
-    fwd_free: ArrayQueue<u32>,
+    fwd_free: FreeList,
     /// Frames sent by forwarding a view, without a copy.
     forwarded: AtomicU64,
     closed: AtomicBool,
@@ -335,9 +334,10 @@ impl Shared {
     fn unreserve(&self, index: u32) {
         if index < self.pool_slots() {
             self.pool.push(index);
-        } else if self.fwd_free.push(index).is_err() {
-            tracing::error!(index, "shm-pool: forward slot returned twice; ignored");
-            debug_assert!(false, "forward slot {index} returned twice");
+        } else {
+            // A double release is refused, counted and logged, never a panic
+            // (this runs in `SlotGuard`/`SlotLoan` drops).
+            self.fwd_free.push(index);
         }
         self.released.notify_one();
     }
@@ -1091,12 +1091,39 @@ async fn conn_task(shared: Arc<Shared>, conn: Arc<Conn>) {
     }
 }
 
+/// Most handshakes a publisher runs at once (each costs a task, a socket and
+/// a few KiB until it completes or [`HANDSHAKE_TIMEOUT`] ends it): as many as
+/// it can have subscribers, so a legitimate burst of subscribers never meets
+/// the limit.
+pub(crate) const MAX_PENDING_HANDSHAKES: usize = MAX_SUBSCRIBERS;
+
+/// Refuses a connection without a handshake: one non-blocking REJECT (it
+/// fits an empty socket buffer), then the socket closes.
+fn refuse_now(stream: &UnixStream, reason: String) {
+    let mut b = BytesMut::new();
+    wire::encode(&Msg::Reject { reason }, &mut b);
+    let _ = sys::send_nb(stream.as_fd(), &b);
+}
+
 async fn accept_loop(shared: Arc<Shared>, listener: UnixListener) {
+    let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                let Ok(permit) = pending.clone().try_acquire_owned() else {
+                    tracing::debug!(pool = %shared.name, "shm-pool: {MAX_PENDING_HANDSHAKES} handshakes in progress; refusing a connection");
+                    refuse_now(
+                        &stream,
+                        format!(
+                            "{MAX_PENDING_HANDSHAKES} subscriber handshakes are already in progress \
+                             (each completes or times out within {HANDSHAKE_TIMEOUT:?}); try again"
+                        ),
+                    );
+                    continue;
+                };
                 let sh = shared.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&sh, stream)).await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => {
@@ -1188,6 +1215,9 @@ async fn handshake(shared: &Arc<Shared>, stream: UnixStream) -> Result<()> {
         }
     };
     drop(fd);
+    // Subscribers send only RELEASE and UNSUBSCRIBE from now on: the small
+    // limit stays, the reads get larger.
+    rx.open_up(wire::MAX_HANDSHAKE_MESSAGE);
     let conn = {
         let mut st = lock(&shared.state);
         if shared.closed.load(Ordering::Acquire) {
@@ -1365,11 +1395,7 @@ impl ShmPoolPublisher {
         let ro_fd = sys::reopen_read_only(pool.fd())
             .map_err(|e| Error::io("reopening the segment read-only through /proc/self/fd", e))?;
         let slots = pool.slots();
-        let fwd_free = ArrayQueue::new(slots);
-        for k in 0..slots {
-            // Cannot fail: the queue has room for every forward slot.
-            let _ = fwd_free.push((slots + k) as u32);
-        }
+        let fwd_free = FreeList::new(slots as u32, slots as u32);
         let shared = Arc::new(Shared {
             name: cfg.name,
             pool,
@@ -1426,6 +1452,13 @@ impl ShmPoolPublisher {
     /// duplicate or forged); each was ignored.
     pub fn stale_releases(&self) -> u64 {
         self.shared.stale_releases.load(Ordering::Relaxed)
+    }
+
+    /// Slot releases refused because the slot (pool or forward) was already
+    /// free: a double release inside this process, which would be a bug in
+    /// the accounting. Each was logged and ignored; nothing was freed twice.
+    pub fn double_releases(&self) -> u64 {
+        self.shared.pool.double_releases() + self.shared.fwd_free.double_releases()
     }
 
     /// Frames sent without a copy by forwarding a view received from another
@@ -1786,5 +1819,61 @@ mod tests {
         assert!(out.remove_desc(0, 1));
         assert_eq!(missed(&out.queue[1]), 2, "then on to the FWD");
         assert_eq!(out.queue.len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod double_release_tests {
+    use super::*;
+    use transport_core::Transport;
+
+    /// A slot guard or loan dropped for a slot that is already free (a
+    /// double release) is refused and counted, with the free lists not full,
+    /// and does not panic inside `Drop` (this is a debug build).
+    #[tokio::test]
+    async fn double_releases_from_drops_are_counted_not_panics() {
+        let url = format!(
+            "shm-pool://double-{}?slots=3&slot_size=4KiB",
+            std::process::id()
+        );
+        let mut publisher = crate::ShmPoolTransport::new()
+            .publish(&Endpoint::parse(&url).unwrap(), &PublishOptions::default())
+            .await
+            .unwrap();
+        let shared = publisher.shared.clone();
+        let held = shared.pool.pop().unwrap();
+        let fwd_held = shared.fwd_free.pop().unwrap();
+        let loan = publisher.loan(10).await.unwrap();
+        drop(loan);
+        assert_eq!(publisher.free_slots(), 2);
+        // A loan and a guard for slots that are already free: both lists have
+        // room (one slot of each is still taken).
+        let free_pool = shared.pool.pop().unwrap();
+        shared.pool.push(free_pool);
+        drop(SlotLoan {
+            shared: shared.clone(),
+            index: free_pool,
+            len: 10,
+            armed: true,
+        });
+        let free_fwd = shared.fwd_free.pop().unwrap();
+        shared.fwd_free.push(free_fwd);
+        drop(SlotGuard {
+            shared: shared.clone(),
+            index: Some(free_fwd),
+        });
+        assert_eq!(publisher.double_releases(), 2);
+        assert_eq!(publisher.free_slots(), 2, "nothing was freed twice");
+        assert_eq!(publisher.free_forward_slots(), 2);
+        // Every slot still comes out once.
+        shared.pool.push(held);
+        shared.fwd_free.push(fwd_held);
+        let mut seen: Vec<u32> = std::iter::from_fn(|| shared.pool.pop()).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, vec![0, 1, 2]);
+        let mut seen: Vec<u32> = std::iter::from_fn(|| shared.fwd_free.pop()).collect();
+        seen.sort_unstable();
+        assert_eq!(seen, vec![3, 4, 5]);
+        assert_eq!(publisher.double_releases(), 2);
     }
 }

@@ -41,7 +41,7 @@
 use std::collections::HashSet;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -690,6 +690,15 @@ impl Attached {
     /// [`check`](Self::check). `on_release` runs when the view's last clone
     /// drops (it must not block: queue the release). On error nothing is
     /// read and `on_release` is dropped without running.
+    ///
+    /// A view reads the slot in place, so its bytes stay one frame only while
+    /// this reader *holds* the slot at the publisher (its holder bit is set
+    /// for this publication and released through `on_release`): the
+    /// publisher never rewrites a held slot. A reference to a slot that is
+    /// being refilled or was republished is refused (its header says
+    /// generation 0 or a newer one); but a view of a reference this reader does not hold
+    /// can still be overwritten after it was made. Use [`copy`](Self::copy)
+    /// for a reference that may be stale or replayed.
     pub fn view(
         self: &Arc<Self>,
         r: &SlotRef,
@@ -704,17 +713,33 @@ impl Attached {
         }))
     }
 
-    /// An owned copy of the slot `r` names, after [`check`](Self::check); the
-    /// header is checked again after the copy, so a slot reused meanwhile is
-    /// an error rather than torn bytes.
+    /// An owned copy of the slot `r` names, read seqlock-style, so that it
+    /// is all of one publication or an error, whatever the publisher does
+    /// meanwhile and whether or not this reader holds the slot:
+    ///
+    /// 1. [`check`](Self::check) the header (acquire loads): the slot must
+    ///    carry `r`'s generation. The publisher sets a slot's generation to 0
+    ///    when it takes the slot for a new frame, before writing a byte of
+    ///    it, and to a new, never repeated value when it publishes it.
+    /// 2. Copy the bytes with relaxed atomic word loads (no plain or SIMD
+    ///    load of memory another process may be writing).
+    /// 3. `fence(Acquire)`, then check the header again: if any byte copied
+    ///    came from a rewrite, the generation is no longer `r`'s, and the
+    ///    copy is [`Error::InvalidReference`] rather than torn bytes.
     pub fn copy(&self, r: &SlotRef) -> Result<Bytes> {
         self.check(r)?;
-        // SAFETY: checked: index < slots and len <= slot_size, so the range
-        // lies inside the read-only mapping, which `self` keeps alive.
-        let src = unsafe { std::slice::from_raw_parts(self.seg.slot_ptr(r.index), r.len as usize) };
-        let b = Bytes::copy_from_slice(src);
-        self.check(r)?;
-        Ok(b)
+        let b = self.seg.copy_slot(r.index, r.len as usize);
+        // Pairs with the release fence after the publisher's invalidation
+        // (`SlotPool::pop`): reading a byte of a rewrite makes that
+        // invalidation visible to the header load below.
+        fence(Ordering::Acquire);
+        if let Err(e) = self.check(r) {
+            return Err(Error::InvalidReference(format!(
+                "slot {} was reused while it was being copied: {e}",
+                r.index
+            )));
+        }
+        Ok(Bytes::from(b))
     }
 }
 
@@ -763,6 +788,137 @@ mod tests {
         };
         assert_eq!(SlotRef::decode(&r.encode()).unwrap(), r);
         assert!(SlotRef::decode(&r.encode()[1..]).is_err());
+    }
+
+    /// The byte every position of a frame at `generation` holds: consecutive
+    /// publications of a slot differ.
+    fn fill_byte(generation: u64) -> u8 {
+        (generation % 251) as u8 + 1
+    }
+
+    /// A stale reference (its slot freed, then popped for a new frame) is
+    /// refused by `check`, `view` and `copy` from the moment the slot is
+    /// taken for a new frame, while that frame is being written and before
+    /// it is published: the header no longer carries the old generation.
+    #[tokio::test]
+    async fn a_freed_or_refilling_slot_refuses_stale_references() {
+        let pool = SharedPool::create("unit-stale", 1, 4096).unwrap();
+        let server = pool.serve().unwrap();
+        let att = Attached::attach(server.name(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut w = pool.try_alloc(4096).unwrap().unwrap();
+        w.as_mut_slice().fill(1);
+        let r = w.publish(4096, 0b1);
+        assert_eq!(&att.copy(&r).unwrap()[..], &[1u8; 4096][..]);
+        assert!(pool.release(&r, 0));
+        // Freed, not reused yet: still that frame, byte for byte.
+        assert_eq!(&att.copy(&r).unwrap()[..], &[1u8; 4096][..]);
+        // Being refilled, not yet published.
+        let mut w = pool.try_alloc(4096).unwrap().unwrap();
+        w.as_mut_slice()[..100].fill(2);
+        assert!(matches!(att.check(&r), Err(Error::InvalidReference(_))));
+        assert!(att.view(&r, || panic!("not run")).is_err());
+        assert!(att.copy(&r).is_err());
+        let r2 = w.publish(4096, 0b1);
+        assert!(att.copy(&r).is_err());
+        assert_eq!(att.copy(&r2).unwrap()[..100], [2u8; 100]);
+        assert!(pool.release(&r2, 0));
+    }
+
+    /// A reader hammering `copy()` with the latest and the previous
+    /// reference while the writer frees and slowly refills those slots, over
+    /// 12,000 publications: every copy that succeeds is entirely the frame
+    /// its reference names (each frame is one byte value throughout).
+    ///
+    /// The writer fills a slot in chunks, yielding between them, so that a
+    /// whole copy of the stale reference fits inside a refill (as with a
+    /// producer that writes a loaned slot bit by bit), and waits for the
+    /// reader to pick up each publication, so that the two interleave on a
+    /// loaded machine too.
+    #[test]
+    fn copies_of_stale_references_are_never_torn() {
+        const FRAMES: u64 = 12_000;
+        const LEN: usize = 16 << 10;
+        const CHUNKS: usize = 8;
+        use std::sync::atomic::AtomicBool;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let pool = SharedPool::create("unit-torn", 2, LEN as u64).unwrap();
+        let _guard = rt.enter();
+        let server = pool.serve().unwrap();
+        let att = rt
+            .block_on(Attached::attach(server.name(), Duration::from_secs(5)))
+            .unwrap();
+        // Publication number, the latest and the previous reference.
+        type Refs = (u64, Option<SlotRef>, Option<SlotRef>);
+        let refs: Arc<Mutex<Refs>> = Arc::default();
+        let picked = Arc::new(AtomicU64::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (refs, picked, done, att) =
+                (refs.clone(), picked.clone(), done.clone(), att.clone());
+            std::thread::spawn(move || {
+                let (mut good, mut refused, mut torn) = (0u64, 0u64, 0u64);
+                while !done.load(Ordering::Acquire) {
+                    let (k, latest, previous) = *lock(&refs);
+                    picked.store(k, Ordering::Release);
+                    for r in [previous, latest].into_iter().flatten() {
+                        match att.copy(&r) {
+                            Ok(b) => {
+                                let want = fill_byte(r.generation);
+                                if b.len() == LEN && b.iter().all(|&x| x == want) {
+                                    good += 1;
+                                } else {
+                                    torn += 1;
+                                }
+                            }
+                            Err(_) => refused += 1,
+                        }
+                    }
+                }
+                (good, refused, torn)
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(300);
+        let mut previous: Option<SlotRef> = None;
+        for k in 1..=FRAMES {
+            let mut w = pool
+                .try_alloc(LEN)
+                .unwrap()
+                .expect("a free slot: at most one frame is held");
+            let next = lock(&pool.acct)[w.index() as usize]
+                .generation
+                .wrapping_add(1)
+                .max(1);
+            for chunk in w.as_mut_slice().chunks_mut(LEN / CHUNKS) {
+                chunk.fill(fill_byte(next));
+                std::thread::yield_now();
+            }
+            let r = w.publish(LEN, 0b1);
+            assert_eq!(r.generation, next);
+            // Frees the previous frame's slot: its reference goes stale, and
+            // the next round refills that slot while the reader may copy it.
+            if let Some(p) = previous {
+                assert!(pool.release(&p, 0));
+            }
+            *lock(&refs) = (k, Some(r), previous);
+            previous = Some(r);
+            while picked.load(Ordering::Acquire) < k {
+                if std::time::Instant::now() > deadline {
+                    done.store(true, Ordering::Release);
+                    panic!("the reader stalled");
+                }
+                std::thread::yield_now();
+            }
+        }
+        done.store(true, Ordering::Release);
+        let (good, refused, torn) = reader.join().unwrap();
+        eprintln!("{good} whole copies, {refused} refused, {torn} torn");
+        assert_eq!(torn, 0, "a copy returned bytes of two frames as one");
+        assert!(good > 0, "the reader never got a frame through");
     }
 
     #[tokio::test]

@@ -316,7 +316,14 @@ impl ShmPoolSubscriber {
             version: wire::VERSION,
             prefix: opts.topic_prefix.clone(),
         };
-        wire::send(&stream, &subscribe, None, "SUBSCRIBE").await?;
+        if let Err(e) = wire::send(&stream, &subscribe, None, "SUBSCRIBE").await {
+            // A publisher that refuses without a handshake (too many in
+            // progress) writes REJECT and closes: report its reason.
+            if let Ok(Msg::Reject { reason }) = rx.recv(&stream, "REJECT").await {
+                return Err(refused(&cfg.name, reason));
+            }
+            return Err(e);
+        }
         let hello = match rx.recv(&stream, "HELLO").await? {
             Msg::Hello(h) => h,
             Msg::Reject { reason } => return Err(refused(&cfg.name, reason)),
@@ -354,6 +361,8 @@ impl ShmPoolSubscriber {
             Msg::Reject { reason } => return Err(refused(&cfg.name, reason)),
             other => return Err(Error::Protocol(format!("expected READY, got {other:?}"))),
         }
+        // Frames follow: descriptors carry frame headers up to MAX_MESSAGE.
+        rx.open_up(wire::MAX_MESSAGE);
         let (tx, rx_ctl) = mpsc::unbounded_channel();
         let io = Arc::new(LinkIo {
             stream,
@@ -526,7 +535,9 @@ impl ShmPoolSubscriber {
                 "SEGMENT index {index} is already in use (FORGET comes first)"
             )));
         }
-        let map = ForeignMap::open(fd, inode, len, held)?;
+        // Pre-faulted only up to the size of the pool announced in HELLO.
+        let populate_up_to = self.link.seg.geometry().len;
+        let map = ForeignMap::open(fd, inode, len, held, populate_up_to)?;
         tracing::debug!(
             pool = %self.name,
             index,

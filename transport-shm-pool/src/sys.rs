@@ -83,6 +83,56 @@ pub(crate) fn check_sealed(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
             format!("the peer's memfd holds {size} bytes, {len} announced"),
         ));
     }
+    check_tmpfs(fd)
+}
+
+/// `f_type` of tmpfs (`TMPFS_MAGIC`): where every ordinary memfd lives.
+const TMPFS_MAGIC: u64 = 0x0102_1994;
+/// `f_type` of hugetlbfs (`HUGETLBFS_MAGIC`): where an `MFD_HUGETLB` memfd lives.
+const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
+
+/// Checks that `fd` lives on tmpfs, as an ordinary memfd does, and not on
+/// hugetlbfs (an `MFD_HUGETLB` memfd) or anything else: a hugetlb page that
+/// cannot be allocated when it is first touched is a `SIGBUS`, not an
+/// error, so such a segment must never be mapped by a reader. A tmpfs page
+/// is allocated like any other memory (a failure is the OOM killer's, the
+/// same as for the process's own heap).
+pub(crate) fn check_tmpfs(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let magic = (rustix::fs::fstatfs(fd)?.f_type as u64) & 0xffff_ffff;
+    if magic == TMPFS_MAGIC {
+        return Ok(());
+    }
+    let what = if magic == HUGETLBFS_MAGIC {
+        "a hugetlbfs (MFD_HUGETLB) memfd, whose pages can fault with SIGBUS when the huge-page pool runs out".to_owned()
+    } else {
+        format!("on a file system of type {magic:#x}, not tmpfs")
+    };
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("the peer's segment is {what}; only ordinary memfds are mapped"),
+    ))
+}
+
+/// Checks that the first `len` bytes of the memfd `fd` have no hole: every
+/// page is allocated (a publisher of this crate pre-faults its whole pool).
+/// Then mapping and pre-faulting them allocates no memory in this process
+/// (only page tables), however large the announced size. Moves `fd`'s file
+/// offset, which nothing uses (the segment is only ever mapped).
+pub(crate) fn check_allocated(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let hole = rustix::fs::seek(fd, rustix::fs::SeekFrom::Hole(0))?;
+    if hole < len {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the peer's segment has unallocated pages from byte {hole} of the {len} announced; \
+                 refusing to map it (a publisher pre-faults its whole segment, and reading a hole \
+                 would allocate memory here)"
+            ),
+        ));
+    }
     Ok(())
 }
 

@@ -457,19 +457,47 @@ pub fn decode(mut body: Bytes) -> Result<Msg> {
     })
 }
 
+/// Largest message either side accepts before the handshake is complete
+/// (SUBSCRIBE with the longest topic prefix is the largest handshake
+/// message), and the largest a publisher ever accepts from a subscriber
+/// (after the handshake a subscriber sends only RELEASE and UNSUBSCRIBE).
+pub const MAX_HANDSHAKE_MESSAGE: usize = 1 + 2 + codec::MAX_TOPIC + 64;
+/// Bytes read per `recvmsg` during the handshake.
+const HANDSHAKE_READ: usize = 4 << 10;
+/// Bytes read per `recvmsg` once the handshake is complete.
+const SESSION_READ: usize = 16 << 10;
+
 /// Bytes received but not yet parsed, and descriptors received with them.
+///
+/// Its memory is bounded by its message limit: an announced length above
+/// the limit is a protocol error before anything is reserved for it. It
+/// starts with the small handshake limit ([`MAX_HANDSHAKE_MESSAGE`]) and small
+/// buffers; [`open_up`](Self::open_up) raises both once the peer is known.
 pub(crate) struct RecvBuf {
     data: BytesMut,
     scratch: Box<[u8]>,
     fds: VecDeque<OwnedFd>,
+    limit: usize,
 }
 
 impl RecvBuf {
+    /// A buffer for a handshake: messages of at most [`MAX_HANDSHAKE_MESSAGE`]
+    /// bytes, a few KiB of memory.
     pub(crate) fn new() -> RecvBuf {
         RecvBuf {
-            data: BytesMut::with_capacity(16 << 10),
-            scratch: vec![0u8; 16 << 10].into_boxed_slice(),
+            data: BytesMut::with_capacity(HANDSHAKE_READ),
+            scratch: vec![0u8; HANDSHAKE_READ].into_boxed_slice(),
             fds: VecDeque::new(),
+            limit: MAX_HANDSHAKE_MESSAGE,
+        }
+    }
+
+    /// After the handshake: accepts messages up to `limit` bytes (at most
+    /// [`MAX_MESSAGE`]) and reads in larger batches.
+    pub(crate) fn open_up(&mut self, limit: usize) {
+        self.limit = limit.min(MAX_MESSAGE);
+        if self.scratch.len() < SESSION_READ {
+            self.scratch = vec![0u8; SESSION_READ].into_boxed_slice();
         }
     }
 
@@ -486,15 +514,22 @@ impl RecvBuf {
         Ok(n)
     }
 
-    /// The next whole message (kind + body), if one has arrived.
+    /// The next whole message (kind + body), if one has arrived. A length
+    /// outside `1..=limit` is an error before any memory is reserved for it.
     pub(crate) fn next_message(&mut self) -> Result<Option<Bytes>> {
         let Some(head) = self.data.get(..4) else {
             return Ok(None);
         };
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        if len == 0 || len > MAX_MESSAGE {
+        if len == 0 || len > self.limit {
             return Err(bad(format!(
-                "message length {len} outside 1..={MAX_MESSAGE}"
+                "message length {len} outside 1..={} (the largest this side accepts {})",
+                self.limit,
+                if self.limit < MAX_MESSAGE {
+                    "here"
+                } else {
+                    "at all"
+                }
             )));
         }
         if self.data.len() < 4 + len {
@@ -805,6 +840,28 @@ mod tests {
         let mut rx = RecvBuf::new();
         rx.data.extend_from_slice(&u32::MAX.to_le_bytes());
         assert!(rx.next_message().is_err());
+        // During the handshake a large announced length is refused before
+        // anything is reserved for it; after it, up to MAX_MESSAGE is accepted.
+        let mut rx = RecvBuf::new();
+        rx.data
+            .extend_from_slice(&(MAX_MESSAGE as u32).to_le_bytes());
+        assert!(matches!(rx.next_message(), Err(Error::Protocol(_))));
+        assert!(
+            rx.data.capacity() < 64 << 10,
+            "{} B reserved",
+            rx.data.capacity()
+        );
+        let mut rx = RecvBuf::new();
+        rx.data
+            .extend_from_slice(&(MAX_HANDSHAKE_MESSAGE as u32).to_le_bytes());
+        assert!(rx.next_message().unwrap().is_none(), "waits for the rest");
+        let mut rx = RecvBuf::new();
+        rx.open_up(MAX_MESSAGE);
+        rx.data
+            .extend_from_slice(&(MAX_MESSAGE as u32).to_le_bytes());
+        assert!(rx.next_message().unwrap().is_none());
+        rx.open_up(usize::MAX);
+        assert_eq!(rx.limit, MAX_MESSAGE);
         let mut rx = RecvBuf::new();
         rx.data.extend_from_slice(&0u32.to_le_bytes());
         assert!(rx.next_message().is_err());
