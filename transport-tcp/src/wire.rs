@@ -1,50 +1,78 @@
-//! The socket protocol: a handshake, then envelope messages from publisher to subscriber.
+//! The socket protocol: a handshake, then envelope messages from publisher to
+//! subscriber, with heartbeats both ways.
 //!
 //! ```text
-//! subscriber -> publisher   hello:  "FWHS" | version u16 | 0u16
+//! subscriber -> publisher   hello:  "FWHS" | version u16 | 0u16 | liveness_ms u32
 //! publisher  -> subscriber  hello:  "FWHS" | version u16 | 0u16 | max_payload u64 | next_seq u64
+//!                                   | liveness_ms u32 | 0u32
 //! publisher  -> subscriber  frames: prefix | header | payload   (transport_core::codec)
+//!                           or a heartbeat "FWHB" between two frames
+//! subscriber -> publisher   heartbeats "FWHB", nothing else
 //! ```
 //!
-//! After the handshake a subscriber sends nothing; any byte it sends is a
-//! protocol error and closes its connection. EOF from either side is a disconnect.
+//! Version 2 (this one) added the liveness fields and the heartbeats; a peer
+//! of another version is refused with [`Error::VersionMismatch`] (the first 8
+//! bytes of both hellos keep their version-1 meaning, so an old peer reports
+//! the mismatch too). Each side sends a heartbeat when it has sent nothing
+//! for a quarter of the smaller of the two `liveness` values, and declares
+//! its peer dead when a read waits longer than its own `liveness`. EOF from
+//! either side is a disconnect.
 
 use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use transport_core::codec::{self, PREFIX_LEN, Prefix, VERSION};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use transport_core::codec::{self, MAGIC, PREFIX_LEN, Prefix};
 use transport_core::{Error, Frame, Result};
 
-const HELLO_MAGIC: [u8; 4] = *b"FWHS";
-pub(crate) const CLIENT_HELLO_LEN: usize = 8;
-pub(crate) const SERVER_HELLO_LEN: usize = 24;
+pub use crate::PROTOCOL_VERSION as VERSION;
 
-pub(crate) fn client_hello() -> [u8; CLIENT_HELLO_LEN] {
+const HELLO_MAGIC: [u8; 4] = *b"FWHS";
+/// The part of both hellos that every version shares: magic and version.
+pub(crate) const HELLO_HEAD_LEN: usize = 8;
+pub(crate) const CLIENT_HELLO_LEN: usize = 12;
+pub(crate) const SERVER_HELLO_LEN: usize = 32;
+/// What a peer sends when it has nothing else to say.
+pub(crate) const HEARTBEAT: [u8; 4] = *b"FWHB";
+
+/// `liveness` in whole milliseconds for the hello (at least 1).
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1)
+}
+
+pub(crate) fn client_hello(liveness: Duration) -> [u8; CLIENT_HELLO_LEN] {
     let mut b = [0u8; CLIENT_HELLO_LEN];
     b[..4].copy_from_slice(&HELLO_MAGIC);
     b[4..6].copy_from_slice(&VERSION.to_le_bytes());
+    b[8..12].copy_from_slice(&millis(liveness).to_le_bytes());
     b
 }
 
 /// `next_seq` is the sequence number of the first frame the new subscriber
 /// will get, so that it can count frames dropped before its first receipt.
-pub(crate) fn server_hello(max_payload: u64, next_seq: u64) -> [u8; SERVER_HELLO_LEN] {
+pub(crate) fn server_hello(
+    max_payload: u64,
+    next_seq: u64,
+    liveness: Duration,
+) -> [u8; SERVER_HELLO_LEN] {
     let mut b = [0u8; SERVER_HELLO_LEN];
     b[..4].copy_from_slice(&HELLO_MAGIC);
     b[4..6].copy_from_slice(&VERSION.to_le_bytes());
     b[8..16].copy_from_slice(&max_payload.to_le_bytes());
     b[16..24].copy_from_slice(&next_seq.to_le_bytes());
+    b[24..28].copy_from_slice(&millis(liveness).to_le_bytes());
     b
 }
 
-/// Checks a hello's magic and version; returns the peer's version on mismatch.
+/// Checks a hello's magic and version (its first [`HELLO_HEAD_LEN`] bytes).
 pub(crate) fn check_hello(b: &[u8]) -> Result<()> {
-    if b[..4] != HELLO_MAGIC {
+    if b.len() < HELLO_HEAD_LEN || b[..4] != HELLO_MAGIC {
         return Err(Error::Protocol(format!(
             "bad handshake {:02x?}: the peer does not speak framewire",
-            &b[..4]
+            &b[..b.len().min(4)]
         )));
     }
     let theirs = u16::from_le_bytes([b[4], b[5]]);
@@ -57,13 +85,96 @@ pub(crate) fn check_hello(b: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// `(max_payload, next_seq)` of a server hello.
-pub(crate) fn server_hello_fields(b: &[u8; SERVER_HELLO_LEN]) -> (u64, u64) {
+/// The peer's `liveness` from the last 4 bytes of a client hello.
+pub(crate) fn client_hello_liveness(b: &[u8; CLIENT_HELLO_LEN]) -> Result<Duration> {
+    liveness_field([b[8], b[9], b[10], b[11]])
+}
+
+fn liveness_field(b: [u8; 4]) -> Result<Duration> {
+    match u32::from_le_bytes(b) {
+        0 => Err(Error::Protocol(
+            "the peer announced a liveness of 0 ms".into(),
+        )),
+        ms => Ok(Duration::from_millis(u64::from(ms))),
+    }
+}
+
+/// `(max_payload, next_seq, liveness)` of a server hello.
+pub(crate) fn server_hello_fields(b: &[u8; SERVER_HELLO_LEN]) -> Result<(u64, u64, Duration)> {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[8..16]);
     let max = u64::from_le_bytes(a);
     a.copy_from_slice(&b[16..24]);
-    (max, u64::from_le_bytes(a))
+    let next = u64::from_le_bytes(a);
+    let live = liveness_field([b[24], b[25], b[26], b[27]])?;
+    Ok((max, next, live))
+}
+
+/// How often to send a heartbeat when idle: a quarter of the shorter of the
+/// two sides' `liveness`, so that three may be late before the peer gives up.
+pub(crate) fn heartbeat_interval(ours: Duration, theirs: Duration) -> Duration {
+    (ours.min(theirs) / 4).max(Duration::from_millis(1))
+}
+
+/// A reader whose every read may wait at most `limit` for data: one that
+/// waits longer fails with `TimedOut` and sets [`Watched::expired`].
+///
+/// The clock runs only while a read is waiting on the socket, not while the
+/// owner is busy elsewhere (e.g. waiting for the application to take a
+/// frame), so a slow application is never mistaken for a dead peer.
+pub(crate) struct Watched<R> {
+    inner: R,
+    limit: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    armed: bool,
+    /// A read timed out: the peer stopped answering.
+    pub expired: bool,
+}
+
+impl<R> Watched<R> {
+    pub fn new(inner: R, limit: Duration) -> Watched<R> {
+        Watched {
+            inner,
+            limit,
+            sleep: Box::pin(tokio::time::sleep(limit)),
+            armed: false,
+            expired: false,
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Watched<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                this.armed = false;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                if !this.armed {
+                    let at = tokio::time::Instant::now() + this.limit;
+                    this.sleep.as_mut().reset(at);
+                    this.armed = true;
+                }
+                match this.sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.armed = false;
+                        this.expired = true;
+                        Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the peer sent nothing within liveness",
+                        )))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
 }
 
 /// A frame encoded for the wire: its prefix+header, and its payload (shared
@@ -195,23 +306,38 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     pool: &std::sync::Arc<RecvPool>,
 ) -> Result<Option<Frame>> {
     let mut prefix = [0u8; PREFIX_LEN];
-    let mut got = 0;
-    while got < PREFIX_LEN {
-        let n = r
-            .read(&mut prefix[got..])
-            .await
-            .map_err(|e| Error::io("reading a frame", e))?;
-        if n == 0 {
-            return if got == 0 {
-                Ok(None)
-            } else {
-                Err(Error::Protocol(format!(
-                    "connection closed after {got} bytes of a {PREFIX_LEN}-byte prefix"
-                )))
-            };
+    loop {
+        // The first 4 bytes say what follows: a frame's magic or a heartbeat.
+        let mut got = 0;
+        while got < HEARTBEAT.len() {
+            let n = r
+                .read(&mut prefix[got..HEARTBEAT.len()])
+                .await
+                .map_err(|e| Error::io("reading a frame", e))?;
+            if n == 0 {
+                return if got == 0 {
+                    Ok(None)
+                } else {
+                    Err(Error::Protocol(format!(
+                        "connection closed after {got} bytes of a {PREFIX_LEN}-byte prefix"
+                    )))
+                };
+            }
+            got += n;
         }
-        got += n;
+        if prefix[..4] != HEARTBEAT {
+            break;
+        }
     }
+    if prefix[..4] != MAGIC {
+        return Err(Error::Protocol(format!(
+            "bad magic {:02x?}: neither a frame nor a heartbeat",
+            &prefix[..4]
+        )));
+    }
+    r.read_exact(&mut prefix[4..])
+        .await
+        .map_err(|e| truncated(e, "prefix"))?;
     let p = Prefix::decode(&prefix, max_payload)?;
     let mut header = vec![0u8; p.header_len as usize];
     r.read_exact(&mut header)
