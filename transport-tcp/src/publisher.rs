@@ -363,26 +363,27 @@ where
 
 /// Reads the subscriber's heartbeats; returns how the subscriber ended.
 async fn watch<R: AsyncRead + Unpin>(r: &mut R, q: &SubQueue, liveness: Duration) -> Result<()> {
+    let mut r = wire::Watched::new(r, liveness);
     let mut buf = [0u8; 64];
     // Where in the 4-byte heartbeat the next byte falls.
     let mut at = 0usize;
     loop {
-        let n = match tokio::time::timeout(liveness, r.read(&mut buf)).await {
-            Ok(Ok(0)) => {
+        let n = match r.read(&mut buf).await {
+            Ok(0) => {
                 return Err(Error::Disconnected(format!(
                     "{} closed its connection",
                     q.peer
                 )));
             }
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => return Err(Error::io("watching the subscriber", e)),
-            Err(_) => {
+            Ok(n) => n,
+            Err(_) if r.expired => {
                 return Err(Error::Disconnected(format!(
                     "{} stopped answering: no heartbeat for {liveness:?} (liveness); \
                      its host or the link may be down",
                     q.peer
                 )));
             }
+            Err(e) => return Err(Error::io("watching the subscriber", e)),
         };
         for &b in &buf[..n] {
             if b != wire::HEARTBEAT[at] {

@@ -116,16 +116,24 @@ pub(crate) fn heartbeat_interval(ours: Duration, theirs: Duration) -> Duration {
     (ours.min(theirs) / 4).max(Duration::from_millis(1))
 }
 
+/// Ticks of silence after which a read gives up (each a quarter of `limit`).
+const SILENT_TICKS: u32 = 4;
+
 /// A reader whose every read may wait at most `limit` for data: one that
 /// waits longer fails with `TimedOut` and sets [`Watched::expired`].
 ///
 /// The clock runs only while a read is waiting on the socket, not while the
 /// owner is busy elsewhere (e.g. waiting for the application to take a
 /// frame), so a slow application is never mistaken for a dead peer.
+/// Silence is counted in ticks of `limit / 4` that fire late rather than
+/// pile up (`MissedTickBehavior::Delay`): a runtime starved for seconds by
+/// blocking work (which also starves the peer's heartbeats when it shares the
+/// runtime) delays the verdict instead of faking one; a peer must stay silent
+/// through four ticks that actually ran.
 pub(crate) struct Watched<R> {
     inner: R,
-    limit: Duration,
-    sleep: Pin<Box<tokio::time::Sleep>>,
+    ticks: tokio::time::Interval,
+    silent: u32,
     armed: bool,
     /// A read timed out: the peer stopped answering.
     pub expired: bool,
@@ -133,10 +141,13 @@ pub(crate) struct Watched<R> {
 
 impl<R> Watched<R> {
     pub fn new(inner: R, limit: Duration) -> Watched<R> {
+        let period = (limit / SILENT_TICKS).max(Duration::from_millis(1));
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Watched {
             inner,
-            limit,
-            sleep: Box::pin(tokio::time::sleep(limit)),
+            ticks,
+            silent: 0,
             armed: false,
             expired: false,
         }
@@ -157,21 +168,23 @@ impl<R: AsyncRead + Unpin> AsyncRead for Watched<R> {
             }
             Poll::Pending => {
                 if !this.armed {
-                    let at = tokio::time::Instant::now() + this.limit;
-                    this.sleep.as_mut().reset(at);
+                    // The first tick one period from now.
+                    this.ticks.reset();
+                    this.silent = 0;
                     this.armed = true;
                 }
-                match this.sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => {
+                while this.ticks.poll_tick(cx).is_ready() {
+                    this.silent += 1;
+                    if this.silent >= SILENT_TICKS {
                         this.armed = false;
                         this.expired = true;
-                        Poll::Ready(Err(std::io::Error::new(
+                        return Poll::Ready(Err(std::io::Error::new(
                             std::io::ErrorKind::TimedOut,
                             "the peer sent nothing within liveness",
-                        )))
+                        )));
                     }
-                    Poll::Pending => Poll::Pending,
                 }
+                Poll::Pending
             }
         }
     }
@@ -198,18 +211,21 @@ impl Encoded {
 
 /// Writes one message with vectored writes (no user-space copy of the payload).
 ///
-/// Each write call must make progress within `stall`; a peer that stops
-/// reading for that long is cut off.
+/// The whole message must be written within `deadline` (`write_timeout`),
+/// however the peer trickles: a subscriber that cannot take a whole frame in
+/// that time is cut off, so one slow peer cannot hold the publisher (under
+/// `block`) or a frame's memory for longer.
 pub(crate) async fn write_encoded<W: AsyncWrite + Unpin>(
     w: &mut W,
     msg: &Encoded,
-    stall: Duration,
+    deadline: Duration,
 ) -> Result<()> {
     let mut header = msg.header.clone();
     let mut payload = msg.payload.clone();
+    let until = tokio::time::Instant::now() + deadline;
     while header.has_remaining() || payload.has_remaining() {
         let slices = [IoSlice::new(&header), IoSlice::new(&payload)];
-        let n = match tokio::time::timeout(stall, w.write_vectored(&slices)).await {
+        let n = match tokio::time::timeout_at(until, w.write_vectored(&slices)).await {
             Ok(Ok(0)) => {
                 return Err(Error::Disconnected(
                     "subscriber closed its connection".into(),
@@ -219,8 +235,8 @@ pub(crate) async fn write_encoded<W: AsyncWrite + Unpin>(
             Ok(Err(e)) => return Err(Error::io("writing a frame", e)),
             Err(_) => {
                 return Err(Error::Timeout(
-                    stall,
-                    "for the subscriber to read (write_timeout); it stopped reading",
+                    deadline,
+                    "for the subscriber to take a whole frame (write_timeout); it reads too slowly or stopped reading",
                 ));
             }
         };
@@ -373,5 +389,72 @@ fn truncated(e: std::io::Error, what: &str) -> Error {
         Error::Protocol(format!("connection closed in the middle of a {what}"))
     } else {
         Error::io(format!("reading a {what}"), e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that takes `chunk` bytes at a time, each `pace` after the last:
+    /// every single write makes progress before any per-write timeout.
+    struct Trickle {
+        chunk: usize,
+        pace: Duration,
+        sleep: Pin<Box<tokio::time::Sleep>>,
+        taken: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let this = self.get_mut();
+            match this.sleep.as_mut().poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(()) => {
+                    let at = tokio::time::Instant::now() + this.pace;
+                    this.sleep.as_mut().reset(at);
+                    let n = buf.len().min(this.chunk);
+                    this.taken += n;
+                    Poll::Ready(Ok(n))
+                }
+            }
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// `write_timeout` bounds the whole frame: a peer that takes a few bytes
+    /// just before each timeout would fire is cut off after one timeout.
+    #[tokio::test]
+    async fn the_write_deadline_is_per_frame_not_per_write() {
+        let deadline = Duration::from_millis(200);
+        let mut peer = Trickle {
+            chunk: 100,
+            pace: deadline * 7 / 10,
+            sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            taken: 0,
+        };
+        let msg = Encoded::new(&Frame::new(vec![1u8; 64 << 10])).expect("encode");
+        let start = std::time::Instant::now();
+        let r = tokio::time::timeout(
+            Duration::from_secs(3),
+            write_encoded(&mut peer, &msg, deadline),
+        )
+        .await
+        .expect("a trickled frame ran past the per-frame deadline");
+        assert!(
+            matches!(&r, Err(Error::Timeout(d, why)) if *d == deadline && why.contains("write_timeout")),
+            "{r:?}"
+        );
+        assert!(peer.taken > 0 && peer.taken < 64 << 10);
+        assert!(start.elapsed() < deadline * 3, "{:?}", start.elapsed());
     }
 }
