@@ -122,25 +122,36 @@ impl Registry {
 
     /// What the backend of `url` can do there.
     pub fn capabilities(&self, url: &str) -> Result<Capabilities> {
-        let ep = Endpoint::parse(url)?;
+        let ep = without_reconnect(url)?;
         self.backend(&ep)?.capabilities(&ep)
     }
 
-    /// Creates a publisher for `url`.
+    /// Creates a publisher for `url`. The subscriber-side `reconnect*=`
+    /// options are checked and ignored, so that one URL serves both sides.
     pub async fn publish(&self, url: &str, opts: PublishOptions) -> Result<Box<dyn Publisher>> {
-        let ep = Endpoint::parse(url)?;
+        let ep = without_reconnect(url)?;
         self.backend(&ep)?.publish_dyn(&ep, &opts).await
     }
 
-    /// Creates a subscriber for `url`.
+    /// Creates a subscriber for `url`; with `reconnect=on` in the URL or
+    /// [`SubscribeOptions::reconnect`] set, one that follows its publisher
+    /// across restarts ([`reconnect::Reconnecting`], for every backend).
     pub async fn subscribe(
         &self,
         url: &str,
         opts: SubscribeOptions,
     ) -> Result<Box<dyn Subscriber>> {
         let ep = Endpoint::parse(url)?;
-        self.backend(&ep)?.subscribe_dyn(&ep, &opts).await
+        let backend = self.backend(&ep)?;
+        reconnect::subscribe(backend, &ep, &opts).await
     }
+}
+
+/// `url` parsed, its `reconnect*=` options checked and removed.
+fn without_reconnect(url: &str) -> Result<Endpoint> {
+    let ep = Endpoint::parse(url)?;
+    let (_, ep) = reconnect::Reconnect::resolve(&SubscribeOptions::default(), &ep)?;
+    Ok(ep)
 }
 
 fn global() -> &'static RwLock<Registry> {

@@ -34,6 +34,7 @@ pub mod endpoint;
 mod error;
 mod frame;
 pub mod pattern;
+pub mod reconnect;
 mod transport;
 
 #[cfg(feature = "testkit")]
@@ -42,6 +43,7 @@ pub mod testkit;
 pub use endpoint::Endpoint;
 pub use error::{BoxError, Error, Result, fmt_size};
 pub use frame::{DType, Frame, Hop, Layout, PixelFormat, monotonic_ns};
+pub use reconnect::{Reconnect, Reconnecting};
 pub use transport::{
     COMMON_PARAMS, Capabilities, DynTransport, Loan, LoanBuffer, Policy, PublishOptions, Publisher,
     RecvMode, SeqTracker, StatCounters, Stats, SubscribeOptions, Subscriber, Transport, wait_until,
