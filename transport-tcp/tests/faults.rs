@@ -74,7 +74,11 @@ async fn first_error_then_disconnect(ep: Endpoint) -> Error {
 
 #[tokio::test]
 async fn garbage_from_the_publisher_is_a_protocol_error() {
-    let ep = fake_publisher(PROTOCOL_VERSION, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()).await;
+    let ep = fake_publisher(
+        PROTOCOL_VERSION,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+    )
+    .await;
     let e = first_error_then_disconnect(ep).await;
     assert!(matches!(e, Error::Protocol(_)), "{e}");
 }
