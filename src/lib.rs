@@ -145,6 +145,30 @@ impl Registry {
         let backend = self.backend(&ep)?;
         reconnect::subscribe(backend, &ep, &opts).await
     }
+
+    /// [`Registry::subscribe`], waiting up to `patience` for a publisher
+    /// that is not there yet (retrying every 50 ms). Errors that retrying
+    /// cannot fix (a bad URL or option, an unknown scheme) are returned at
+    /// once. With reconnect on, its `reconnect_timeout` and backoff apply
+    /// instead, to this first wait as to later ones.
+    pub async fn subscribe_patiently(
+        &self,
+        url: &str,
+        opts: SubscribeOptions,
+        patience: std::time::Duration,
+    ) -> Result<Box<dyn Subscriber>> {
+        let ep = Endpoint::parse(url)?;
+        let backend = self.backend(&ep)?;
+        let (on, stripped) = reconnect::Reconnect::resolve(&opts, &ep)?;
+        if on.is_some() {
+            return reconnect::subscribe(backend, &ep, &opts).await;
+        }
+        // Options are checked once, up front: a bad one is an error now.
+        backend.capabilities(&stripped)?;
+        let every = std::time::Duration::from_millis(50);
+        reconnect::subscribe_patiently(backend, stripped, opts, (every, every), Some(patience))
+            .await
+    }
 }
 
 /// `url` parsed, its `reconnect*=` options checked and removed.
@@ -189,7 +213,18 @@ pub async fn publish(url: &str, opts: PublishOptions) -> Result<Box<dyn Publishe
     snapshot().publish(url, opts).await
 }
 
-/// Creates a subscriber for `url`, choosing the backend by scheme.
+/// Creates a subscriber for `url`, choosing the backend by scheme; see
+/// [`Registry::subscribe`] (reconnect).
 pub async fn subscribe(url: &str, opts: SubscribeOptions) -> Result<Box<dyn Subscriber>> {
     snapshot().subscribe(url, opts).await
+}
+
+/// [`subscribe`], waiting up to `patience` for a publisher that is not there
+/// yet; see [`Registry::subscribe_patiently`].
+pub async fn subscribe_patiently(
+    url: &str,
+    opts: SubscribeOptions,
+    patience: std::time::Duration,
+) -> Result<Box<dyn Subscriber>> {
+    snapshot().subscribe_patiently(url, opts, patience).await
 }
