@@ -203,7 +203,9 @@ async fn version_1_peers_get_a_version_error() {
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         let (mut s, _) = l.accept().await.unwrap();
-        let mut hello = [0u8; 12];
+        // As version 1 does: read 8 bytes (leaving 4 unread, so that the
+        // close below may send a reset), answer, close.
+        let mut hello = [0u8; 8];
         let _ = s.read_exact(&mut hello).await;
         let mut v1 = [0u8; 24];
         v1[..4].copy_from_slice(b"FWHS");
