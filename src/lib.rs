@@ -125,28 +125,66 @@ impl Registry {
 
     /// What the backend of `url` can do there.
     pub fn capabilities(&self, url: &str) -> Result<Capabilities> {
-        let ep = Endpoint::parse(url)?;
+        let ep = without_reconnect(url)?;
         self.backend(&ep)?.capabilities(&ep)
     }
 
     /// Creates a publisher for `url`, inside a tracing span (see the crate
-    /// docs, "Tracing").
+    /// docs). The subscriber-side `reconnect*=` options are checked and
+    /// ignored, so that one URL serves both sides.
     pub async fn publish(&self, url: &str, opts: PublishOptions) -> Result<Box<dyn Publisher>> {
-        let ep = Endpoint::parse(url)?;
+        let ep = without_reconnect(url)?;
         let p = self.backend(&ep)?.publish_dyn(&ep, &opts).await?;
         Ok(traced::TracedPublisher::boxed(p))
     }
 
-    /// Creates a subscriber for `url`, inside a tracing span.
+    /// Creates a subscriber for `url`, inside a tracing span; with
+    /// `reconnect=on` in the URL or [`SubscribeOptions::reconnect`] set, one
+    /// that follows its publisher across restarts
+    /// ([`reconnect::Reconnecting`], for every backend).
     pub async fn subscribe(
         &self,
         url: &str,
         opts: SubscribeOptions,
     ) -> Result<Box<dyn Subscriber>> {
         let ep = Endpoint::parse(url)?;
-        let s = self.backend(&ep)?.subscribe_dyn(&ep, &opts).await?;
+        let backend = self.backend(&ep)?;
+        let s = reconnect::subscribe(backend, &ep, &opts).await?;
         Ok(traced::TracedSubscriber::boxed(s, url))
     }
+
+    /// [`Registry::subscribe`], waiting up to `patience` for a publisher
+    /// that is not there yet (retrying every 50 ms). Errors that retrying
+    /// cannot fix (a bad URL or option, an unknown scheme) are returned at
+    /// once. With reconnect on, its `reconnect_timeout` and backoff apply
+    /// instead, to this first wait as to later ones.
+    pub async fn subscribe_patiently(
+        &self,
+        url: &str,
+        opts: SubscribeOptions,
+        patience: std::time::Duration,
+    ) -> Result<Box<dyn Subscriber>> {
+        let ep = Endpoint::parse(url)?;
+        let backend = self.backend(&ep)?;
+        let (on, stripped) = reconnect::Reconnect::resolve(&opts, &ep)?;
+        let s = if on.is_some() {
+            reconnect::subscribe(backend, &ep, &opts).await?
+        } else {
+            // Options are checked once, up front: a bad one is an error now.
+            backend.capabilities(&stripped)?;
+            let every = std::time::Duration::from_millis(50);
+            reconnect::subscribe_patiently(backend, stripped, opts, (every, every), Some(patience))
+                .await?
+        };
+        Ok(traced::TracedSubscriber::boxed(s, url))
+    }
+}
+
+/// `url` parsed, its `reconnect*=` options checked and removed.
+fn without_reconnect(url: &str) -> Result<Endpoint> {
+    let ep = Endpoint::parse(url)?;
+    let (_, ep) = reconnect::Reconnect::resolve(&SubscribeOptions::default(), &ep)?;
+    Ok(ep)
 }
 
 fn global() -> &'static RwLock<Registry> {
@@ -184,7 +222,18 @@ pub async fn publish(url: &str, opts: PublishOptions) -> Result<Box<dyn Publishe
     snapshot().publish(url, opts).await
 }
 
-/// Creates a subscriber for `url`, choosing the backend by scheme.
+/// Creates a subscriber for `url`, choosing the backend by scheme; see
+/// [`Registry::subscribe`] (reconnect).
 pub async fn subscribe(url: &str, opts: SubscribeOptions) -> Result<Box<dyn Subscriber>> {
     snapshot().subscribe(url, opts).await
+}
+
+/// [`subscribe`], waiting up to `patience` for a publisher that is not there
+/// yet; see [`Registry::subscribe_patiently`].
+pub async fn subscribe_patiently(
+    url: &str,
+    opts: SubscribeOptions,
+    patience: std::time::Duration,
+) -> Result<Box<dyn Subscriber>> {
+    snapshot().subscribe_patiently(url, opts, patience).await
 }

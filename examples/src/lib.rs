@@ -132,13 +132,24 @@ pub struct Tally {
     pub corrupt: u64,
     /// Frames the backend reported as missed through `Error::Lagged`.
     pub lagged: u64,
-    /// The highest sequence number seen.
+    /// The highest sequence number seen (from the current publisher).
     pub highest_seq: Option<u64>,
+    /// Times the subscriber reconnected (`Error::Reconnected`).
+    pub reconnects: u64,
+    /// Frames received from earlier publishers, and lost from their streams.
+    earlier: (u64, u64),
+    /// A reconnect was reported and no frame has arrived since.
+    reconnected: bool,
 }
 
 impl Tally {
     /// Counts one frame; `intact` is false when it failed verification.
     pub fn record(&mut self, seq: u64, intact: bool) {
+        if std::mem::take(&mut self.reconnected) && self.highest_seq.is_some_and(|h| seq <= h) {
+            // A new publisher numbering from 0 again: close the old stream's count.
+            self.earlier = (self.received, self.lost());
+            self.highest_seq = None;
+        }
         self.received += 1;
         if !intact {
             self.corrupt += 1;
@@ -146,13 +157,25 @@ impl Tally {
         self.highest_seq = Some(self.highest_seq.map_or(seq, |h| h.max(seq)));
     }
 
+    /// Counts an `Error::Reconnected`: the frames that follow may come from
+    /// a new publisher whose sequence numbers start again.
+    pub fn record_reconnect(&mut self) {
+        self.reconnects += 1;
+        self.reconnected = true;
+    }
+
     /// Frames never seen, from sequence number 0 up to the highest one seen:
     /// `(highest + 1) - received`. A subscriber that joined late counts the
     /// frames sent before it joined as lost; frames after the last one seen
-    /// are not counted.
+    /// are not counted. After a reconnect to a publisher that numbers from 0
+    /// again, each publisher's stream is counted this way and the sums added.
     pub fn lost(&self) -> u64 {
-        self.highest_seq
-            .map_or(0, |h| h.saturating_add(1).saturating_sub(self.received))
+        let (earlier_received, earlier_lost) = self.earlier;
+        earlier_lost
+            + self.highest_seq.map_or(0, |h| {
+                h.saturating_add(1)
+                    .saturating_sub(self.received - earlier_received)
+            })
     }
 
     /// `received=R lost=L corrupt=C`.
@@ -313,6 +336,10 @@ pub async fn receive_frames_slowly(
                 }
             }
             Ok(Err(Error::Lagged { missed })) => tally.lagged += missed,
+            Ok(Err(e @ Error::Reconnected { .. })) => {
+                eprintln!("subscriber: {e}");
+                tally.record_reconnect();
+            }
             Ok(Err(Error::Disconnected(why))) => break StopReason::Disconnected(why),
             Ok(Err(e)) => {
                 // Backends end a broken connection with `Disconnected` on the
@@ -336,31 +363,21 @@ pub async fn receive_frames_slowly(
 /// True for the errors of a subscriber whose publisher is not there yet (no
 /// listener, no socket file, a connect or handshake that timed out).
 pub fn is_not_there_yet(e: &Error) -> bool {
-    matches!(
-        e,
-        Error::Io { .. } | Error::Timeout(..) | Error::Disconnected(_)
-    )
+    framewire::reconnect::is_not_there_yet(e)
 }
 
 /// Subscribes to `url`, retrying every 50 ms while the publisher is not
 /// there yet, for up to `patience`. Errors that retrying cannot fix (a bad
-/// URL or option, an unknown scheme) are returned at once.
+/// URL or option, an unknown scheme) are returned at once. The retry loop is
+/// the library's ([`framewire::subscribe_patiently`]); with reconnect on in
+/// `opts` or the URL, the subscriber also follows its publisher across
+/// restarts.
 pub async fn subscribe_patiently(
     url: &str,
     opts: SubscribeOptions,
     patience: Duration,
 ) -> Result<Box<dyn Subscriber>> {
-    let deadline = tokio::time::Instant::now() + patience;
-    loop {
-        match framewire::subscribe(url, opts.clone()).await {
-            Ok(sub) => return Ok(sub),
-            Err(e) if is_not_there_yet(&e) && tokio::time::Instant::now() < deadline => {
-                tracing::debug!(error = %e, "no publisher yet; retrying");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    framewire::subscribe_patiently(url, opts, patience).await
 }
 
 #[cfg(test)]
@@ -380,6 +397,27 @@ mod tests {
         let mut late = Tally::default();
         late.record(10, true);
         assert_eq!(late.lost(), 10, "frames before a late join count as lost");
+    }
+
+    #[test]
+    fn a_restarted_publisher_starts_a_new_count() {
+        let mut t = Tally::default();
+        for seq in 0..5 {
+            t.record(seq, true);
+        }
+        t.record_reconnect();
+        // The same publisher, after a link came back: numbering goes on.
+        for seq in 7..9 {
+            t.record(seq, true);
+        }
+        assert_eq!(t.summary_line(), "received=7 lost=2 corrupt=0");
+        t.record_reconnect();
+        // A new publisher, numbering from 0; its frame 0 was missed.
+        for seq in 1..4 {
+            t.record(seq, true);
+        }
+        assert_eq!(t.summary_line(), "received=10 lost=3 corrupt=0");
+        assert_eq!(t.reconnects, 2);
     }
 
     #[test]

@@ -477,3 +477,56 @@ fn subscriber_words_views_from_the_backend_capabilities() {
         assert!(!note.contains("View frames"), "{url}: `{note}`");
     }
 }
+
+/// `subscriber --reconnect` follows a publisher process that exits and is
+/// started again on the same endpoint: it reports the reconnect on stderr
+/// and counts both streams (`lost=0`: each publisher waited for it).
+#[test]
+fn subscriber_reconnects_to_a_restarted_publisher() {
+    let subscriber = env!("CARGO_BIN_EXE_subscriber");
+    let publisher = env!("CARGO_BIN_EXE_publisher");
+    let url = format!("tcp://127.0.0.1:{}", free_tcp_port());
+    let s = Proc::spawn(
+        "subscriber",
+        subscriber,
+        &[
+            "--endpoint",
+            &url,
+            "--count",
+            "10",
+            "--verify",
+            "--timeout",
+            "30",
+            "--reconnect",
+        ],
+    );
+    for _ in 0..2 {
+        let p = Proc::spawn(
+            "publisher",
+            publisher,
+            &[
+                "--endpoint",
+                &url,
+                "--size",
+                "64KiB",
+                "--count",
+                "5",
+                "--wait-subscribers",
+                "1",
+                "--wait-timeout",
+                "30",
+            ],
+        );
+        let pf = p.finish(DEADLINE);
+        assert!(pf.status.success(), "{}", pf.stderr);
+    }
+    let f = s.finish(DEADLINE);
+    assert_eq!(
+        f.last_line(),
+        "received=10 lost=0 corrupt=0",
+        "{}",
+        f.stderr
+    );
+    assert!(f.status.success(), "{}", f.stderr);
+    assert!(f.stderr.contains("reconnected after"), "{}", f.stderr);
+}

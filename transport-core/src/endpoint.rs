@@ -113,6 +113,16 @@ impl Endpoint {
         self
     }
 
+    /// This endpoint without the parameters named in `keys`.
+    pub fn without_params(mut self, keys: &[&str]) -> Endpoint {
+        let before = self.params.len();
+        self.params.retain(|(k, _)| !keys.contains(&k.as_str()));
+        if self.params.len() != before {
+            self.url = self.render();
+        }
+        self
+    }
+
     fn render(&self) -> String {
         let mut s = format!("{}://{}", self.scheme, self.address);
         for (i, (k, v)) in self.params.iter().enumerate() {

@@ -86,6 +86,24 @@ pub enum Error {
     #[error("disconnected: {0}")]
     Disconnected(String),
 
+    /// A reconnecting subscriber lost its publisher and found one again on
+    /// the same endpoint (see [`crate::reconnect`]); returned once, by the
+    /// first `recv` after the reconnect, so that the gap is never silent.
+    ///
+    /// Frames sent while no connection was up were missed (how many cannot
+    /// be known: the new publisher may be another process whose sequence
+    /// numbers start again at 0, which is not lag). The next `recv` returns
+    /// the new publisher's frames.
+    #[error(
+        "reconnected after {after:?} without a publisher (frames sent meanwhile were missed; sequence numbers may restart): it had gone away: {reason}"
+    )]
+    Reconnected {
+        /// How long the subscriber was without a publisher.
+        after: std::time::Duration,
+        /// Why the previous connection ended.
+        reason: String,
+    },
+
     /// The peer sent bytes that do not follow the framewire protocol.
     ///
     /// The connection or message concerned is dropped; others are unaffected.

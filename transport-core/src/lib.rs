@@ -36,6 +36,7 @@ pub mod endpoint;
 mod error;
 mod frame;
 pub mod pattern;
+pub mod reconnect;
 pub mod stream;
 mod transport;
 
@@ -45,6 +46,7 @@ pub mod testkit;
 pub use endpoint::Endpoint;
 pub use error::{BoxError, Error, Result, fmt_size};
 pub use frame::{DType, Frame, Hop, Layout, PixelFormat, monotonic_ns};
+pub use reconnect::{Reconnect, Reconnecting};
 pub use stream::{FrameStream, SubscriberExt};
 pub use transport::{
     COMMON_PARAMS, Capabilities, DynTransport, Loan, LoanBuffer, Policy, PublishOptions, Publisher,

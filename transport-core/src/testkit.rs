@@ -25,9 +25,10 @@ use bytes::Bytes;
 
 pub use tokio;
 
+use crate::reconnect::{self, Reconnect};
 use crate::{
-    Capabilities, DType, Endpoint, Error, Frame, Layout, PixelFormat, Policy, PublishOptions,
-    Publisher, RecvMode, Result, SubscribeOptions, Subscriber, Transport, pattern,
+    Capabilities, DType, DynTransport, Endpoint, Error, Frame, Layout, PixelFormat, Policy,
+    PublishOptions, Publisher, RecvMode, Result, SubscribeOptions, Subscriber, Transport, pattern,
 };
 
 /// How long any single wait on a peer may take in the suite.
@@ -45,6 +46,14 @@ pub trait Harness: Send + Sync + 'static {
     /// how many frames may be queued per subscriber or held in the pool (the
     /// backend's `queue=`, `slots=` or equivalent); payloads up to 64 MiB must fit.
     fn endpoint(&self, depth: Option<usize>) -> Endpoint;
+
+    /// Where a replacement publisher binds once the publisher that reported
+    /// `published` (its [`Publisher::endpoint`]) was dropped, for the
+    /// reconnect test; `None` skips that test. The default, `published`
+    /// itself, suits backends whose endpoint can be bound again once free.
+    fn restart_endpoint(&self, published: &Endpoint) -> Option<Endpoint> {
+        Some(published.clone())
+    }
 }
 
 /// Runs one suite test on a fresh two-thread runtime with an overall deadline.
@@ -94,6 +103,7 @@ macro_rules! conformance_tests {
             cancelled_recv_loses_no_frame,
             topic_prefix_filters,
             close_then_exit_loses_nothing,
+            reconnect_follows_a_restarted_publisher,
         );
     };
     (@each $harness:expr; $($name:ident),* $(,)?) => {
@@ -107,9 +117,7 @@ macro_rules! conformance_tests {
 }
 
 fn caps<H: Harness>(h: &H, ep: &Endpoint) -> Capabilities {
-    h.transport()
-        .capabilities(ep)
-        .expect("capabilities of the harness's endpoint")
+    Transport::capabilities(&h.transport(), ep).expect("capabilities of the harness's endpoint")
 }
 
 fn skip(test: &str, why: &str) {
@@ -921,4 +929,106 @@ pub async fn close_then_exit_loses_nothing<H: Harness>(h: &'static H) {
         .await
         .expect("join")
         .expect("publisher thread");
+}
+
+/// With reconnect on, a subscriber follows its publisher across a restart
+/// on the same endpoint: it reports the gap once with
+/// [`Error::Reconnected`], then receives the new publisher's frames, whose
+/// sequence numbers start again at 0 without being reported as lag. A
+/// `recv` cancelled while no publisher is there loses nothing.
+pub async fn reconnect_follows_a_restarted_publisher<H: Harness>(h: &'static H) {
+    let ep = h.endpoint(None);
+    let t: std::sync::Arc<dyn DynTransport> = std::sync::Arc::new(h.transport());
+    let mut first = within("publish", t.publish_dyn(&ep, &PublishOptions::default()))
+        .await
+        .expect("create publisher");
+    let published = first.endpoint().clone();
+    let Some(again) = h.restart_endpoint(&published) else {
+        return skip(
+            "reconnect_follows_a_restarted_publisher",
+            "the harness cannot restart a publisher on the same endpoint",
+        );
+    };
+    let cfg = Reconnect::default()
+        .backoff(Duration::from_millis(10), Duration::from_millis(100))
+        .timeout(Some(PEER_TIMEOUT));
+    let mut sub = within(
+        "subscribe",
+        reconnect::subscribe(
+            t.clone(),
+            &published,
+            &SubscribeOptions::default().reconnect(cfg),
+        ),
+    )
+    .await
+    .expect("create a reconnecting subscriber");
+    settle(&mut first, 1).await;
+    for i in 0..3 {
+        within("send", first.send(Frame::new(pattern::make(i, 4096))))
+            .await
+            .expect("send");
+    }
+    within("close", first.close()).await.expect("close");
+    for i in 0..3 {
+        let f = recv(&mut sub)
+            .await
+            .expect("a frame of the first publisher");
+        assert_eq!(f.seq, i);
+        assert!(pattern::check(i, &f.payload));
+    }
+    drop(first);
+    // No publisher: cancelled receives (timeouts firing) lose nothing.
+    let mut early = false;
+    for _ in 0..5 {
+        match tokio::time::timeout(Duration::from_millis(60), sub.recv()).await {
+            Err(_) => {}
+            // A backend whose subscribe succeeds before a publisher binds.
+            Ok(Err(Error::Reconnected { .. })) => {
+                early = true;
+                break;
+            }
+            Ok(other) => panic!("recv with no publisher returned {other:?}"),
+        }
+    }
+    // The endpoint may take a moment to be free again (a listener closing).
+    let deadline = tokio::time::Instant::now() + PEER_TIMEOUT;
+    let mut second = loop {
+        match t.publish_dyn(&again, &PublishOptions::default()).await {
+            Ok(p) => break p,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("conformance: restarting the publisher: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("restart the publisher on {again}: {e}"),
+        }
+    };
+    if !early {
+        match recv(&mut sub).await {
+            Err(Error::Reconnected { after, reason }) => {
+                assert!(after > Duration::ZERO);
+                assert!(!reason.is_empty());
+            }
+            other => panic!("expected Error::Reconnected once, got {other:?}"),
+        }
+    }
+    settle(&mut second, 1).await;
+    for i in 0..5 {
+        within("send", second.send(Frame::new(pattern::make(i, 4096))))
+            .await
+            .expect("send");
+    }
+    within("flush", second.flush()).await.expect("flush");
+    for i in 0..5 {
+        match recv(&mut sub).await {
+            Ok(f) => {
+                assert_eq!(f.seq, i, "frames of the new publisher, from its start");
+                assert!(pattern::check(i, &f.payload));
+            }
+            Err(e) => panic!("after the reconnect: {e}"),
+        }
+    }
+    let st = sub.stats();
+    assert_eq!(st.reconnects, 1);
+    assert_eq!(st.lagged, 0, "a restarted numbering is not lag");
+    assert_eq!(st.frames_received, 8);
 }

@@ -129,6 +129,11 @@ pub struct SubscribeOptions {
     pub recv_mode: Option<RecvMode>,
     /// Deliver only frames whose topic starts with this prefix (empty: all).
     pub topic_prefix: String,
+    /// Follow the publisher across restarts (see [`crate::reconnect`]);
+    /// overrides the URL's `reconnect*=` options; default off. Honoured by
+    /// [`crate::reconnect::subscribe`] (and so by `framewire::subscribe`),
+    /// not by a backend's own `subscribe`.
+    pub reconnect: Option<crate::reconnect::Reconnect>,
 }
 
 impl SubscribeOptions {
@@ -140,6 +145,11 @@ impl SubscribeOptions {
     /// Sets the topic prefix.
     pub fn topic_prefix(mut self, p: impl Into<String>) -> Self {
         self.topic_prefix = p.into();
+        self
+    }
+    /// Turns reconnect on with these settings.
+    pub fn reconnect(mut self, r: crate::reconnect::Reconnect) -> Self {
+        self.reconnect = Some(r);
         self
     }
     /// The mode in force: this option, else the URL's `recv=`, else owned.
@@ -221,6 +231,9 @@ pub struct Stats {
     pub queued: u64,
     /// Connected subscribers (publisher side).
     pub subscribers: u64,
+    /// Times a reconnecting subscriber found its publisher again
+    /// ([`crate::reconnect::Reconnecting`]; 0 elsewhere).
+    pub reconnects: u64,
 }
 
 /// Lock-free counters behind [`Stats`], for backends to share between tasks.
@@ -254,6 +267,7 @@ impl StatCounters {
             lagged: l(&self.lagged),
             queued: l(&self.queued),
             subscribers: l(&self.subscribers),
+            reconnects: 0,
         }
     }
 }

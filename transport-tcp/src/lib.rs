@@ -34,14 +34,26 @@ pub use publisher::TcpPublisher;
 pub use subscriber::TcpSubscriber;
 
 /// Endpoint parameters this backend accepts.
-pub const PARAMS: [&str; 6] = [
+pub const PARAMS: [&str; 7] = [
     COMMON_PARAMS[0],
     COMMON_PARAMS[1],
     "queue",
     "max_payload",
     "write_timeout",
     "handshake_timeout",
+    "liveness",
 ];
+
+/// Version of the socket protocol (the handshake, heartbeats): peers of
+/// another version are refused with `Error::VersionMismatch`.
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// Default of `liveness=`: a peer silent for this long is declared dead.
+pub const DEFAULT_LIVENESS: Duration = Duration::from_secs(3);
+/// Shortest accepted `liveness=`.
+pub const MIN_LIVENESS: Duration = Duration::from_millis(20);
+/// Longest accepted `liveness=` (one day).
+pub const MAX_LIVENESS: Duration = Duration::from_secs(24 * 3600);
 
 /// Default of `queue=`.
 pub const DEFAULT_QUEUE: usize = 4;
@@ -54,6 +66,7 @@ pub(crate) struct Config {
     max_payload: u64,
     write_timeout: Duration,
     handshake_timeout: Duration,
+    liveness: Duration,
 }
 
 impl Config {
@@ -79,7 +92,17 @@ impl Config {
                 reason: format!("at most {}", transport_core::codec::MAX_PAYLOAD),
             });
         }
+        let liveness = e.duration("liveness")?.unwrap_or(DEFAULT_LIVENESS);
+        if !(MIN_LIVENESS..=MAX_LIVENESS).contains(&liveness) {
+            return Err(Error::InvalidOption {
+                option: "liveness".into(),
+                reason: format!(
+                    "{liveness:?} is out of range; accepted: {MIN_LIVENESS:?} to {MAX_LIVENESS:?} (e.g. liveness=3s)"
+                ),
+            });
+        }
         Ok(Config {
+            liveness,
             queue,
             max_payload,
             write_timeout: e

@@ -234,20 +234,32 @@ where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
+    let cfg = shared.cfg;
     let mut hello = [0u8; wire::CLIENT_HELLO_LEN];
-    let got = tokio::time::timeout(shared.cfg.handshake_timeout, r.read_exact(&mut hello)).await;
+    let got = tokio::time::timeout(cfg.handshake_timeout, async {
+        // The version first: a peer of another version may send less.
+        r.read_exact(&mut hello[..wire::HELLO_HEAD_LEN]).await?;
+        if wire::check_hello(&hello).is_ok() {
+            r.read_exact(&mut hello[wire::HELLO_HEAD_LEN..]).await?;
+        }
+        Ok::<(), std::io::Error>(())
+    })
+    .await;
     match got {
-        Ok(Ok(_)) => {}
+        Ok(Ok(())) => {}
         Ok(Err(e)) => return tracing::warn!(%peer, error = %e, "handshake failed"),
         Err(_) => return tracing::warn!(%peer, "no handshake within the timeout; closing"),
     }
-    let checked = wire::check_hello(&hello);
-    if let Err(e) = checked {
-        let reply = wire::server_hello(shared.cfg.max_payload, 0);
-        // Tell the peer our version so it can report the mismatch, then close.
-        let _ = w.write_all(&reply).await;
-        return tracing::warn!(%peer, error = %e, "refusing a subscriber");
-    }
+    let checked = wire::check_hello(&hello).and_then(|()| wire::client_hello_liveness(&hello));
+    let theirs = match checked {
+        Ok(l) => l,
+        Err(e) => {
+            let reply = wire::server_hello(cfg.max_payload, 0, cfg.liveness);
+            // Tell the peer our version so it can report the mismatch, then close.
+            let _ = w.write_all(&reply).await;
+            return tracing::warn!(%peer, error = %e, "refusing a subscriber");
+        }
+    };
     let q = Arc::new(SubQueue {
         peer: peer.clone(),
         state: Mutex::new(QueueState::default()),
@@ -266,14 +278,18 @@ where
         }
         subs.push(q.clone());
         wire::server_hello(
-            shared.cfg.max_payload,
+            cfg.max_payload,
             shared.next_seq.load(Ordering::Relaxed),
+            cfg.liveness,
         )
     };
     shared.stats.subscribers.fetch_add(1, Ordering::Relaxed);
     shared.membership.notify_waiters();
     let result = match w.write_all(&reply).await {
-        Ok(()) => pump(&mut r, &mut w, &q, &shared).await,
+        Ok(()) => {
+            let every = wire::heartbeat_interval(cfg.liveness, theirs);
+            pump(&mut r, &mut w, &q, &shared, every).await
+        }
         Err(e) => Err(Error::io("answering the handshake", e)),
     };
     {
@@ -324,30 +340,92 @@ async fn next_item(q: &SubQueue, shared: &Shared) -> Next {
     }
 }
 
-async fn pump<R, W>(r: &mut R, w: &mut W, q: &SubQueue, shared: &Shared) -> Result<()>
+/// Writes queued frames (and heartbeats when idle) while watching the
+/// subscriber: it must send heartbeats and nothing else, and it is declared
+/// dead once a read has waited `liveness` for one.
+async fn pump<R, W>(
+    r: &mut R,
+    w: &mut W,
+    q: &SubQueue,
+    shared: &Shared,
+    every: Duration,
+) -> Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut probe = [0u8; 64];
+    tokio::select! {
+        biased;
+        res = watch(r, q, shared.cfg.liveness) => res,
+        res = write_loop(w, q, shared, every) => res,
+    }
+}
+
+/// Reads the subscriber's heartbeats; returns how the subscriber ended.
+async fn watch<R: AsyncRead + Unpin>(r: &mut R, q: &SubQueue, liveness: Duration) -> Result<()> {
+    let mut r = wire::Watched::new(r, liveness);
+    let mut buf = [0u8; 64];
+    // Where in the 4-byte heartbeat the next byte falls.
+    let mut at = 0usize;
     loop {
-        tokio::select! {
-            biased;
-            n = r.read(&mut probe) => {
-                return match n {
-                    Ok(0) => Err(Error::Disconnected(format!("{} closed its connection", q.peer))),
-                    Ok(_) => Err(Error::Protocol(format!("{} sent bytes after the handshake", q.peer))),
-                    Err(e) => Err(Error::io("watching the subscriber", e)),
-                };
+        let n = match r.read(&mut buf).await {
+            Ok(0) => {
+                return Err(Error::Disconnected(format!(
+                    "{} closed its connection",
+                    q.peer
+                )));
             }
-            next = next_item(q, shared) => match next {
-                Next::Close => return Ok(()),
-                Next::Frame(msg) => {
-                    wire::write_encoded(w, &msg, shared.cfg.write_timeout).await?;
-                    q.lock().writing = false;
-                    q.space.notify_waiters();
+            Ok(n) => n,
+            Err(_) if r.expired => {
+                return Err(Error::Disconnected(format!(
+                    "{} stopped answering: no heartbeat for {liveness:?} (liveness); \
+                     its host or the link may be down",
+                    q.peer
+                )));
+            }
+            Err(e) => return Err(Error::io("watching the subscriber", e)),
+        };
+        for &b in &buf[..n] {
+            if b != wire::HEARTBEAT[at] {
+                return Err(Error::Protocol(format!(
+                    "{} sent bytes other than heartbeats after the handshake",
+                    q.peer
+                )));
+            }
+            at = (at + 1) % wire::HEARTBEAT.len();
+        }
+    }
+}
+
+/// Writes queued frames until the publisher closes; a heartbeat goes out
+/// whenever nothing was queued for `every`.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    q: &SubQueue,
+    shared: &Shared,
+    every: Duration,
+) -> Result<()> {
+    let stall = shared.cfg.write_timeout;
+    loop {
+        // `next_item` takes a frame only in the poll that returns it, so
+        // the timeout never loses one.
+        match tokio::time::timeout(every, next_item(q, shared)).await {
+            Err(_) => match tokio::time::timeout(stall, w.write_all(&wire::HEARTBEAT)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(Error::io("sending a heartbeat", e)),
+                Err(_) => {
+                    return Err(Error::Timeout(
+                        stall,
+                        "for the subscriber to read (write_timeout); it stopped reading",
+                    ));
                 }
             },
+            Ok(Next::Close) => return Ok(()),
+            Ok(Next::Frame(msg)) => {
+                wire::write_encoded(w, &msg, stall).await?;
+                q.lock().writing = false;
+                q.space.notify_waiters();
+            }
         }
     }
 }
@@ -524,7 +602,9 @@ mod tests {
         let shared = publ.shared.clone();
         let guard = shared.subs.lock().expect("lock");
         let mut client = std::net::TcpStream::connect(&addr).expect("connect");
-        client.write_all(&wire::client_hello()).expect("hello");
+        client
+            .write_all(&wire::client_hello(Duration::from_secs(3)))
+            .expect("hello");
         // The connection's task reads the hello and reaches the registry lock.
         std::thread::sleep(Duration::from_millis(300));
         // What `Drop` does, while the connection waits for the lock.

@@ -45,19 +45,21 @@ pub(crate) async fn connect(
     let (next_seq, reader) = if endpoint.scheme() == "unix" {
         let s = within(timeout, UnixStream::connect(&addr), &addr).await?;
         let (mut r, mut w) = s.into_split();
-        let next = handshake(&mut r, &mut w, timeout).await?;
+        let (next, theirs) = handshake(&mut r, &mut w, &cfg).await?;
+        let every = wire::heartbeat_interval(cfg.liveness, theirs);
         (
             next,
-            tokio::spawn(read_loop(r, w, cfg.max_payload, tx, stats.clone())),
+            tokio::spawn(connection(r, w, every, cfg, tx, stats.clone())),
         )
     } else {
         let s = within(timeout, TcpStream::connect(&addr), &addr).await?;
         let _ = s.set_nodelay(true);
         let (mut r, mut w) = s.into_split();
-        let next = handshake(&mut r, &mut w, timeout).await?;
+        let (next, theirs) = handshake(&mut r, &mut w, &cfg).await?;
+        let every = wire::heartbeat_interval(cfg.liveness, theirs);
         (
             next,
-            tokio::spawn(read_loop(r, w, cfg.max_payload, tx, stats.clone())),
+            tokio::spawn(connection(r, w, every, cfg, tx, stats.clone())),
         )
     };
     let mut tracker = SeqTracker::new(stats.clone());
@@ -71,6 +73,48 @@ pub(crate) async fn connect(
         reader,
         ended: false,
     })
+}
+
+/// The connection's task: reads frames and sends heartbeats until the
+/// connection ends (then both halves close) or the subscriber is dropped
+/// (which aborts it).
+async fn connection<R, W>(
+    r: R,
+    w: W,
+    every: Duration,
+    cfg: Config,
+    tx: mpsc::Sender<Result<Frame>>,
+    stats: Arc<StatCounters>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    tokio::select! {
+        () = read_loop(r, cfg, tx, stats) => {}
+        () = heartbeats(w, every, cfg.write_timeout) => {}
+    }
+}
+
+/// Tells the publisher we are alive, every `every`. The write half also
+/// stays open while we read: closing it would tell the publisher we left.
+/// A heartbeat that cannot be written leaves the verdict to the reader,
+/// which notices a dead connection within `liveness`.
+async fn heartbeats<W: AsyncWrite + Unpin>(mut w: W, every: Duration, stall: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        match tokio::time::timeout(stall, w.write_all(&wire::HEARTBEAT)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "heartbeat not sent");
+                break;
+            }
+            Err(_) => {
+                tracing::debug!("heartbeat stuck in a full socket");
+                break;
+            }
+        }
+    }
+    std::future::pending::<()>().await
 }
 
 async fn within<T>(
@@ -88,18 +132,19 @@ async fn within<T>(
     }
 }
 
-/// Returns the sequence number of the first frame this subscriber will get.
-async fn handshake<R, W>(r: &mut R, w: &mut W, timeout: Duration) -> Result<u64>
+/// Returns the sequence number of the first frame this subscriber will get
+/// and the publisher's `liveness`.
+async fn handshake<R, W>(r: &mut R, w: &mut W, cfg: &Config) -> Result<(u64, Duration)>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let timeout = cfg.handshake_timeout;
     let exchange = async {
-        w.write_all(&wire::client_hello())
+        w.write_all(&wire::client_hello(cfg.liveness))
             .await
             .map_err(|e| Error::io("sending the handshake", e))?;
-        let mut hello = [0u8; wire::SERVER_HELLO_LEN];
-        r.read_exact(&mut hello).await.map_err(|e| {
+        let closed = |e: std::io::Error| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 Error::Disconnected(
                     "the publisher closed the connection during the handshake".into(),
@@ -107,30 +152,33 @@ where
             } else {
                 Error::io("reading the handshake", e)
             }
-        })?;
+        };
+        let mut hello = [0u8; wire::SERVER_HELLO_LEN];
+        // The version first: a peer of another version may send less.
+        r.read_exact(&mut hello[..wire::HELLO_HEAD_LEN])
+            .await
+            .map_err(closed)?;
         wire::check_hello(&hello)?;
-        let (max_payload, next_seq) = wire::server_hello_fields(&hello);
-        tracing::debug!(max_payload, next_seq, "connected");
-        Ok(next_seq)
+        r.read_exact(&mut hello[wire::HELLO_HEAD_LEN..])
+            .await
+            .map_err(closed)?;
+        let (max_payload, next_seq, liveness) = wire::server_hello_fields(&hello)?;
+        tracing::debug!(max_payload, next_seq, ?liveness, "connected");
+        Ok((next_seq, liveness))
     };
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| Error::Timeout(timeout, "for the publisher's handshake"))?
 }
 
-async fn read_loop<R, W>(
-    mut r: R,
-    _w: W,
-    max_payload: u64,
-    tx: mpsc::Sender<Result<Frame>>,
-    stats: Arc<StatCounters>,
-) where
+async fn read_loop<R>(r: R, cfg: Config, tx: mpsc::Sender<Result<Frame>>, stats: Arc<StatCounters>)
+where
     R: AsyncRead + Unpin,
 {
-    // `_w` stays open while we read: closing it would tell the publisher we left.
     let pool = wire::RecvPool::new();
+    let mut r = wire::Watched::new(r, cfg.liveness);
     loop {
-        let item = match wire::read_frame(&mut r, max_payload, &pool).await {
+        let item = match wire::read_frame(&mut r, cfg.max_payload, &pool).await {
             Ok(Some(mut f)) => {
                 f.stamp_received();
                 StatCounters::add(&stats.frames_received, 1);
@@ -138,6 +186,12 @@ async fn read_loop<R, W>(
                 Ok(f)
             }
             Ok(None) => return,
+            // Whatever part of a frame had arrived is dropped with it.
+            Err(_) if r.expired => Err(Error::Disconnected(format!(
+                "the publisher stopped answering: nothing received for {:?} (liveness); \
+                 its host or the link may be down",
+                cfg.liveness
+            ))),
             Err(e) => Err(e),
         };
         let fatal = item.is_err();
@@ -161,6 +215,7 @@ impl Subscriber for TcpSubscriber {
                     match self.rx.recv().await {
                         Some(Ok(f)) => self.tracker.accept(f)?,
                         Some(Err(e)) => {
+                            self.ended |= e.is_disconnect();
                             tracing::warn!(error = %e, "connection to the publisher failed");
                             return Err(e);
                         }

@@ -1,50 +1,78 @@
-//! The socket protocol: a handshake, then envelope messages from publisher to subscriber.
+//! The socket protocol: a handshake, then envelope messages from publisher to
+//! subscriber, with heartbeats both ways.
 //!
 //! ```text
-//! subscriber -> publisher   hello:  "FWHS" | version u16 | 0u16
+//! subscriber -> publisher   hello:  "FWHS" | version u16 | 0u16 | liveness_ms u32
 //! publisher  -> subscriber  hello:  "FWHS" | version u16 | 0u16 | max_payload u64 | next_seq u64
+//!                                   | liveness_ms u32 | 0u32
 //! publisher  -> subscriber  frames: prefix | header | payload   (transport_core::codec)
+//!                           or a heartbeat "FWHB" between two frames
+//! subscriber -> publisher   heartbeats "FWHB", nothing else
 //! ```
 //!
-//! After the handshake a subscriber sends nothing; any byte it sends is a
-//! protocol error and closes its connection. EOF from either side is a disconnect.
+//! Version 2 (this one) added the liveness fields and the heartbeats; a peer
+//! of another version is refused with [`Error::VersionMismatch`] (the first 8
+//! bytes of both hellos keep their version-1 meaning, so an old peer reports
+//! the mismatch too). Each side sends a heartbeat when it has sent nothing
+//! for a quarter of the smaller of the two `liveness` values, and declares
+//! its peer dead when a read waits longer than its own `liveness`. EOF from
+//! either side is a disconnect.
 
 use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use transport_core::codec::{self, PREFIX_LEN, Prefix, VERSION};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use transport_core::codec::{self, MAGIC, PREFIX_LEN, Prefix};
 use transport_core::{Error, Frame, Result};
 
-const HELLO_MAGIC: [u8; 4] = *b"FWHS";
-pub(crate) const CLIENT_HELLO_LEN: usize = 8;
-pub(crate) const SERVER_HELLO_LEN: usize = 24;
+pub use crate::PROTOCOL_VERSION as VERSION;
 
-pub(crate) fn client_hello() -> [u8; CLIENT_HELLO_LEN] {
+const HELLO_MAGIC: [u8; 4] = *b"FWHS";
+/// The part of both hellos that every version shares: magic and version.
+pub(crate) const HELLO_HEAD_LEN: usize = 8;
+pub(crate) const CLIENT_HELLO_LEN: usize = 12;
+pub(crate) const SERVER_HELLO_LEN: usize = 32;
+/// What a peer sends when it has nothing else to say.
+pub(crate) const HEARTBEAT: [u8; 4] = *b"FWHB";
+
+/// `liveness` in whole milliseconds for the hello (at least 1).
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX).max(1)
+}
+
+pub(crate) fn client_hello(liveness: Duration) -> [u8; CLIENT_HELLO_LEN] {
     let mut b = [0u8; CLIENT_HELLO_LEN];
     b[..4].copy_from_slice(&HELLO_MAGIC);
     b[4..6].copy_from_slice(&VERSION.to_le_bytes());
+    b[8..12].copy_from_slice(&millis(liveness).to_le_bytes());
     b
 }
 
 /// `next_seq` is the sequence number of the first frame the new subscriber
 /// will get, so that it can count frames dropped before its first receipt.
-pub(crate) fn server_hello(max_payload: u64, next_seq: u64) -> [u8; SERVER_HELLO_LEN] {
+pub(crate) fn server_hello(
+    max_payload: u64,
+    next_seq: u64,
+    liveness: Duration,
+) -> [u8; SERVER_HELLO_LEN] {
     let mut b = [0u8; SERVER_HELLO_LEN];
     b[..4].copy_from_slice(&HELLO_MAGIC);
     b[4..6].copy_from_slice(&VERSION.to_le_bytes());
     b[8..16].copy_from_slice(&max_payload.to_le_bytes());
     b[16..24].copy_from_slice(&next_seq.to_le_bytes());
+    b[24..28].copy_from_slice(&millis(liveness).to_le_bytes());
     b
 }
 
-/// Checks a hello's magic and version; returns the peer's version on mismatch.
+/// Checks a hello's magic and version (its first [`HELLO_HEAD_LEN`] bytes).
 pub(crate) fn check_hello(b: &[u8]) -> Result<()> {
-    if b[..4] != HELLO_MAGIC {
+    if b.len() < HELLO_HEAD_LEN || b[..4] != HELLO_MAGIC {
         return Err(Error::Protocol(format!(
             "bad handshake {:02x?}: the peer does not speak framewire",
-            &b[..4]
+            &b[..b.len().min(4)]
         )));
     }
     let theirs = u16::from_le_bytes([b[4], b[5]]);
@@ -57,13 +85,109 @@ pub(crate) fn check_hello(b: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// `(max_payload, next_seq)` of a server hello.
-pub(crate) fn server_hello_fields(b: &[u8; SERVER_HELLO_LEN]) -> (u64, u64) {
+/// The peer's `liveness` from the last 4 bytes of a client hello.
+pub(crate) fn client_hello_liveness(b: &[u8; CLIENT_HELLO_LEN]) -> Result<Duration> {
+    liveness_field([b[8], b[9], b[10], b[11]])
+}
+
+fn liveness_field(b: [u8; 4]) -> Result<Duration> {
+    match u32::from_le_bytes(b) {
+        0 => Err(Error::Protocol(
+            "the peer announced a liveness of 0 ms".into(),
+        )),
+        ms => Ok(Duration::from_millis(u64::from(ms))),
+    }
+}
+
+/// `(max_payload, next_seq, liveness)` of a server hello.
+pub(crate) fn server_hello_fields(b: &[u8; SERVER_HELLO_LEN]) -> Result<(u64, u64, Duration)> {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[8..16]);
     let max = u64::from_le_bytes(a);
     a.copy_from_slice(&b[16..24]);
-    (max, u64::from_le_bytes(a))
+    let next = u64::from_le_bytes(a);
+    let live = liveness_field([b[24], b[25], b[26], b[27]])?;
+    Ok((max, next, live))
+}
+
+/// How often to send a heartbeat when idle: a quarter of the shorter of the
+/// two sides' `liveness`, so that three may be late before the peer gives up.
+pub(crate) fn heartbeat_interval(ours: Duration, theirs: Duration) -> Duration {
+    (ours.min(theirs) / 4).max(Duration::from_millis(1))
+}
+
+/// Ticks of silence after which a read gives up (each a quarter of `limit`).
+const SILENT_TICKS: u32 = 4;
+
+/// A reader whose every read may wait at most `limit` for data: one that
+/// waits longer fails with `TimedOut` and sets [`Watched::expired`].
+///
+/// The clock runs only while a read is waiting on the socket, not while the
+/// owner is busy elsewhere (e.g. waiting for the application to take a
+/// frame), so a slow application is never mistaken for a dead peer.
+/// Silence is counted in ticks of `limit / 4` that fire late rather than
+/// pile up (`MissedTickBehavior::Delay`): a runtime starved for seconds by
+/// blocking work (which also starves the peer's heartbeats when it shares the
+/// runtime) delays the verdict instead of faking one; a peer must stay silent
+/// through four ticks that actually ran.
+pub(crate) struct Watched<R> {
+    inner: R,
+    ticks: tokio::time::Interval,
+    silent: u32,
+    armed: bool,
+    /// A read timed out: the peer stopped answering.
+    pub expired: bool,
+}
+
+impl<R> Watched<R> {
+    pub fn new(inner: R, limit: Duration) -> Watched<R> {
+        let period = (limit / SILENT_TICKS).max(Duration::from_millis(1));
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Watched {
+            inner,
+            ticks,
+            silent: 0,
+            armed: false,
+            expired: false,
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Watched<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                this.armed = false;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                if !this.armed {
+                    // The first tick one period from now.
+                    this.ticks.reset();
+                    this.silent = 0;
+                    this.armed = true;
+                }
+                while this.ticks.poll_tick(cx).is_ready() {
+                    this.silent += 1;
+                    if this.silent >= SILENT_TICKS {
+                        this.armed = false;
+                        this.expired = true;
+                        return Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the peer sent nothing within liveness",
+                        )));
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
 }
 
 /// A frame encoded for the wire: its prefix+header, and its payload (shared
@@ -87,18 +211,21 @@ impl Encoded {
 
 /// Writes one message with vectored writes (no user-space copy of the payload).
 ///
-/// Each write call must make progress within `stall`; a peer that stops
-/// reading for that long is cut off.
+/// The whole message must be written within `deadline` (`write_timeout`),
+/// however the peer trickles: a subscriber that cannot take a whole frame in
+/// that time is cut off, so one slow peer cannot hold the publisher (under
+/// `block`) or a frame's memory for longer.
 pub(crate) async fn write_encoded<W: AsyncWrite + Unpin>(
     w: &mut W,
     msg: &Encoded,
-    stall: Duration,
+    deadline: Duration,
 ) -> Result<()> {
     let mut header = msg.header.clone();
     let mut payload = msg.payload.clone();
+    let until = tokio::time::Instant::now() + deadline;
     while header.has_remaining() || payload.has_remaining() {
         let slices = [IoSlice::new(&header), IoSlice::new(&payload)];
-        let n = match tokio::time::timeout(stall, w.write_vectored(&slices)).await {
+        let n = match tokio::time::timeout_at(until, w.write_vectored(&slices)).await {
             Ok(Ok(0)) => {
                 return Err(Error::Disconnected(
                     "subscriber closed its connection".into(),
@@ -108,8 +235,8 @@ pub(crate) async fn write_encoded<W: AsyncWrite + Unpin>(
             Ok(Err(e)) => return Err(Error::io("writing a frame", e)),
             Err(_) => {
                 return Err(Error::Timeout(
-                    stall,
-                    "for the subscriber to read (write_timeout); it stopped reading",
+                    deadline,
+                    "for the subscriber to take a whole frame (write_timeout); it reads too slowly or stopped reading",
                 ));
             }
         };
@@ -195,23 +322,38 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     pool: &std::sync::Arc<RecvPool>,
 ) -> Result<Option<Frame>> {
     let mut prefix = [0u8; PREFIX_LEN];
-    let mut got = 0;
-    while got < PREFIX_LEN {
-        let n = r
-            .read(&mut prefix[got..])
-            .await
-            .map_err(|e| Error::io("reading a frame", e))?;
-        if n == 0 {
-            return if got == 0 {
-                Ok(None)
-            } else {
-                Err(Error::Protocol(format!(
-                    "connection closed after {got} bytes of a {PREFIX_LEN}-byte prefix"
-                )))
-            };
+    loop {
+        // The first 4 bytes say what follows: a frame's magic or a heartbeat.
+        let mut got = 0;
+        while got < HEARTBEAT.len() {
+            let n = r
+                .read(&mut prefix[got..HEARTBEAT.len()])
+                .await
+                .map_err(|e| Error::io("reading a frame", e))?;
+            if n == 0 {
+                return if got == 0 {
+                    Ok(None)
+                } else {
+                    Err(Error::Protocol(format!(
+                        "connection closed after {got} bytes of a {PREFIX_LEN}-byte prefix"
+                    )))
+                };
+            }
+            got += n;
         }
-        got += n;
+        if prefix[..4] != HEARTBEAT {
+            break;
+        }
     }
+    if prefix[..4] != MAGIC {
+        return Err(Error::Protocol(format!(
+            "bad magic {:02x?}: neither a frame nor a heartbeat",
+            &prefix[..4]
+        )));
+    }
+    r.read_exact(&mut prefix[4..])
+        .await
+        .map_err(|e| truncated(e, "prefix"))?;
     let p = Prefix::decode(&prefix, max_payload)?;
     let mut header = vec![0u8; p.header_len as usize];
     r.read_exact(&mut header)
@@ -247,5 +389,72 @@ fn truncated(e: std::io::Error, what: &str) -> Error {
         Error::Protocol(format!("connection closed in the middle of a {what}"))
     } else {
         Error::io(format!("reading a {what}"), e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that takes `chunk` bytes at a time, each `pace` after the last:
+    /// every single write makes progress before any per-write timeout.
+    struct Trickle {
+        chunk: usize,
+        pace: Duration,
+        sleep: Pin<Box<tokio::time::Sleep>>,
+        taken: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let this = self.get_mut();
+            match this.sleep.as_mut().poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(()) => {
+                    let at = tokio::time::Instant::now() + this.pace;
+                    this.sleep.as_mut().reset(at);
+                    let n = buf.len().min(this.chunk);
+                    this.taken += n;
+                    Poll::Ready(Ok(n))
+                }
+            }
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// `write_timeout` bounds the whole frame: a peer that takes a few bytes
+    /// just before each timeout would fire is cut off after one timeout.
+    #[tokio::test]
+    async fn the_write_deadline_is_per_frame_not_per_write() {
+        let deadline = Duration::from_millis(200);
+        let mut peer = Trickle {
+            chunk: 100,
+            pace: deadline * 7 / 10,
+            sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            taken: 0,
+        };
+        let msg = Encoded::new(&Frame::new(vec![1u8; 64 << 10])).expect("encode");
+        let start = std::time::Instant::now();
+        let r = tokio::time::timeout(
+            Duration::from_secs(3),
+            write_encoded(&mut peer, &msg, deadline),
+        )
+        .await
+        .expect("a trickled frame ran past the per-frame deadline");
+        assert!(
+            matches!(&r, Err(Error::Timeout(d, why)) if *d == deadline && why.contains("write_timeout")),
+            "{r:?}"
+        );
+        assert!(peer.taken > 0 && peer.taken < 64 << 10);
+        assert!(start.elapsed() < deadline * 3, "{:?}", start.elapsed());
     }
 }

@@ -10,7 +10,16 @@ use transport_core::{
     Endpoint, Error, Frame, PublishOptions, Publisher, SubscribeOptions, Subscriber, Transport,
     pattern,
 };
-use transport_tcp::TcpTransport;
+use transport_tcp::{PROTOCOL_VERSION, TcpTransport};
+
+/// A version-2 client hello (liveness 3 s), as a raw peer sends it.
+fn client_hello() -> [u8; 12] {
+    let mut b = [0u8; 12];
+    b[..4].copy_from_slice(b"FWHS");
+    b[4..6].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    b[8..12].copy_from_slice(&3000u32.to_le_bytes());
+    b
+}
 
 const T: Duration = Duration::from_secs(10);
 
@@ -24,12 +33,13 @@ async fn fake_publisher(version: u16, bytes: Vec<u8>) -> Endpoint {
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         let (mut s, _) = l.accept().await.unwrap();
-        let mut hello = [0u8; 8];
+        let mut hello = [0u8; 12];
         s.read_exact(&mut hello).await.unwrap();
-        let mut reply = [0u8; 24];
+        let mut reply = [0u8; 32];
         reply[..4].copy_from_slice(b"FWHS");
         reply[4..6].copy_from_slice(&version.to_le_bytes());
         reply[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        reply[24..28].copy_from_slice(&3000u32.to_le_bytes());
         let _ = s.write_all(&reply).await;
         let _ = s.write_all(&bytes).await;
         // Keep the connection open a moment so the error, not EOF, is seen first.
@@ -64,14 +74,18 @@ async fn first_error_then_disconnect(ep: Endpoint) -> Error {
 
 #[tokio::test]
 async fn garbage_from_the_publisher_is_a_protocol_error() {
-    let ep = fake_publisher(VERSION, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()).await;
+    let ep = fake_publisher(
+        PROTOCOL_VERSION,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+    )
+    .await;
     let e = first_error_then_disconnect(ep).await;
     assert!(matches!(e, Error::Protocol(_)), "{e}");
 }
 
 #[tokio::test]
 async fn hostile_length_prefix_is_refused_without_allocating() {
-    let ep = fake_publisher(VERSION, prefix(10, 1 << 63)).await;
+    let ep = fake_publisher(PROTOCOL_VERSION, prefix(10, 1 << 63)).await;
     let e = first_error_then_disconnect(ep).await;
     assert!(
         matches!(
@@ -84,7 +98,7 @@ async fn hostile_length_prefix_is_refused_without_allocating() {
         "{e}"
     );
     // A length within the cap but over this subscriber's own max_payload.
-    let ep = fake_publisher(VERSION, prefix(10, 5 << 20)).await;
+    let ep = fake_publisher(PROTOCOL_VERSION, prefix(10, 5 << 20)).await;
     let ep = ep.with_param("max_payload", "4MiB");
     let e = first_error_then_disconnect(ep).await;
     assert!(
@@ -92,7 +106,7 @@ async fn hostile_length_prefix_is_refused_without_allocating() {
         "{e}"
     );
     // A header length over the header cap.
-    let ep = fake_publisher(VERSION, prefix(u32::MAX, 0)).await;
+    let ep = fake_publisher(PROTOCOL_VERSION, prefix(u32::MAX, 0)).await;
     let e = first_error_then_disconnect(ep).await;
     assert!(matches!(e, Error::Protocol(_)), "{e}");
 }
@@ -101,19 +115,19 @@ async fn hostile_length_prefix_is_refused_without_allocating() {
 async fn truncated_frame_is_a_protocol_error() {
     let mut bytes = prefix(40, 1000);
     bytes.extend_from_slice(&[0u8; 12]);
-    let ep = fake_publisher(VERSION, bytes).await;
+    let ep = fake_publisher(PROTOCOL_VERSION, bytes).await;
     let e = first_error_then_disconnect(ep).await;
     assert!(matches!(e, Error::Protocol(_)), "{e}");
 }
 
 #[tokio::test]
 async fn version_mismatch_is_reported_at_subscribe() {
-    let ep = fake_publisher(VERSION + 1, Vec::new()).await;
+    let ep = fake_publisher(PROTOCOL_VERSION + 1, Vec::new()).await;
     let e = within(TcpTransport.subscribe(&ep, &SubscribeOptions::default()))
         .await
         .expect_err("another version");
     assert!(
-        matches!(e, Error::VersionMismatch { theirs, .. } if theirs == VERSION + 1),
+        matches!(e, Error::VersionMismatch { theirs, .. } if theirs == PROTOCOL_VERSION + 1),
         "{e}"
     );
 }
@@ -176,10 +190,8 @@ async fn garbage_handshake_closes_only_that_peer() {
 async fn bytes_after_the_handshake_close_only_that_peer() {
     let (mut p, mut s) = publisher("").await;
     let mut bad = raw_peer(&p).await;
-    bad.write_all(&[b'F', b'W', b'H', b'S', VERSION as u8, 0, 0, 0])
-        .await
-        .unwrap();
-    let mut hello = [0u8; 24];
+    bad.write_all(&client_hello()).await.unwrap();
+    let mut hello = [0u8; 32];
     bad.read_exact(&mut hello).await.unwrap();
     within(p.wait_for_subscribers(2, T)).await.unwrap();
     bad.write_all(b"unexpected").await.unwrap();
@@ -209,11 +221,8 @@ async fn silent_peer_is_dropped_after_the_handshake_timeout() {
 async fn a_peer_that_stops_reading_is_cut_off_and_the_others_go_on() {
     let (mut p, mut s) = publisher("?write_timeout=300ms&queue=2").await;
     let mut stalled = raw_peer(&p).await;
-    stalled
-        .write_all(&[b'F', b'W', b'H', b'S', VERSION as u8, 0, 0, 0])
-        .await
-        .unwrap();
-    let mut hello = [0u8; 24];
+    stalled.write_all(&client_hello()).await.unwrap();
+    let mut hello = [0u8; 32];
     stalled.read_exact(&mut hello).await.unwrap();
     within(p.wait_for_subscribers(2, T)).await.unwrap();
     // Under block, 40 MiB is far more than the socket buffers hold: without

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use framewire::{RecvMode, SubscribeOptions, Subscriber};
+use framewire::{Reconnect, RecvMode, SubscribeOptions, Subscriber};
 use framewire_examples::{
     RecvArg, StopReason, parse_secs, receive_frames_slowly, subscribe_patiently,
 };
@@ -47,6 +47,12 @@ struct Args {
     /// makes this a deliberately slow subscriber.
     #[arg(long, value_name = "MS", default_value_t = 0.0)]
     work_ms: f64,
+    /// Follow the publisher across restarts: when it goes away, wait up to
+    /// --timeout for a publisher on the same endpoint and carry on (each
+    /// reconnect is reported on stderr) instead of stopping. The same as
+    /// `reconnect=on` in the URL, whose `reconnect_*` options tune it.
+    #[arg(long)]
+    reconnect: bool,
 }
 
 #[tokio::main]
@@ -61,6 +67,9 @@ async fn main() -> ExitCode {
     let mut opts = SubscribeOptions::default();
     if let Some(mode) = args.recv {
         opts = opts.recv_mode(mode.into());
+    }
+    if args.reconnect {
+        opts = opts.reconnect(Reconnect::default().timeout(Some(args.timeout)));
     }
     let mut sub = match subscribe_patiently(&args.endpoint, opts, args.timeout).await {
         Ok(sub) => sub,
@@ -94,6 +103,12 @@ async fn main() -> ExitCode {
             tally.received, args.count
         ),
         StopReason::Errors => eprintln!("subscriber: giving up after {} errors", got.errors),
+    }
+    if tally.reconnects > 0 {
+        eprintln!(
+            "subscriber: reconnected {} time(s); frames sent while no publisher was connected were missed",
+            tally.reconnects
+        );
     }
     if tally.lagged > 0 {
         eprintln!(
