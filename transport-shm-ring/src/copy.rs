@@ -1,4 +1,246 @@
-//! Bulk copies of payloads into and out of the ring: transport-core's
-//! streaming copy (see [`transport_core::copy`]), shared with transport-shm-pool.
+//! Bulk copies into and out of the ring, whose bytes another process may be
+//! writing (or reading) at the same time.
+//!
+//! A reader lapped under `drop-oldest` copies bytes that the writer is
+//! overwriting, and throws the copy away when the seqlock check after it
+//! fails (see `subscriber.rs`, `read_next`). Plain loads (`memcpy`, SIMD
+//! intrinsics) racing with a write are a data race in Rust's memory model,
+//! undefined behaviour whatever is done with the result; even through a raw
+//! pointer. [`copy`] is therefore a *byte-wise atomic* copy: every byte is
+//! read and written as if by a `Relaxed` atomic access of that byte (the
+//! "atomic memcpy" of C++ proposal P1478, the read side a seqlock needs), so
+//! a concurrent write makes the bytes read unspecified but is no data race.
+//!
+//! * x86-64: inline assembly, which Rust treats as opaque code whose effect
+//!   is what the instructions do; every byte access of `rep movsb`, `vmovdqu`
+//!   and `vmovntdq` is single-copy atomic on x86, so these blocks are the
+//!   byte-wise relaxed copy above, at full speed: `rep movsb` (fast on CPUs
+//!   with ERMS/FSRM, and what glibc's `memcpy` uses for these sizes), and
+//!   from [`STREAM_MIN`] bytes on (AVX2) 32-byte loads with non-temporal
+//!   stores, which keep a frame that does not stay in cache from evicting it.
+//!   An `lfence` ends every copy: the string instructions' internal ordering
+//!   is documented for stores only, and the seqlock needs every load of the
+//!   copy done before the reader re-reads the horizon.
+//! * elsewhere: `Relaxed` `AtomicU64` loads and stores over the words that
+//!   are 8-byte aligned on both sides, `AtomicU8` for the rest.
+//!
+//! Streaming stores are weakly ordered: a streaming copy ends with `sfence`,
+//! so its bytes are visible before any later store (the `Release` store of
+//! the head, or the hand-off of a received buffer to another thread). Before
+//! them, the writer's horizon store must be visible first: see
+//! [`store_fence`].
 
-pub(crate) use transport_core::copy::copy;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+
+/// Copies of at least this many bytes use streaming stores where available
+/// (as `transport_core::copy`).
+pub(crate) const STREAM_MIN: usize = transport_core::copy::STREAM_MIN;
+
+/// Copies `len` bytes from `src` to `dst`, every byte as if by a `Relaxed`
+/// atomic load and store (see the module docs): either side may be shared
+/// memory that another process writes concurrently, and the bytes then read
+/// are unspecified (but no undefined behaviour): the caller validates them.
+///
+/// # Safety
+/// `src` must be valid for reads and `dst` for writes of `len` bytes, and
+/// the ranges must not overlap. Other processes (or threads, through atomic
+/// accesses or this function) may access either range meanwhile.
+pub(crate) unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if len >= STREAM_MIN && std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 is available (checked above); the caller's
+            // contract covers the ranges.
+            unsafe { x86::stream_avx2(dst, src, len) };
+        } else {
+            // SAFETY: the caller's contract.
+            unsafe { x86::rep_movsb(dst, src, len) };
+        }
+        x86::load_fence();
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: the caller's contract.
+    unsafe {
+        copy_portable(dst, src, len)
+    }
+}
+
+/// Orders every store before it (the writer's horizon) before every store
+/// after it, streaming stores included.
+///
+/// On x86, `fence(Release)` emits no instruction, and non-temporal stores
+/// may become visible before earlier ordinary stores: without this, a reader
+/// could see bytes of a new record before the raised horizon that says its
+/// copy is stale. (The streaming copy above and the one of
+/// `transport_core::copy` also fence before they start; this one covers the
+/// bytes an application writes into a loan, with whatever instructions.)
+pub(crate) fn store_fence() {
+    std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `sfence` is part of SSE, which every x86-64 CPU has; it only
+    // orders stores.
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
+    };
+}
+
+/// The portable byte-wise atomic copy (used where there is no assembly
+/// version; tested everywhere).
+///
+/// # Safety
+/// As [`copy`].
+#[cfg_attr(all(target_arch = "x86_64", not(test)), allow(dead_code))]
+pub(crate) unsafe fn copy_portable(dst: *mut u8, src: *const u8, len: usize) {
+    let byte = |i: usize| {
+        // SAFETY: `i < len`: in bounds of both ranges (caller's contract);
+        // any address is aligned for `AtomicU8`, and its accesses are atomic.
+        unsafe {
+            let b = AtomicU8::from_ptr(src.add(i).cast_mut()).load(Relaxed);
+            AtomicU8::from_ptr(dst.add(i)).store(b, Relaxed);
+        }
+    };
+    let mut i = 0;
+    if (src as usize) % 8 == (dst as usize) % 8 {
+        while i < len && (src as usize + i) % 8 != 0 {
+            byte(i);
+            i += 1;
+        }
+        while i + 8 <= len {
+            // SAFETY: `i + 8 <= len`: in bounds of both ranges; both
+            // addresses are 8-byte aligned (same remainder, and `src + i` is
+            // aligned); `AtomicU64` accepts any bits. A relaxed `AtomicU64`
+            // load is allowed on read-only memory.
+            unsafe {
+                let w = AtomicU64::from_ptr(src.add(i).cast::<u64>().cast_mut()).load(Relaxed);
+                AtomicU64::from_ptr(dst.add(i).cast::<u64>()).store(w, Relaxed);
+            }
+            i += 8;
+        }
+    }
+    while i < len {
+        byte(i);
+        i += 1;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::asm;
+
+    /// `rep movsb`: `len` bytes from `src` to `dst`.
+    ///
+    /// # Safety
+    /// As [`super::copy`].
+    #[inline]
+    pub(super) unsafe fn rep_movsb(dst: *mut u8, src: *const u8, len: usize) {
+        // SAFETY: the caller's contract covers both ranges; the direction
+        // flag is clear on entry to any asm block (Rust's ABI); the block
+        // only touches the two ranges and the three registers it declares.
+        unsafe {
+            asm!(
+                "rep movsb",
+                inout("rcx") len => _,
+                inout("rsi") src => _,
+                inout("rdi") dst => _,
+                options(nostack, preserves_flags)
+            );
+        }
+    }
+
+    /// Every load before it completes before any load after it starts.
+    #[inline]
+    pub(super) fn load_fence() {
+        // SAFETY: `lfence` has no operands and only orders instructions
+        // (SSE2, present on every x86-64 CPU). Without `nomem`, it is also a
+        // compiler barrier.
+        unsafe { asm!("lfence", options(nostack, preserves_flags)) };
+    }
+
+    /// 32-byte loads, 32-byte streaming stores, 128 bytes per round; the
+    /// unaligned head and the tail with `rep movsb`. Fenced with `sfence`
+    /// before (earlier stores, such as the horizon, become visible first)
+    /// and after (the streaming stores become visible before later ones).
+    ///
+    /// # Safety
+    /// As [`super::copy`], and the CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn stream_avx2(dst: *mut u8, src: *const u8, len: usize) {
+        // Streaming stores need 32-byte aligned destinations.
+        let head = dst.align_offset(32).min(len);
+        let rounds = (len - head) / 128;
+        let done = head + rounds * 128;
+        // SAFETY: `head <= len`, within both ranges (caller's contract).
+        unsafe { rep_movsb(dst, src, head) };
+        if rounds > 0 {
+            // SAFETY: reads `[src + head, src + done)` and writes
+            // `[dst + head, dst + done)`, within the caller's ranges
+            // (`done <= len`); `dst + head` is 32-byte aligned and every
+            // store address stays so (steps of 32); loads are unaligned
+            // loads. AVX2 is enabled for this function; the block clobbers
+            // only the registers it declares.
+            unsafe {
+                asm!(
+                    "sfence",
+                    "2:",
+                    "vmovdqu {a}, ymmword ptr [{s}]",
+                    "vmovdqu {b}, ymmword ptr [{s} + 32]",
+                    "vmovdqu {c}, ymmword ptr [{s} + 64]",
+                    "vmovdqu {e}, ymmword ptr [{s} + 96]",
+                    "vmovntdq ymmword ptr [{d}], {a}",
+                    "vmovntdq ymmword ptr [{d} + 32], {b}",
+                    "vmovntdq ymmword ptr [{d} + 64], {c}",
+                    "vmovntdq ymmword ptr [{d} + 96], {e}",
+                    "add {s}, 128",
+                    "add {d}, 128",
+                    "dec {n}",
+                    "jnz 2b",
+                    "sfence",
+                    s = inout(reg) src.add(head) => _,
+                    d = inout(reg) dst.add(head) => _,
+                    n = inout(reg) rounds => _,
+                    a = out(ymm_reg) _,
+                    b = out(ymm_reg) _,
+                    c = out(ymm_reg) _,
+                    e = out(ymm_reg) _,
+                    options(nostack)
+                );
+            }
+        }
+        // SAFETY: the tail `[done, len)` is within both ranges.
+        unsafe { rep_movsb(dst.add(done), src.add(done), len - done) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(f: unsafe fn(*mut u8, *const u8, usize), len: usize) {
+        let src: Vec<u8> = (0..len + 64).map(|i| (i * 7 + i / 4096) as u8).collect();
+        for (so, d_off) in [(0, 0), (1, 0), (0, 5), (13, 31), (32, 17), (8, 8)] {
+            let mut dst = vec![0u8; len + 64];
+            let n = len.saturating_sub(40);
+            // SAFETY: both ranges are in bounds of their vectors and distinct.
+            unsafe { f(dst.as_mut_ptr().add(d_off), src.as_ptr().add(so), n) };
+            assert!(
+                dst[d_off..d_off + n] == src[so..so + n],
+                "len {n}, offsets {so}/{d_off}"
+            );
+            assert!(
+                dst[..d_off].iter().all(|&b| b == 0) && dst[d_off + n..].iter().all(|&b| b == 0),
+                "len {n}, offsets {so}/{d_off}: wrote outside"
+            );
+        }
+    }
+
+    #[test]
+    fn copies_every_byte_at_every_alignment() {
+        for len in [0, 1, 40, 41, 47, 100, 129, 4096 + 3, 1 << 20] {
+            check(copy, len);
+            check(copy_portable, len);
+        }
+        // The streaming path, including an unaligned head and a ragged tail.
+        check(copy, STREAM_MIN + 333);
+        store_fence();
+    }
+}
