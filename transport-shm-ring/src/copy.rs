@@ -309,7 +309,9 @@ mod tests {
             // SAFETY: 128 bytes from a local array into `sh.data` (32-byte
             // aligned, 128 bytes), which the reader only reads atomically;
             // AVX2 is available (checked above).
-            unsafe { x86::stream_avx2(sh.data.as_ptr().cast_mut().cast(), src.as_ptr().cast(), 128) };
+            unsafe {
+                x86::stream_avx2(sh.data.as_ptr().cast_mut().cast(), src.as_ptr().cast(), 128)
+            };
             while sh.ack.load(Acquire) != round {
                 if Instant::now() > deadline {
                     break 'rounds;

@@ -490,7 +490,11 @@ mod tests {
         let (n, fds) = recv_with_fds(s.as_fd(), &mut buf).unwrap();
         assert_eq!((&buf[..n], fds.len()), (&b"hello"[..], 1));
         let info = inspect_shared_fd(fds[0].as_fd()).unwrap();
-        assert_eq!((info.len, info.allocated), (4096, 0), "sized, never touched");
+        assert_eq!(
+            (info.len, info.allocated),
+            (4096, 0),
+            "sized, never touched"
+        );
         drop((l, s, c));
         // The name is gone with the socket: nothing to sweep after a crash.
         assert!(connect_abstract(&name).is_err());

@@ -430,8 +430,7 @@ async fn refused_by_subscriber(n: &str) -> Error {
         ShmRingTransport.subscribe(&endpoint(&format!("shm-ring://{n}")), &Default::default()),
     )
     .await
-    .err()
-    .expect("the subscriber must refuse this ring")
+    .expect_err("the subscriber must refuse this ring")
 }
 
 /// A fake publisher that hands out a forged ring: the subscriber refuses
@@ -528,7 +527,9 @@ async fn forged_rings_that_would_fault_or_allocate_are_refused() {
         "{e}"
     );
     server.join().expect("fake publisher");
-    let allocated = sys::inspect_shared_fd(watch.as_fd()).expect("inspect").allocated;
+    let allocated = sys::inspect_shared_fd(watch.as_fd())
+        .expect("inspect")
+        .allocated;
     assert!(
         allocated < 1 << 20,
         "the subscriber allocated {allocated} bytes of a forged sparse ring"
