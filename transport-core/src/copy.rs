@@ -8,10 +8,14 @@
 //! own streaming threshold from a misreported 256 MiB L3) copies 32 MiB at
 //! 8.6 GiB/s where streaming stores reach 15 GiB/s.
 //!
-//! Streaming stores are weakly ordered: every streaming copy ends with an
-//! `sfence`, so its bytes are visible before any later store (on the
-//! publisher, the `Release` store of the ring's head; on the subscriber,
-//! whatever hands the buffer to another thread).
+//! Streaming stores are weakly ordered, both ways: every streaming copy
+//! starts with an `sfence`, so that every earlier store of the thread (say a
+//! seqlock's "being rewritten" mark) is visible before any of its bytes
+//! (on x86 a `fence(Release)` emits no instruction, and streaming stores may
+//! pass earlier ordinary stores), and ends with one, so that its bytes are
+//! visible before any later store (on the publisher, the `Release` store
+//! that publishes the frame; on the subscriber, whatever hands the buffer to
+//! another thread).
 
 /// Copies of at least this many bytes use streaming stores where available.
 pub const STREAM_MIN: usize = 16 << 20;
@@ -72,6 +76,8 @@ unsafe fn stream_avx2(dst: *mut u8, src: *const u8, len: usize) {
     let head = dst.align_offset(32).min(len);
     // SAFETY: within the caller's ranges (`head <= len`).
     unsafe { std::ptr::copy_nonoverlapping(src, dst, head) };
+    // Orders every earlier store of this thread before the streaming stores.
+    _mm_sfence();
     let mut i = head;
     while i + 128 <= len {
         // SAFETY: `i + 128 <= len`: in bounds for both ranges; `dst + i` is

@@ -24,6 +24,8 @@
 //! 8 MiB: a 2-record ring (16 MiB) stays in a 32 MiB last-level cache, a
 //! deeper one makes the writer's destination cold. `memcpy` copies between
 //! two hot buffers. Run with `cargo bench -p transport-shm-ring`.
+//! `SHM_RING_PEER=PATH` runs another build's `shm-ring-peer` as the sink
+//! (to compare two builds, each bench binary with its own peer).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -45,7 +47,9 @@ struct Sink(Child);
 
 impl Sink {
     fn spawn(url: &str) -> Sink {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shm-ring-peer"))
+        let peer = std::env::var_os("SHM_RING_PEER")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_shm-ring-peer").into());
+        let mut child = Command::new(peer)
             .args(["sink", url])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

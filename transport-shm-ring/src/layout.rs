@@ -290,8 +290,10 @@ impl Ring {
     /// Copies `dst.len()` ring bytes starting at `pos` into `dst`.
     ///
     /// The bytes may be changing under the copy (a writer lapping a reader
-    /// under `drop-oldest`); callers treat the result as untrusted until the
-    /// seqlock check after the copy passes, and `u8` has no invalid values.
+    /// under `drop-oldest`): the copy is byte-wise atomic (see
+    /// [`crate::copy`]), so that is no data race, and callers treat the
+    /// result as untrusted until the seqlock check after the copy passes
+    /// (`u8` has no invalid values).
     pub fn copy_out(&self, pos: u64, dst: &mut [u8]) {
         assert!(
             dst.len() as u64 <= self.capacity,
@@ -301,8 +303,8 @@ impl Ring {
         // (`len <= capacity`, see `ptr`), which stay mapped while `self`
         // lives; the destination is a distinct, exclusively borrowed buffer.
         // Concurrent writes come from another mapping (another process, or
-        // the publisher's own view) and are discarded by the caller's
-        // seqlock check; no Rust reference to the source bytes exists.
+        // the publisher's own view), which `copy::copy` allows; no Rust
+        // reference to the source bytes exists.
         unsafe { crate::copy::copy(dst.as_mut_ptr(), self.ptr(pos), dst.len()) }
     }
 
@@ -330,7 +332,9 @@ impl Ring {
             unsafe { std::ptr::copy(src.as_ptr(), dst, src.len()) };
         } else {
             // SAFETY: in bounds as in `copy_out`; writable and owned per this
-            // function's contract; the ranges do not overlap (checked).
+            // function's contract; the ranges do not overlap (checked). A
+            // lapped reader may be reading the destination meanwhile: the
+            // byte-wise atomic copy makes that no data race.
             unsafe { crate::copy::copy(dst, src.as_ptr(), src.len()) };
         }
     }

@@ -609,8 +609,11 @@ impl ShmRingPublisher {
         // Seqlock, writer side: pairs with the reader's `fence(Acquire)` after
         // its copy (subscriber.rs, `read_next`). A reader whose copy saw any
         // byte we write from here on also sees the raised horizon, and throws
-        // the copy away.
-        fence(Ordering::Release);
+        // the copy away. `store_fence` is `fence(Release)` plus, on x86, an
+        // `sfence`: the payload may be written with non-temporal stores (our
+        // streaming copy, or whatever fills a loan), which a release fence
+        // alone does not keep behind the horizon store.
+        crate::copy::store_fence();
         Ok(())
     }
 

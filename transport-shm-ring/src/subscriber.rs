@@ -173,13 +173,43 @@ fn attach(hello: &ServerHello, fd: OwnedFd) -> Result<Ring> {
     }
     let info = sys::inspect_shared_fd(fd.as_fd())
         .map_err(|e| Error::Protocol(format!("the ring's fd is unusable: {e}")))?;
-    let need = rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW;
-    if info.len != page + cap || !info.seals.contains(need) {
+    if info.hugetlb() {
+        // Its pages come from the huge-page pool when first touched: once
+        // the pool runs dry, a read raises SIGBUS.
+        return Err(Error::Protocol(
+            "the ring is a hugetlb memfd, whose reads fault (SIGBUS) when the huge-page pool \
+             runs out; refusing it"
+                .into(),
+        ));
+    }
+    if !info.on_tmpfs() {
         return Err(Error::Protocol(format!(
-            "the ring must be a memfd of {} bytes sealed against shrinking and growing (got {} bytes, seals {:?})",
+            "the ring must be a memfd on tmpfs (file system type {:#x})",
+            info.fs_magic
+        )));
+    }
+    // FUTURE_WRITE (or WRITE) also forbids punching holes: no page of the
+    // ring can go away under our mapping, however the publisher behaves.
+    let need = rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW;
+    let no_holes = rustix::fs::SealFlags::FUTURE_WRITE | rustix::fs::SealFlags::WRITE;
+    if info.len != page + cap || !info.seals.contains(need) || !info.seals.intersects(no_holes) {
+        return Err(Error::Protocol(format!(
+            "the ring must be a memfd of {} bytes sealed against shrinking, growing and \
+             writing (got {} bytes, seals {:?})",
             page + cap,
             info.len,
             info.seals
+        )));
+    }
+    // A publisher pre-faults its whole ring when it creates it, so mapping
+    // (and pre-faulting) it here allocates nothing. A sparse one would make
+    // this process allocate up to its size (1 TiB at most): refuse it.
+    if info.allocated < info.len {
+        return Err(Error::Protocol(format!(
+            "the ring is not allocated ({} of its {} in memory); a publisher pre-faults its \
+             ring, and mapping a sparse one would allocate the rest here; refusing it",
+            transport_core::fmt_size(info.allocated),
+            transport_core::fmt_size(info.len)
         )));
     }
     if !info.read_only {

@@ -82,15 +82,41 @@ pub fn reopen_read_only(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     )?)
 }
 
+/// `statfs` type of tmpfs/shmem, where plain memfds live.
+pub const TMPFS_MAGIC: u32 = 0x0102_1994;
+/// `statfs` type of hugetlbfs, where `MFD_HUGETLB` memfds live.
+pub const HUGETLBFS_MAGIC: u32 = 0x9584_58f6;
+
 /// What a received file descriptor is, before anything trusts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SharedFdInfo {
     /// Size of the file in bytes.
     pub len: u64,
+    /// Bytes of memory the file has allocated (`st_blocks * 512`; for
+    /// tmpfs, pages in memory or in swap). A file smaller than its `len` is
+    /// sparse: faulting its holes in allocates memory in the faulting process.
+    pub allocated: u64,
+    /// Type of the file system the file is on (`statfs`'s `f_type`):
+    /// [`TMPFS_MAGIC`] for a plain memfd, [`HUGETLBFS_MAGIC`] for a
+    /// huge-page one.
+    pub fs_magic: u32,
     /// Seals in force (empty for files that cannot be sealed).
     pub seals: SealFlags,
     /// The fd was opened read-only.
     pub read_only: bool,
+}
+
+impl SharedFdInfo {
+    /// The file is a plain (not huge-page) memfd or other tmpfs file.
+    pub fn on_tmpfs(&self) -> bool {
+        self.fs_magic == TMPFS_MAGIC
+    }
+
+    /// The file is on hugetlbfs: a read of a page not yet allocated needs a
+    /// free huge page, and raises SIGBUS when the pool has none.
+    pub fn hugetlb(&self) -> bool {
+        self.fs_magic == HUGETLBFS_MAGIC
+    }
 }
 
 /// Inspects a file descriptor received from a peer: it must be a regular file
@@ -114,8 +140,12 @@ pub fn inspect_shared_fd(fd: BorrowedFd<'_>) -> io::Result<SharedFdInfo> {
         Err(e) => return Err(e.into()),
     };
     let mode = rustix::fs::fcntl_getfl(fd)? & OFlags::RWMODE;
+    // The magic is a 32-bit value in a `long` (sign-extended on some ABIs).
+    let fs_magic = rustix::fs::fstatfs(fd)?.f_type as u32;
     Ok(SharedFdInfo {
         len: u64::try_from(st.st_size).unwrap_or(0),
+        allocated: u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512),
+        fs_magic,
         seals,
         read_only: mode == OFlags::RDONLY,
     })
@@ -402,6 +432,11 @@ mod tests {
         let info = inspect_shared_fd(ro.as_fd()).unwrap();
         assert!(info.read_only);
         assert_eq!(info.len, (page * 3) as u64);
+        assert!(info.on_tmpfs() && !info.hugetlb(), "{info:?}");
+        assert!(
+            info.allocated >= (page * 3) as u64,
+            "the populated mapping allocated every page: {info:?}"
+        );
         assert!(
             info.seals
                 .contains(SealFlags::SHRINK | SealFlags::GROW | SealFlags::FUTURE_WRITE)
@@ -454,7 +489,12 @@ mod tests {
         let mut buf = [0u8; 16];
         let (n, fds) = recv_with_fds(s.as_fd(), &mut buf).unwrap();
         assert_eq!((&buf[..n], fds.len()), (&b"hello"[..], 1));
-        assert_eq!(inspect_shared_fd(fds[0].as_fd()).unwrap().len, 4096);
+        let info = inspect_shared_fd(fds[0].as_fd()).unwrap();
+        assert_eq!(
+            (info.len, info.allocated),
+            (4096, 0),
+            "sized, never touched"
+        );
         drop((l, s, c));
         // The name is gone with the socket: nothing to sweep after a crash.
         assert!(connect_abstract(&name).is_err());

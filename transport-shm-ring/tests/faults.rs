@@ -384,6 +384,55 @@ async fn hostile_cursor_values_are_clamped() {
     drop(c);
 }
 
+/// A fake publisher: serves one subscriber with `hello` and `fd`, then
+/// keeps the socket open for a moment.
+fn fake(n: &str, hello: [u8; 48], fd: Option<std::os::fd::OwnedFd>) -> std::thread::JoinHandle<()> {
+    let l = sys::bind_abstract(&socket_name(n)).expect("bind");
+    std::thread::spawn(move || {
+        let (c, _) = l.accept().expect("accept");
+        let mut buf = [0u8; 8];
+        let _ = sys::recv_with_fds(c.as_fd(), &mut buf);
+        let _ = sys::send_with_fd(c.as_fd(), &hello, fd.as_ref().map(|f| f.as_fd()));
+        std::thread::sleep(Duration::from_millis(500));
+    })
+}
+
+/// A publisher's hello announcing a ring of `cap` bytes, reading from `start`.
+fn hello(cap: u64, start: u64) -> [u8; 48] {
+    let page = sys::page_size() as u64;
+    let mut h = [0u8; 48];
+    h[..4].copy_from_slice(b"FWRS");
+    h[4] = 1;
+    h[8..16].copy_from_slice(&cap.to_le_bytes());
+    h[16..24].copy_from_slice(&page.to_le_bytes());
+    h[24..32].copy_from_slice(&start.to_le_bytes());
+    h[40..48].copy_from_slice(&8u64.to_le_bytes());
+    h
+}
+
+/// The first bytes of a valid control page for a ring of `cap` bytes whose
+/// head is at `head`.
+fn control_page(cap: u64, head: u64) -> Vec<u8> {
+    let page = sys::page_size() as u64;
+    let mut control = vec![0u8; 256];
+    control[..8].copy_from_slice(b"FWRING01");
+    control[8..16].copy_from_slice(&1u64.to_le_bytes());
+    control[16..24].copy_from_slice(&cap.to_le_bytes());
+    control[24..32].copy_from_slice(&page.to_le_bytes());
+    control[64..72].copy_from_slice(&head.to_le_bytes());
+    control
+}
+
+/// Subscribes to the fake publisher `n` and returns the error it must give.
+async fn refused_by_subscriber(n: &str) -> Error {
+    within(
+        "subscribe",
+        ShmRingTransport.subscribe(&endpoint(&format!("shm-ring://{n}")), &Default::default()),
+    )
+    .await
+    .expect_err("the subscriber must refuse this ring")
+}
+
 /// A fake publisher that hands out a forged ring: the subscriber refuses
 /// bad geometry, and a ring full of garbage is a protocol error followed by
 /// disconnects, never a panic or a read out of bounds.
@@ -391,36 +440,11 @@ async fn hostile_cursor_values_are_clamped() {
 async fn forged_rings_are_refused() {
     let page = sys::page_size() as u64;
     let cap = 64u64 << 10;
-    // Serve one subscriber with `hello` and `fd`, then keep the socket open.
-    async fn fake(
-        n: &str,
-        hello: [u8; 48],
-        fd: Option<std::os::fd::OwnedFd>,
-    ) -> std::thread::JoinHandle<()> {
-        let l = sys::bind_abstract(&socket_name(n)).expect("bind");
-        std::thread::spawn(move || {
-            let (c, _) = l.accept().expect("accept");
-            let mut buf = [0u8; 8];
-            let _ = sys::recv_with_fds(c.as_fd(), &mut buf);
-            let _ = sys::send_with_fd(c.as_fd(), &hello, fd.as_ref().map(|f| f.as_fd()));
-            std::thread::sleep(Duration::from_millis(500));
-        })
-    }
-    let hello = |cap: u64, start: u64| {
-        let mut h = [0u8; 48];
-        h[..4].copy_from_slice(b"FWRS");
-        h[4] = 1;
-        h[8..16].copy_from_slice(&cap.to_le_bytes());
-        h[16..24].copy_from_slice(&page.to_le_bytes());
-        h[24..32].copy_from_slice(&start.to_le_bytes());
-        h[40..48].copy_from_slice(&8u64.to_le_bytes());
-        h
-    };
     // A ring fd that is not sealed.
     let n = name("forged");
     let m = rustix::fs::memfd_create("unsealed", rustix::fs::MemfdFlags::CLOEXEC).expect("memfd");
     rustix::fs::ftruncate(&m, page + cap).expect("size");
-    let server = fake(&n, hello(cap, 0), Some(m)).await;
+    let server = fake(&n, hello(cap, 0), Some(m));
     let e = ShmRingTransport
         .subscribe(&endpoint(&format!("shm-ring://{n}")), &Default::default())
         .await
@@ -436,8 +460,7 @@ async fn forged_rings_are_refused() {
         &n,
         hello(cap * 2, 0),
         Some(sys::memfd_sealed("ring", page + cap).expect("memfd")),
-    )
-    .await;
+    );
     let e = ShmRingTransport
         .subscribe(&endpoint(&format!("shm-ring://{n}")), &Default::default())
         .await
@@ -446,7 +469,7 @@ async fn forged_rings_are_refused() {
     server.join().expect("fake publisher");
     // No fd at all.
     let n = name("forged");
-    let server = fake(&n, hello(cap, 0), None).await;
+    let server = fake(&n, hello(cap, 0), None);
     let e = ShmRingTransport
         .subscribe(&endpoint(&format!("shm-ring://{n}")), &Default::default())
         .await
@@ -456,17 +479,13 @@ async fn forged_rings_are_refused() {
     // A well-formed ring whose head runs over garbage records.
     let n = name("forged");
     let ring = sys::memfd_sealed("ring", page + cap).expect("memfd");
-    let mut control = vec![0u8; 256];
-    control[..8].copy_from_slice(b"FWRING01");
-    control[16..24].copy_from_slice(&cap.to_le_bytes());
-    control[24..32].copy_from_slice(&page.to_le_bytes());
-    control[64..72].copy_from_slice(&(cap / 2).to_le_bytes()); // head
-    rustix::io::pwrite(&ring, &control, 0).expect("control");
+    rustix::io::pwrite(&ring, &control_page(cap, cap / 2), 0).expect("control");
     let garbage: Vec<u8> = (0..cap)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
         .collect();
     rustix::io::pwrite(&ring, &garbage, page).expect("garbage");
-    let server = fake(&n, hello(cap, 0), Some(ring)).await;
+    sys::seal_future_write(ring.as_fd()).expect("seal");
+    let server = fake(&n, hello(cap, 0), Some(ring));
     let mut sub = ShmRingTransport
         .subscribe(&endpoint(&format!("shm-ring://{n}")), &Default::default())
         .await
@@ -481,6 +500,83 @@ async fn forged_rings_are_refused() {
         Err(Error::Disconnected(_))
     ));
     server.join().expect("fake publisher");
+}
+
+/// A same-user publisher cannot crash a subscriber, nor make it allocate
+/// memory, with the ring it hands over: a hugetlb memfd (whose reads raise
+/// SIGBUS once the huge-page pool is empty) is refused; so is a sparse ring,
+/// which pre-faulting would allocate in the subscriber (up to the 1 TiB the
+/// protocol allows), and a ring whose pages could be punched out (not
+/// sealed against writes).
+#[tokio::test]
+async fn forged_rings_that_would_fault_or_allocate_are_refused() {
+    let page = sys::page_size() as u64;
+
+    // Sparse: every check passes but the memory is not there. The fake
+    // keeps a second fd to watch what the subscriber's mapping allocates.
+    let cap = 64u64 << 20;
+    let n = name("sparse");
+    let ring = sys::memfd_sealed("ring", page + cap).expect("memfd");
+    rustix::io::pwrite(&ring, &control_page(cap, 0), 0).expect("control");
+    sys::seal_future_write(ring.as_fd()).expect("seal");
+    let watch = ring.try_clone().expect("dup");
+    let server = fake(&n, hello(cap, 0), Some(ring));
+    let e = refused_by_subscriber(&n).await;
+    assert!(
+        matches!(e, Error::Protocol(_)) && e.to_string().contains("not allocated"),
+        "{e}"
+    );
+    server.join().expect("fake publisher");
+    let allocated = sys::inspect_shared_fd(watch.as_fd())
+        .expect("inspect")
+        .allocated;
+    assert!(
+        allocated < 1 << 20,
+        "the subscriber allocated {allocated} bytes of a forged sparse ring"
+    );
+
+    // Allocated, but not sealed against writes: the publisher could punch
+    // holes in it under the subscriber's mapping.
+    let cap = 64u64 << 10;
+    let n = name("unsealed-writes");
+    let ring = sys::memfd_sealed("ring", page + cap).expect("memfd");
+    rustix::io::pwrite(&ring, &vec![0u8; (page + cap) as usize], 0).expect("fill");
+    rustix::io::pwrite(&ring, &control_page(cap, 0), 0).expect("control");
+    let server = fake(&n, hello(cap, 0), Some(ring));
+    let e = refused_by_subscriber(&n).await;
+    assert!(
+        matches!(e, Error::Protocol(_)) && e.to_string().contains("writing"),
+        "{e}"
+    );
+    server.join().expect("fake publisher");
+
+    // Huge pages: 2 MiB in all, sealed like a real ring. Nothing of it is
+    // touched before it is refused (with an empty pool, a read is SIGBUS).
+    let flags = rustix::fs::MemfdFlags::CLOEXEC
+        | rustix::fs::MemfdFlags::ALLOW_SEALING
+        | rustix::fs::MemfdFlags::HUGETLB;
+    match rustix::fs::memfd_create("huge", flags) {
+        Err(e) => eprintln!("hugetlb case skipped: this kernel gives no hugetlb memfd ({e})"),
+        Ok(ring) => {
+            let len = 2u64 << 20;
+            rustix::fs::ftruncate(&ring, len).expect("size");
+            rustix::fs::fcntl_add_seals(
+                &ring,
+                rustix::fs::SealFlags::SHRINK
+                    | rustix::fs::SealFlags::GROW
+                    | rustix::fs::SealFlags::FUTURE_WRITE,
+            )
+            .expect("seals");
+            let n = name("hugetlb");
+            let server = fake(&n, hello(len - page, 0), Some(ring));
+            let e = refused_by_subscriber(&n).await;
+            assert!(
+                matches!(e, Error::Protocol(_)) && e.to_string().contains("hugetlb"),
+                "{e}"
+            );
+            server.join().expect("fake publisher");
+        }
+    }
 }
 
 /// A version mismatch is reported by `subscribe` with both versions.

@@ -292,6 +292,94 @@ async fn lap_race() -> u64 {
     torn
 }
 
+/// The payload `shm-ring-peer pub --quick` sends as frame `seq`: the byte
+/// `seq as u8`, with `seq` in the first and last 8 bytes.
+fn is_quick_pattern(seq: u64, payload: &[u8]) -> bool {
+    let len = payload.len();
+    if len < 16 {
+        return payload.iter().all(|&b| b == seq as u8);
+    }
+    let fill = [seq as u8; 1 << 16];
+    payload[..8] == seq.to_le_bytes()
+        && payload[len - 8..] == seq.to_le_bytes()
+        && payload[8..len - 8]
+            .chunks(fill.len())
+            .all(|c| c == &fill[..c.len()])
+}
+
+/// Under drop-oldest, a reader lapped while it copies never accepts a torn
+/// frame, also when the writer streams the payload with non-temporal stores
+/// (frames of 16 MiB and more, `transport_core::copy::STREAM_MIN`), which
+/// x86 may make visible before the horizon store that announces the lap
+/// unless an `sfence` sits between them.
+///
+/// The writer is a child process sending copies (`send`, the streaming
+/// path) of sizes that do not divide the ring, so that each record starts
+/// at another offset of the one it overwrites; the reader, here, checks
+/// every byte of every frame it accepts and sleeps a delay sweeping 0 to
+/// 5 ms between frames, so that its copies overlap the writer's at every
+/// phase. Every frame it accepts must be entirely one frame.
+#[test]
+fn lapped_reader_never_accepts_a_torn_streamed_frame() {
+    let shm_before = dev_shm();
+    let rt = runtime();
+    let (mut torn, mut accepted) = (0, 0);
+    for attempt in 0..3 {
+        let (t, a) = rt.block_on(streamed_lap_race());
+        torn += t;
+        accepted += a;
+        if torn >= 3 && accepted >= 10 {
+            break;
+        }
+        eprintln!("streamed lap race attempt {attempt}: {torn} torn copies so far; again");
+    }
+    assert!(
+        torn > 0 && accepted > 0,
+        "the race was not exercised: {torn} torn copies, {accepted} frames accepted"
+    );
+    assert_dev_shm_unchanged(&shm_before);
+}
+
+/// One run: returns (copies thrown away as torn, frames accepted and checked).
+async fn streamed_lap_race() -> (u64, u64) {
+    let url = format!(
+        "shm-ring://{}?capacity=24MiB&policy=drop-oldest",
+        name("stream-lap")
+    );
+    let sizes = "16MiB,17000000,20000000,18000123,16777300";
+    let mut child = Peer::spawn(&[
+        "pub", &url, "--count", "1000000", "--sizes", sizes, "--quick", "--subs", "1",
+    ]);
+    child.expect("ready");
+    let mut sub = within(
+        "subscribe",
+        ShmRingTransport.subscribe(&endpoint(&url), &Default::default()),
+    )
+    .await
+    .expect("subscribe");
+    let started = std::time::Instant::now();
+    let (mut accepted, mut lagged, mut bad) = (0u64, 0u64, Vec::new());
+    while started.elapsed() < Duration::from_millis(2500) {
+        match within("recv", sub.recv()).await {
+            Ok(f) => {
+                if f.payload.len() < 16 << 20 || !is_quick_pattern(f.seq, &f.payload) {
+                    bad.push(f.seq);
+                }
+                accepted += 1;
+                // Blocking on purpose: finer than tokio's millisecond timer.
+                std::thread::sleep(Duration::from_micros((accepted * 397) % 5000));
+            }
+            Err(Error::Lagged { missed }) => lagged += missed,
+            Err(e) => panic!("recv: {e}"),
+        }
+    }
+    let torn = sub.torn_copies();
+    eprintln!("streamed lap race: accepted {accepted}, lagged {lagged}, torn {torn}");
+    assert!(bad.is_empty(), "torn frames accepted: {bad:?}");
+    child.kill();
+    (torn, accepted)
+}
+
 /// A publisher blocked on a subscriber that does not read sleeps: no CPU.
 #[test]
 fn a_blocked_child_publisher_uses_no_cpu() {

@@ -6,9 +6,13 @@
 //!     or a disconnect, checking every payload against transport_core::pattern;
 //!     prints `received=R lagged=L corrupt=C torn=T last=S end=E` and exits 0
 //!     (1 if any payload was corrupt). With --hold it then sleeps until killed.
-//! shm-ring-peer pub URL --count N --size BYTES [--subs K] [--loan] [--hold]
+//! shm-ring-peer pub URL --count N --size BYTES [--sizes A,B,..] [--quick]
+//!                [--subs K] [--loan] [--hold]
 //!     Publishes, prints `ready`, waits for K subscribers, sends N pattern
 //!     frames, prints `sent=N`; then sleeps until killed (--hold) or exits.
+//!     --sizes: frame i has the size `sizes[i % len]` (instead of --size).
+//!     --quick: frame i holds `quick_pattern(i)` (cheap to make and check in
+//!     a debug build) instead of transport_core::pattern.
 //! shm-ring-peer sink URL
 //!     Subscribes, prints `ready`, and drops every frame until disconnected
 //!     (the consumer of the throughput bench).
@@ -29,8 +33,21 @@ struct Args {
     subs: usize,
     slow: Duration,
     duration: Option<Duration>,
+    sizes: Vec<usize>,
+    quick: bool,
     loan: bool,
     hold: bool,
+}
+
+/// The `--quick` payload of frame `seq`: the byte `seq as u8` throughout,
+/// except the first and last 8 bytes (when there is room), which hold `seq`.
+fn quick_pattern(seq: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![seq as u8; len];
+    if len >= 16 {
+        v[..8].copy_from_slice(&seq.to_le_bytes());
+        v[len - 8..].copy_from_slice(&seq.to_le_bytes());
+    }
+    v
 }
 
 fn parse() -> Result<Args, String> {
@@ -55,6 +72,14 @@ fn parse() -> Result<Args, String> {
                 let n = transport_core::endpoint::parse_size(&v)?;
                 a.size = usize::try_from(n).map_err(|e| e.to_string())?;
             }
+            "--sizes" => {
+                let v = it.next().ok_or("--sizes needs a value")?;
+                for one in v.split(',') {
+                    let n = transport_core::endpoint::parse_size(one)?;
+                    a.sizes.push(usize::try_from(n).map_err(|e| e.to_string())?);
+                }
+            }
+            "--quick" => a.quick = true,
             "--subs" => a.subs = num(it.next(), "--subs")? as usize,
             "--slow-ms" => a.slow = Duration::from_millis(num(it.next(), "--slow-ms")?),
             "--duration-ms" => {
@@ -133,12 +158,22 @@ async fn publish(a: &Args) -> Result<u8, Error> {
         .await?;
     let n = a.count.unwrap_or(1);
     for i in 0..n {
+        let size = match a.sizes.len() {
+            0 => a.size,
+            k => a.sizes[(i % k as u64) as usize],
+        };
         if a.loan {
-            let mut loan = publ.loan(a.size).await?;
-            pattern::fill(i, &mut loan);
+            let mut loan = publ.loan(size).await?;
+            if a.quick {
+                loan.copy_from_slice(&quick_pattern(i, size));
+            } else {
+                pattern::fill(i, &mut loan);
+            }
             publ.send_loan(loan).await?;
+        } else if a.quick {
+            publ.send(Frame::new(quick_pattern(i, size))).await?;
         } else {
-            publ.send(Frame::new(pattern::make(i, a.size))).await?;
+            publ.send(Frame::new(pattern::make(i, size))).await?;
         }
     }
     say(&format!("sent={n}"));
