@@ -67,13 +67,48 @@ pub(crate) fn server_hello(
     b
 }
 
+/// What to say about a peer whose first bytes are not a framewire hello:
+/// what it sent (as text when it is text), what it looks like, what to check.
+pub(crate) fn foreign_peer(b: &[u8]) -> String {
+    let head = &b[..b.len().min(16)];
+    let text = head
+        .iter()
+        .all(|c| c.is_ascii_graphic() || *c == b' ')
+        .then(|| String::from_utf8_lossy(head).into_owned());
+    // A ZMTP greeting: 0xff, eight bytes of padding, 0x7f.
+    let zmtp = head.first() == Some(&0xff) && head.get(9).is_none_or(|&c| c == 0x7f);
+    let looks = if zmtp {
+        Some("a ZeroMQ (ZMTP) peer: use a zmq+tcp:// endpoint on both sides")
+    } else if head.starts_with(b"HTTP") || head.starts_with(b"GET ") || head.starts_with(b"POST") {
+        Some("an HTTP server or client")
+    } else if head.starts_with(b"SSH-") {
+        Some("an SSH server")
+    } else if head.first() == Some(&0x16) && head.get(1) == Some(&0x03) {
+        Some("a TLS peer")
+    } else if head.starts_with(b"FWIR") {
+        Some("a framewire envelope without the tcp handshake (another backend's stream)")
+    } else {
+        None
+    };
+    let hex: Vec<String> = head.iter().map(|c| format!("{c:02x}")).collect();
+    let sent = match text {
+        Some(t) => format!("\"{t}\" (hex {})", hex.join(" ")),
+        None => format!("hex {}", hex.join(" ")),
+    };
+    match looks {
+        Some(what) => format!(
+            "the peer does not speak framewire's tcp protocol: its first bytes, {sent}, look like {what}; check the endpoint's host, port and scheme"
+        ),
+        None => format!(
+            "the peer does not speak framewire's tcp protocol (its first bytes: {sent}); check the endpoint's host, port and scheme"
+        ),
+    }
+}
+
 /// Checks a hello's magic and version (its first [`HELLO_HEAD_LEN`] bytes).
 pub(crate) fn check_hello(b: &[u8]) -> Result<()> {
     if b.len() < HELLO_HEAD_LEN || b[..4] != HELLO_MAGIC {
-        return Err(Error::Protocol(format!(
-            "bad handshake {:02x?}: the peer does not speak framewire",
-            &b[..b.len().min(4)]
-        )));
+        return Err(Error::Protocol(foreign_peer(b)));
     }
     let theirs = u16::from_le_bytes([b[4], b[5]]);
     if theirs != VERSION {
@@ -389,6 +424,34 @@ fn truncated(e: std::io::Error, what: &str) -> Error {
         Error::Protocol(format!("connection closed in the middle of a {what}"))
     } else {
         Error::io(format!("reading a {what}"), e)
+    }
+}
+
+#[cfg(test)]
+mod foreign_tests {
+    use super::*;
+
+    #[test]
+    fn a_foreign_peer_is_described_not_dumped() {
+        let m = foreign_peer(b"HTTP/1.1 400 Bad");
+        assert!(
+            m.contains("\"HTTP/1.1") && m.contains("an HTTP server"),
+            "{m}"
+        );
+        let mut zmtp = [0u8; 12];
+        zmtp[0] = 0xff;
+        zmtp[9] = 0x7f;
+        let m = foreign_peer(&zmtp);
+        assert!(m.contains("zmq+tcp://") && m.contains("hex ff 00"), "{m}");
+        let m = foreign_peer(b"0662");
+        assert!(m.contains("\"0662\" (hex 30 36 36 32)"), "{m}");
+        assert!(!m.contains("[48"), "{m}");
+        assert!(
+            check_hello(b"SSH-2.0-OpenSSH")
+                .unwrap_err()
+                .to_string()
+                .contains("SSH")
+        );
     }
 }
 
