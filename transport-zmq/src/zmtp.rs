@@ -268,6 +268,9 @@ pub struct Reader<R> {
     rd: R,
     buf: BytesMut,
     pool: Pool,
+    /// An oversized message being thrown away: bytes left of its current
+    /// part, whether more parts follow, parts so far.
+    skip: Option<(u64, bool, usize)>,
 }
 
 impl<R: AsyncRead + Unpin> Reader<R> {
@@ -277,6 +280,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             rd,
             buf: BytesMut::with_capacity(SMALL_PART),
             pool: Arc::default(),
+            skip: None,
         }
     }
 
@@ -400,6 +404,18 @@ impl<R: AsyncRead + Unpin> Reader<R> {
 
     /// Reads the next message or command, within `limits`.
     pub async fn next(&mut self, limits: &Limits) -> Result<Incoming, ZmtpError> {
+        if let Some((size, mut more, mut n)) = self.skip.take() {
+            self.discard(size).await?;
+            while more {
+                let (flags, size) = self.header().await?;
+                if flags & FLAG_COMMAND != 0 || n >= limits.max_parts {
+                    return protocol("a malformed oversized message");
+                }
+                self.discard(size).await?;
+                more = flags & FLAG_MORE != 0;
+                n += 1;
+            }
+        }
         let mut parts = Vec::new();
         let mut total = 0u64;
         loop {
@@ -427,18 +443,8 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             }
             let sum = total.saturating_add(size);
             if sum > limits.max_message && limits.skip_oversized {
-                self.discard(size).await?;
-                let mut more = flags & FLAG_MORE != 0;
-                let mut n = parts.len() + 1;
-                while more {
-                    let (flags, size) = self.header().await?;
-                    if flags & FLAG_COMMAND != 0 || n >= limits.max_parts {
-                        return protocol("a malformed oversized message");
-                    }
-                    self.discard(size).await?;
-                    more = flags & FLAG_MORE != 0;
-                    n += 1;
-                }
+                // Reported now; its bytes are thrown away as they come.
+                self.skip = Some((size, flags & FLAG_MORE != 0, parts.len() + 1));
                 return Ok(Incoming::Oversized(sum));
             }
             if sum > limits.max_message {

@@ -3,6 +3,8 @@
 //! subscriber that cannot attach the pool gets payloads inline; hostile
 //! references are an error for that message and the subscriber goes on.
 
+mod common;
+
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -12,14 +14,8 @@ use transport_core::{
 };
 use transport_zmq::shm_pool::{SharedPool, SlotRef};
 use transport_zmq::wire::{self, Control, SubscriberId, Upstream, Welcome};
+use common::{FakePublisher, T, within};
 use transport_zmq::{ZmqPublisher, ZmqSubscriber, ZmqTransport};
-use zeromq::{Socket, SocketRecv, SocketSend, XPubSocket, ZmqMessage};
-
-const T: Duration = Duration::from_secs(10);
-
-async fn within<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(T, f).await.expect("timed out")
-}
 
 async fn publisher(query: &str, policy: Policy) -> ZmqPublisher {
     let ep = Endpoint::parse(&format!("zmq+tcp://127.0.0.1:0?shm=pool&{query}")).expect("url");
@@ -322,43 +318,6 @@ async fn child_subscriber_as_another_user() {
     println!("CHILD-OK inline: {why}");
 }
 
-/// A fake `shm=pool` publisher: a raw XPUB socket and a real pool it
-/// serves, so that it can send references of its choosing.
-struct FakePublisher {
-    xpub: XPubSocket,
-    url: String,
-}
-
-fn msg(parts: Vec<Bytes>) -> ZmqMessage {
-    ZmqMessage::try_from(parts).expect("non-empty message")
-}
-
-impl FakePublisher {
-    async fn bind() -> FakePublisher {
-        let mut xpub = XPubSocket::new();
-        let ep = xpub.bind("tcp://127.0.0.1:0").await.expect("bind");
-        FakePublisher {
-            xpub,
-            url: format!("zmq+{ep}"),
-        }
-    }
-
-    async fn send(&mut self, parts: Vec<Bytes>) {
-        within(self.xpub.send(msg(parts))).await.expect("send");
-    }
-
-    async fn upstream(&mut self) -> Upstream {
-        loop {
-            let m = within(self.xpub.recv()).await.expect("recv");
-            if let Some(p) = m.get(0)
-                && let Ok(u) = wire::decode_upstream_any(p)
-            {
-                return u;
-            }
-        }
-    }
-}
-
 fn envelope(seq: u64, len: usize) -> Bytes {
     let mut f = Frame::new(vec![0u8; len]);
     f.seq = seq;
@@ -374,15 +333,8 @@ async fn hostile_references_are_an_error_per_message_and_the_subscriber_goes_on(
     let mut fake = FakePublisher::bind().await;
     let url = fake.url.clone();
     let sub = tokio::spawn(async move { subscriber(&url, RecvMode::View).await });
-    let id: SubscriberId = loop {
-        let m = within(fake.xpub.recv()).await.expect("recv");
-        if let Ok(s) = wire::parse_subscription(m.get(0).expect("part"))
-            && s.subscribe
-        {
-            break s.id;
-        }
-    };
-    let route = wire::route(&id, b"");
+    let _: (SubscriberId, String) = fake.accept_only().await;
+    let route = Bytes::new();
     let shm = Control::Shm {
         socket: server.name().to_owned(),
         segment: pool.segment_id(),
@@ -397,13 +349,8 @@ async fn hostile_references_are_an_error_per_message_and_the_subscriber_goes_on(
         peer_timeout_ms: 10_000,
         write_timeout_ms: 100,
     };
-    fake.send(vec![route.clone(), wire::encode_control(&shm)])
-        .await;
-    fake.send(vec![
-        route.clone(),
-        wire::encode_control(&Control::Welcome(welcome)),
-    ])
-    .await;
+    fake.control(shm).await;
+    fake.control(Control::Welcome(welcome)).await;
     let mut sub = within(sub).await.expect("subscriber task");
     assert_eq!(sub.shm_status(), Some(Ok(())));
     match fake.upstream().await {
