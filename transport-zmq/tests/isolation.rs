@@ -290,41 +290,73 @@ async fn under_block_a_stopped_subscriber_holds_the_publisher_at_most_write_time
     drop(stalled);
 }
 
-/// Opens `n` hostile connections of three kinds; they stay open while held.
-async fn hostile_connections(addr: &str, n: usize) -> Vec<tokio::net::TcpStream> {
-    use tokio::io::AsyncWriteExt;
-    let mut conns = Vec::new();
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
-    for i in 0..n {
-        let mut c = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        match i % 3 {
-            0 => {
-                // Random bytes, as much as the socket takes at once.
-                let junk: Vec<u8> = (0..64 << 10)
-                    .map(|_| {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        x as u8
-                    })
-                    .collect();
-                let _ = tokio::time::timeout(Duration::from_millis(50), c.write_all(&junk)).await;
+/// Runs `n` hostile connections of three kinds on a thread of their own
+/// until `stop` fires: random bytes (reconnecting 100 ms after the publisher
+/// closes it), half-open (connected, never a byte), and a valid greeting
+/// followed by silence.
+fn hostile_connections(
+    addr: &str,
+    n: usize,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> std::thread::JoinHandle<()> {
+    let addr = addr.to_owned();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let tasks: Vec<_> = (0..n).map(|i| tokio::spawn(attacker(addr.clone(), i))).collect();
+            let _ = stop.await;
+            for t in tasks {
+                t.abort();
             }
-            1 => {} // Half-open: connected, never a byte.
-            _ => {
-                // A valid greeting, then silence.
-                let mut g = [0u8; 64];
-                g[0] = 0xFF;
-                g[8] = 1;
-                g[9] = 0x7F;
-                g[10] = 3;
-                g[12..16].copy_from_slice(b"NULL");
-                c.write_all(&g).await.expect("greeting");
+        });
+    })
+}
+
+async fn attacker(addr: String, i: usize) {
+    use tokio::io::AsyncWriteExt;
+    {
+        {
+            {
+                let mut x = 0x2545_F491_4F6C_DD1Du64 ^ (i as u64);
+                let mut junk = vec![0u8; 16 << 10];
+                loop {
+                    let Ok(mut c) = tokio::net::TcpStream::connect(&addr).await else {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    };
+                    match i % 3 {
+                        0 => loop {
+                            for b in junk.iter_mut() {
+                                x ^= x << 13;
+                                x ^= x >> 7;
+                                x ^= x << 17;
+                                *b = x as u8;
+                            }
+                            if c.write_all(&junk).await.is_err() {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        },
+                        1 => std::future::pending::<()>().await,
+                        _ => {
+                            let mut g = [0u8; 64];
+                            g[0] = 0xFF;
+                            g[8] = 1;
+                            g[9] = 0x7F;
+                            g[10] = 3;
+                            g[12..16].copy_from_slice(b"NULL");
+                            let _ = c.write_all(&g).await;
+                            std::future::pending::<()>().await
+                        }
+                    }
+                }
             }
         }
-        conns.push(c);
     }
-    conns
 }
 
 /// Time to deliver `n` frames of 1 MiB at 50 Hz to one real subscriber.
@@ -338,7 +370,8 @@ async fn service_time(hostile: usize) -> Duration {
         .next()
         .expect("addr")
         .to_owned();
-    let _held = hostile_connections(&addr, hostile).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let attackers = hostile_connections(&addr, hostile, stopped);
     let mut s = tokio::time::timeout(
         T,
         ZmqTransport.subscribe(p.endpoint(), &SubscribeOptions::default()),
@@ -367,6 +400,8 @@ async fn service_time(hostile: usize) -> Duration {
     let took = t.elapsed();
     assert_eq!(p.subscriber_count(), Some(1), "no hostile connection subscribed");
     drop(s);
+    let _ = stop.send(());
+    tokio::task::block_in_place(|| attackers.join()).expect("attackers");
     took
 }
 
