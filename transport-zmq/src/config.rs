@@ -242,7 +242,6 @@ impl Config {
             (self.max_payload, "max_payload")
         }
     }
-
 }
 
 #[cfg(test)]

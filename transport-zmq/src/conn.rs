@@ -186,7 +186,10 @@ async fn serve(
             return;
         }
         Err(_) => {
-            tracing::debug!(conn, "closing a connection that did not finish its ZMTP handshake within handshake_timeout");
+            tracing::debug!(
+                conn,
+                "closing a connection that did not finish its ZMTP handshake within handshake_timeout"
+            );
             return;
         }
     };
@@ -196,7 +199,10 @@ async fn serve(
         tracing::info!(conn, socket_type = %st, "refusing a peer that is not a SUB or XSUB socket");
         let _ = tokio::time::timeout(
             ctx.write_timeout,
-            zmtp::write_error(&mut wr, "a framewire publisher serves SUB and XSUB sockets only"),
+            zmtp::write_error(
+                &mut wr,
+                "a framewire publisher serves SUB and XSUB sockets only",
+            ),
         )
         .await;
         return;

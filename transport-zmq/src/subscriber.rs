@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use transport_core::{Error, Frame, Policy, RecvMode, Result, StatCounters, Stats, Subscriber};
-use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 #[cfg(feature = "shm")]
 use transport_shm_pool::shared::{Attached, SlotRef};
@@ -126,7 +126,8 @@ impl<T: AsyncWrite + Unpin + Send + 'static> Wr for T {}
 
 /// Connects to the publisher's address.
 async fn dial(address: &Address) -> Result<(Box<dyn Rd>, Box<dyn Wr>)> {
-    let what = |a: &dyn std::fmt::Display| format!("connecting to {a} (is a publisher running there?)");
+    let what =
+        |a: &dyn std::fmt::Display| format!("connecting to {a} (is a publisher running there?)");
     match address {
         Address::Tcp(a) => {
             let s = tokio::net::TcpStream::connect(a.as_str())
@@ -178,7 +179,12 @@ async fn join(cfg: &Config, id: &SubscriberId, prefix: &str) -> Result<Joined> {
                     theirs: u16::from(theirs),
                 });
             }
-            None => return Err(Error::Protocol(format!("an empty {} property", wire::PROPERTY))),
+            None => {
+                return Err(Error::Protocol(format!(
+                    "an empty {} property",
+                    wire::PROPERTY
+                )));
+            }
         },
     };
     zmtp::write_message(&mut wr, &[wire::subscription(prefix, true)])
@@ -669,7 +675,9 @@ impl Io {
         // Cancel the subscription: the publisher forgets us at once; then
         // the connection closes.
         let _ = self.up.send(wire::subscription(&self.prefix, false));
-        let Io { up, writer, reader, .. } = self;
+        let Io {
+            up, writer, reader, ..
+        } = self;
         drop(up);
         let abort = writer.abort_handle();
         if tokio::time::timeout(BYE_TIMEOUT, writer).await.is_err() {

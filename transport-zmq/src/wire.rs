@@ -439,7 +439,11 @@ pub fn decode_envelope(env: &[u8], payload_len: u64, max_payload: u64) -> Result
 /// one (controls and shared-memory references are accepted only from those).
 /// Nothing here panics or allocates more than the message holds; garbage is
 /// an error.
-pub fn parse_downstream(parts: Vec<Bytes>, framewire: bool, max_payload: u64) -> Result<Downstream> {
+pub fn parse_downstream(
+    parts: Vec<Bytes>,
+    framewire: bool,
+    max_payload: u64,
+) -> Result<Downstream> {
     match parts.len() {
         1 if framewire && parts[0].starts_with(&CONTROL_MAGIC) => {
             Ok(Downstream::Control(decode_control(&parts[0])?))
@@ -678,7 +682,11 @@ mod tests {
                 prefix: "cam/".into()
             }
         );
-        assert!(!parse_subscription(&subscription("", false)).unwrap().subscribe);
+        assert!(
+            !parse_subscription(&subscription("", false))
+                .unwrap()
+                .subscribe
+        );
         for bad in [&b""[..], b"\x02FWZ\x01", b"\x01\xff"] {
             assert!(parse_subscription(bad).is_err());
         }

@@ -69,7 +69,10 @@ impl std::fmt::Display for ZmtpError {
             ZmtpError::Io(e) => write!(f, "{e}"),
             ZmtpError::Protocol(why) => write!(f, "ZMTP protocol error: {why}"),
             ZmtpError::TooLarge { len, limit, what } => {
-                write!(f, "the peer announced {len} bytes, over the limit of {limit} for {what}")
+                write!(
+                    f,
+                    "the peer announced {len} bytes, over the limit of {limit} for {what}"
+                )
             }
             ZmtpError::PeerError(why) => write!(f, "the peer refused the connection: {why}"),
         }
@@ -126,7 +129,9 @@ pub fn greeting() -> [u8; GREETING_LEN] {
 /// Checks a peer's greeting: ZMTP 3.x with the NULL mechanism.
 pub fn check_greeting(g: &[u8; GREETING_LEN]) -> Result<(), ZmtpError> {
     if g[0] != 0xFF || g[9] & 1 != 1 {
-        return protocol("not a ZMTP 3 greeting (the peer does not speak ZeroMQ 4.x, or sent garbage)");
+        return protocol(
+            "not a ZMTP 3 greeting (the peer does not speak ZeroMQ 4.x, or sent garbage)",
+        );
     }
     if g[10] < 3 {
         return protocol(format!(
@@ -433,13 +438,13 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 }
                 let body = self.body(size as usize).await?;
                 let (name, data) = parse_command(&body)?;
-                return Ok(Incoming::Command(body.slice_ref(name), body.slice_ref(data)));
+                return Ok(Incoming::Command(
+                    body.slice_ref(name),
+                    body.slice_ref(data),
+                ));
             }
             if parts.len() >= limits.max_parts {
-                return protocol(format!(
-                    "a message of more than {} parts",
-                    limits.max_parts
-                ));
+                return protocol(format!("a message of more than {} parts", limits.max_parts));
             }
             let sum = total.saturating_add(size);
             if sum > limits.max_message && limits.skip_oversized {
@@ -528,14 +533,12 @@ pub async fn write_message<W: AsyncWrite + Unpin>(
     }
     let mut heads = heads.freeze();
     let mut chunks = Vec::with_capacity(parts.len() * 2);
-    for (i, p) in parts.iter().enumerate() {
-        let more = i + 1 < parts.len();
+    for p in parts {
         let h = if p.len() <= 255 { 2 } else { 9 };
         chunks.push(heads.split_to(h));
         if !p.is_empty() {
             chunks.push(p.clone());
         }
-        let _ = more;
     }
     write_all_vectored(w, chunks).await
 }
@@ -572,7 +575,9 @@ where
         b"ERROR" => {
             let reason = data
                 .split_first()
-                .map(|(&n, r)| String::from_utf8_lossy(&r[..r.len().min(usize::from(n))]).into_owned())
+                .map(|(&n, r)| {
+                    String::from_utf8_lossy(&r[..r.len().min(usize::from(n))]).into_owned()
+                })
                 .unwrap_or_default();
             Err(ZmtpError::PeerError(reason))
         }
@@ -616,14 +621,21 @@ mod tests {
         let w = tokio::spawn(async move {
             write_message(&mut a, &sent).await.unwrap();
             write_message(&mut a, &sent).await.unwrap();
-            write_command(&mut a, &command("PING", b"\x00\x00hi")).await.unwrap();
+            write_command(&mut a, &command("PING", b"\x00\x00hi"))
+                .await
+                .unwrap();
         });
         let mut r = Reader::new(b);
         for _ in 0..2 {
-            assert_eq!(r.next(&LIMITS).await.unwrap(), Incoming::Message(parts.clone()));
+            assert_eq!(
+                r.next(&LIMITS).await.unwrap(),
+                Incoming::Message(parts.clone())
+            );
         }
         match r.next(&LIMITS).await.unwrap() {
-            Incoming::Command(n, d) => assert_eq!((&n[..], &d[..]), (&b"PING"[..], &b"\x00\x00hi"[..])),
+            Incoming::Command(n, d) => {
+                assert_eq!((&n[..], &d[..]), (&b"PING"[..], &b"\x00\x00hi"[..]))
+            }
             other => panic!("{other:?}"),
         }
         w.await.unwrap();
@@ -636,7 +648,10 @@ mod tests {
         let mut raw = vec![FLAG_LONG];
         raw.extend_from_slice(&(1u64 << 40).to_be_bytes());
         let mut r = Reader::new(&raw[..]);
-        assert!(matches!(r.next(&LIMITS).await, Err(ZmtpError::TooLarge { .. })));
+        assert!(matches!(
+            r.next(&LIMITS).await,
+            Err(ZmtpError::TooLarge { .. })
+        ));
         // The same as a command, and before the handshake.
         raw[0] = FLAG_LONG | FLAG_COMMAND;
         let mut r = Reader::new(&raw[..]);
@@ -649,7 +664,10 @@ mod tests {
             raw.extend(std::iter::repeat_n(0u8, 600_000));
         }
         let mut r = Reader::new(&raw[..]);
-        assert!(matches!(r.next(&LIMITS).await, Err(ZmtpError::TooLarge { .. })));
+        assert!(matches!(
+            r.next(&LIMITS).await,
+            Err(ZmtpError::TooLarge { .. })
+        ));
         // Or skipped, and the next message read.
         raw[600_009] = FLAG_LONG;
         raw.extend_from_slice(&[0, 2, b'o', b'k']);
@@ -679,7 +697,9 @@ mod tests {
             handshake(&mut r, &mut aw, "PUB", &[]).await
         });
         let mut r = Reader::new(br);
-        let md = handshake(&mut r, &mut bw, "SUB", &[("X-Test", b"yes")]).await.unwrap();
+        let md = handshake(&mut r, &mut bw, "SUB", &[("X-Test", b"yes")])
+            .await
+            .unwrap();
         assert_eq!(md.socket_type(), "PUB");
         let md = x.await.unwrap().unwrap();
         assert_eq!(md.socket_type(), "SUB");

@@ -7,12 +7,12 @@ mod common;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use common::{FakePublisher, RawPeer, T, addr, within};
 use transport_core::codec::{self, MAGIC, PREFIX_LEN, VERSION};
 use transport_core::{
     Endpoint, Error, Frame, Policy, PublishOptions, Publisher, SubscribeOptions, Subscriber,
     Transport, pattern,
 };
-use common::{FakePublisher, RawPeer, T, addr, within};
 use transport_zmq::wire::{self, Control, SubscriberId, Welcome};
 use transport_zmq::{ZmqPublisher, ZmqSubscriber, ZmqTransport};
 
@@ -68,7 +68,10 @@ async fn garbage_from_the_publisher_is_an_error_per_message_and_the_subscriber_g
     let junk = Bytes::from_static(b"\x00\xffjunk");
     let hostile: Vec<(&str, Vec<Bytes>)> = vec![
         ("one part", vec![r("")]),
-        ("two parts (a raw topic and payload)", vec![r("t"), junk.clone()]),
+        (
+            "two parts (a raw topic and payload)",
+            vec![r("t"), junk.clone()],
+        ),
         (
             "four parts",
             vec![r("t"), junk.clone(), junk.clone(), junk.clone()],
@@ -154,13 +157,20 @@ async fn a_plain_pub_socket_is_a_plain_publisher_and_foreign_messages_are_errors
     let e = within(sub.recv()).await.expect_err("foreign header");
     assert!(e.to_string().contains("framewire envelope"), "{e}");
     // Controls are framewire's: from a plain publisher they are errors too.
-    pub_.send(vec![wire::encode_control(&Control::Goodbye)]).await;
-    within(sub.recv()).await.expect_err("no controls from a plain PUB");
+    pub_.send(vec![wire::encode_control(&Control::Goodbye)])
+        .await;
+    within(sub.recv())
+        .await
+        .expect_err("no controls from a plain PUB");
     // The documented format is a frame.
     let mut f = Frame::new(pattern::make(7, 100)).with_topic("t");
     f.seq = 7;
-    pub_.send(vec![Bytes::from_static(b"t"), envelope(&f), f.payload.clone()])
-        .await;
+    pub_.send(vec![
+        Bytes::from_static(b"t"),
+        envelope(&f),
+        f.payload.clone(),
+    ])
+    .await;
     let g = within(sub.recv()).await.expect("frame");
     assert_eq!((g.seq, g.topic.as_str()), (7, "t"));
     // Its connection closing ends the stream.

@@ -69,7 +69,10 @@ fn line_from(child: &mut Child, tag: &'static str) -> std::sync::mpsc::Receiver<
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        for l in std::io::BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(|l| l.ok())
+        {
             if let Some((_, rest)) = l.split_once(tag) {
                 let _ = tx.send(rest.trim().to_owned());
             }
@@ -163,7 +166,10 @@ fn a_huge_length_from_a_subscriber_does_not_crash_the_publisher() {
     before.extend_from_slice(&one_tib(0x04));
     for (what, attack) in [("after READY", after), ("instead of READY", before)] {
         let Ok(mut s) = TcpStream::connect(&addr) else {
-            panic!("the publisher is gone before the attack {what}: {:?}", child.wait());
+            panic!(
+                "the publisher is gone before the attack {what}: {:?}",
+                child.wait()
+            );
         };
         s.set_read_timeout(Some(T)).expect("timeout");
         s.write_all(&attack).expect("attack");
@@ -183,13 +189,11 @@ fn a_huge_length_from_a_subscriber_does_not_crash_the_publisher() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let got = rt.block_on(async {
         let ep = Endpoint::parse(&url).expect("url");
-        let mut sub = tokio::time::timeout(
-            T,
-            ZmqTransport.subscribe(&ep, &SubscribeOptions::default()),
-        )
-        .await
-        .expect("in time")
-        .expect("subscribe");
+        let mut sub =
+            tokio::time::timeout(T, ZmqTransport.subscribe(&ep, &SubscribeOptions::default()))
+                .await
+                .expect("in time")
+                .expect("subscribe");
         tokio::time::timeout(T, sub.recv())
             .await
             .expect("in time")

@@ -306,7 +306,9 @@ fn hostile_connections(
             .build()
             .expect("runtime");
         rt.block_on(async move {
-            let tasks: Vec<_> = (0..n).map(|i| tokio::spawn(attacker(addr.clone(), i))).collect();
+            let tasks: Vec<_> = (0..n)
+                .map(|i| tokio::spawn(attacker(addr.clone(), i)))
+                .collect();
             let _ = stop.await;
             for t in tasks {
                 t.abort();
@@ -398,7 +400,11 @@ async fn service_time(hostile: usize) -> Duration {
         .expect("in time")
         .expect("reader");
     let took = t.elapsed();
-    assert_eq!(p.subscriber_count(), Some(1), "no hostile connection subscribed");
+    assert_eq!(
+        p.subscriber_count(),
+        Some(1),
+        "no hostile connection subscribed"
+    );
     drop(s);
     let _ = stop.send(());
     tokio::task::block_in_place(|| attackers.join()).expect("attackers");

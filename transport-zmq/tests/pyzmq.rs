@@ -62,9 +62,7 @@ fn field<'a>(json: &'a str, key: &str) -> &'a str {
     let k = format!("\"{key}\": ");
     let start = json.find(&k).map(|i| i + k.len()).expect(key);
     let rest = &json[start..];
-    let end = rest
-        .find([',', '}'])
-        .expect("end of the field");
+    let end = rest.find([',', '}']).expect("end of the field");
     rest[..end].trim_matches('"')
 }
 
@@ -106,19 +104,26 @@ async fn a_pyzmq_sub_receives_a_framewire_publishers_frames() {
         let len = 640 * 480 * 3;
         let f = if i % 2 == 0 {
             let payload = pattern::make(i, len);
-            sums.push(payload.iter().fold(0u32, |a, &b| a.wrapping_add(u32::from(b))));
-            Frame::new(payload).with_topic("cam/0").with_layout(Layout::Image {
-                width: 640,
-                height: 480,
-                format: PixelFormat::Rgb8,
-            })
+            sums.push(
+                payload
+                    .iter()
+                    .fold(0u32, |a, &b| a.wrapping_add(u32::from(b))),
+            );
+            Frame::new(payload)
+                .with_topic("cam/0")
+                .with_layout(Layout::Image {
+                    width: 640,
+                    height: 480,
+                    format: PixelFormat::Rgb8,
+                })
         } else {
             Frame::new(pattern::make(i, 10)).with_topic("imu")
         };
         p.send(f).await.expect("send");
     }
     for (k, sum) in sums.iter().enumerate() {
-        let line = tokio::task::block_in_place(|| out.recv_timeout(T)).expect("a line from the pyzmq SUB");
+        let line =
+            tokio::task::block_in_place(|| out.recv_timeout(T)).expect("a line from the pyzmq SUB");
         let seq = 2 * k as u64;
         assert_eq!(field(&line, "seq"), seq.to_string(), "{line}");
         assert_eq!(field(&line, "topic"), "cam/0", "{line}");

@@ -79,7 +79,11 @@ fn valid_messages(rng: &mut Rng) -> Vec<u8> {
         let parts = match rng.below(4) {
             0 => vec![wire::encode_control(&Control::Lag(rng.next())).to_vec()],
             1 => vec![wire::subscription("t/", true).to_vec()],
-            _ => vec![f.topic.as_bytes().to_vec(), env.to_vec(), f.payload.to_vec()],
+            _ => vec![
+                f.topic.as_bytes().to_vec(),
+                env.to_vec(),
+                f.payload.to_vec(),
+            ],
         };
         out.extend_from_slice(&frame_bytes(&parts));
     }

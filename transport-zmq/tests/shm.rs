@@ -8,13 +8,13 @@ mod common;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use common::{FakePublisher, T, within};
 use transport_core::{
     Endpoint, Error, Frame, Policy, PublishOptions, Publisher, RecvMode, SubscribeOptions,
     Subscriber, Transport, codec, pattern,
 };
 use transport_zmq::shm_pool::{SharedPool, SlotRef};
 use transport_zmq::wire::{self, Control, SubscriberId, Upstream, Welcome};
-use common::{FakePublisher, T, within};
 use transport_zmq::{ZmqPublisher, ZmqSubscriber, ZmqTransport};
 
 async fn publisher(query: &str, policy: Policy) -> ZmqPublisher {

@@ -8,9 +8,9 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+use transport_zmq::ZmqPublisher;
 use transport_zmq::wire::{self, Control, SubscriberId, Welcome};
 use transport_zmq::zmtp::{self, Incoming, Limits, Metadata};
-use transport_zmq::ZmqPublisher;
 
 pub const T: Duration = Duration::from_secs(10);
 
@@ -111,7 +111,11 @@ impl FakePublisher {
         let (s, _) = within(self.listener.accept()).await.expect("accept");
         let prop = wire::publisher_property(self.instance);
         let mut c = RawPeer::handshake(s, "PUB", &[(wire::PROPERTY, &prop)]).await;
-        let v = c.peer.get(wire::PROPERTY).expect("a framewire subscriber").clone();
+        let v = c
+            .peer
+            .get(wire::PROPERTY)
+            .expect("a framewire subscriber")
+            .clone();
         let (_, id) = wire::parse_subscriber_property(&v).expect("property");
         let prefix = loop {
             let m = c.recv_msg().await;
