@@ -123,7 +123,8 @@ fn bench(c: &mut Criterion) {
         g.sample_size(10);
         g.measurement_time(Duration::from_secs(5));
 
-        let (mut w, mut r) = rt.block_on(bare_zmtp());
+        let (w, mut r) = rt.block_on(bare_zmtp());
+        let mut writer = Some(w);
         let limits = Limits {
             max_message: 1 << 30,
             max_parts: 4,
@@ -134,28 +135,30 @@ fn bench(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 rt.block_on(async {
                     let t = Instant::now();
-                    let send = async {
+                    // The writer on a task of its own, like framewire's.
+                    let mut w = writer.take().expect("writer");
+                    let p = payload.clone();
+                    let send = tokio::spawn(async move {
                         for _ in 0..iters {
-                            zmtp::write_message(&mut w, std::slice::from_ref(&payload))
+                            zmtp::write_message(&mut w, std::slice::from_ref(&p))
                                 .await
                                 .expect("send");
                         }
                         w.flush().await.expect("flush");
-                    };
-                    let recv = async {
-                        for _ in 0..iters {
-                            match r.next(&limits).await.expect("recv") {
-                                Incoming::Message(m) => assert_eq!(m[0].len(), size),
-                                other => panic!("{other:?}"),
-                            }
+                        w
+                    });
+                    for _ in 0..iters {
+                        match r.next(&limits).await.expect("recv") {
+                            Incoming::Message(m) => assert_eq!(m[0].len(), size),
+                            other => panic!("{other:?}"),
                         }
-                    };
-                    tokio::join!(send, recv);
+                    }
+                    writer = Some(send.await.expect("writer task"));
                     t.elapsed()
                 })
             })
         });
-        drop((w, r));
+        drop((writer, r));
 
         let (mut bp, mut bs) = rt.block_on(bare_zeromq(1));
         g.bench_function("bare_zeromq/tcp", |b| {
