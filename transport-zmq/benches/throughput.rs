@@ -93,7 +93,12 @@ async fn bare_zmtp() -> BareZmtp {
 }
 
 /// A framewire publisher with `n` subscribers on loopback TCP.
-async fn framewire(n: usize) -> (transport_zmq::ZmqPublisher, Vec<transport_zmq::ZmqSubscriber>) {
+async fn framewire(
+    n: usize,
+) -> (
+    transport_zmq::ZmqPublisher,
+    Vec<transport_zmq::ZmqSubscriber>,
+) {
     let ep = Endpoint::parse("zmq+tcp://127.0.0.1:0").expect("endpoint");
     let mut p = ZmqTransport
         .publish(&ep, &Default::default())
