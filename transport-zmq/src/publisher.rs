@@ -783,11 +783,14 @@ impl Publisher for ZmqPublisher {
                 if let Some(why) = &st.driver_gone {
                     return Err(Self::gone(why));
                 }
-                // Under drop-oldest subscribers never stop reading (they drop
-                // locally), so also wait for their receipt: their drop counts
-                // are then final in `stats`.
+                // Under drop-oldest framewire subscribers never stop reading
+                // (they drop locally), so also wait for their receipt: their
+                // drop counts are then final in `stats`. A plain ZeroMQ
+                // subscriber never reports: written is all we know.
                 if st.subs.iter().all(|s| {
-                    s.queue.is_empty() && !s.writing && (!acked || s.received >= s.written)
+                    s.queue.is_empty()
+                        && !s.writing
+                        && (!acked || !s.framewire || s.received >= s.written)
                 }) {
                     return Ok(());
                 }

@@ -580,3 +580,59 @@ async fn close_waits_until_a_slow_subscriber_has_read_to_the_end() {
     let end = within(reader).await.expect("reader");
     assert!(end.to_string().contains("closed the channel"), "{end}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_subscriber_gets_frames_and_never_holds_flush() {
+    // A plain ZeroMQ SUB (no framewire property) under drop-oldest, where
+    // `flush` waits for framewire subscribers' receipts: it has none to give.
+    let ep = Endpoint::parse("zmq+tcp://127.0.0.1:0?policy=drop-oldest").expect("url");
+    let mut p = within(ZmqTransport.publish(&ep, &PublishOptions::default()))
+        .await
+        .expect("publish");
+    let mut plain = RawPeer::connect(&addr(&p), "SUB", &[]).await;
+    plain.send(vec![wire::subscription("a/", true)]).await;
+    plain.send(vec![wire::subscription("b/", true)]).await;
+    within(p.wait_for_subscribers(1, T)).await.expect("counted");
+    // Counted at its first subscription; the second follows: probe until in.
+    loop {
+        within(p.send(Frame::new(pattern::make(0, 10)).with_topic("b/probe")))
+            .await
+            .expect("send");
+        let r = tokio::time::timeout(Duration::from_secs(1), plain.reader.next(&common::BIG));
+        if r.await.is_ok() {
+            break;
+        }
+    }
+    let first = p.stats().frames_sent;
+    for (i, topic) in ["a/1", "c/1", "b/1"].into_iter().enumerate() {
+        within(p.send(Frame::new(pattern::make(i as u64, 100)).with_topic(topic)))
+            .await
+            .expect("send");
+    }
+    within(p.flush()).await.expect("flush returns");
+    // Only its topics, as [topic, envelope, payload], and nothing framewire-only.
+    for (seq, topic) in [(first, "a/1"), (first + 2, "b/1")] {
+        let m = loop {
+            // A late probe or two may still come first.
+            let m = plain.recv_msg().await;
+            if &m[0][..] != b"b/probe" {
+                break m;
+            }
+        };
+        assert_eq!(m.len(), 3, "{m:?}");
+        assert_eq!(&m[0][..], topic.as_bytes());
+        let f = wire::decode_envelope(&m[1], m[2].len() as u64, 1 << 20).expect("envelope");
+        assert_eq!((f.seq, f.topic.as_str()), (seq, topic));
+    }
+    // Cancelling every prefix leaves.
+    plain.send(vec![wire::subscription("a/", false)]).await;
+    plain.send(vec![wire::subscription("b/", false)]).await;
+    let deadline = tokio::time::Instant::now() + T;
+    while p.subscriber_count() != Some(0) {
+        assert!(tokio::time::Instant::now() < deadline, "still counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Closing the publisher ends its stream.
+    within(p.close()).await.expect("close");
+    assert!(plain.recv().await.is_err());
+}
