@@ -519,3 +519,25 @@ async fn an_shm_pool_publisher_copies_a_zmq_view() {
     // The zmq view went with the copy: its slot is back.
     wait_free(&zp, 2).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_zeromq_subscriber_of_an_shm_pool_publisher_gets_payloads_inline() {
+    let mut p = publisher("slots=2&slot_size=1MiB", Policy::Block).await;
+    let addr = common::addr(&p);
+    let mut plain = common::RawPeer::connect(&addr, "SUB", &[]).await;
+    plain.send(vec![wire::subscription("", true)]).await;
+    within(p.wait_for_subscribers(1, T)).await.expect("counted");
+    for i in 0..4u64 {
+        within(p.send(Frame::new(pattern::make(i, 5000)).with_topic("cam")))
+            .await
+            .expect("send");
+        // No control, no reference: the three parts of plain ZeroMQ.
+        let m = plain.recv_msg().await;
+        assert_eq!(m.len(), 3, "{m:?}");
+        let f = wire::decode_envelope(&m[1], m[2].len() as u64, 1 << 20).expect("envelope");
+        assert_eq!((f.seq, f.topic.as_str()), (i, "cam"));
+        assert!(pattern::check(i, &m[2]));
+    }
+    // It never holds a slot: all of them come back.
+    wait_free(&p, 2).await;
+}
