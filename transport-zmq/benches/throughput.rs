@@ -1,16 +1,17 @@
-//! 24 MiB frames over loopback TCP and IPC: framewire's zmq backend next to a
-//! bare `zeromq`-crate PUB/SUB loop in the same run, plus the cost of the one
-//! copy the crate's encoder makes of every frame (a 24 MiB memcpy).
+//! Throughput over loopback TCP, 24 and 32 MiB frames, one subscriber:
+//! framewire's zmq backend next to two bare PUB/SUB loops in the same run:
 //!
-//! The bare loops are the crate on its own: a PUB socket whose `send` only
-//! queues (no backpressure, no envelope, no heartbeats) and a SUB socket
-//! subscribed to everything; and the XPUB/XSUB pair framewire is built on,
-//! where `send` writes into the socket. framewire adds its envelope, a
-//! bounded queue per subscriber, a task hop to its socket task, per-subscriber
-//! routing and liveness.
+//! - `bare_zmtp`: the backend's own ZMTP layer on its own (one connection,
+//!   `zmtp::write_message` and `zmtp::Reader::next` in a loop: no envelope,
+//!   no queue, no task hop, no liveness): the "same library" baseline;
+//! - `bare_zeromq`: the `zeromq` crate's PUB/SUB (0.7), which the backend
+//!   used before it had its own layer.
 //!
-//! Then per-frame latency (`zmq_24MiB_latency`): plain zmq next to
-//! `shm=pool` (payload in a shared-memory slot, a reference over ZeroMQ).
+//! Then fan-out (`zmq_fanout_8MiB`): one publisher, 2 and 4 subscribers,
+//! framewire next to bare `zeromq` PUB/SUB; throughput counts bytes sent
+//! (each frame reaches every subscriber). Then per-frame latency
+//! (`zmq_24MiB_latency`): plain zmq next to `shm=pool` (payload in a
+//! shared-memory slot, a reference over ZeroMQ).
 //!
 //! Run: `cargo bench -p transport-zmq --bench throughput`
 
@@ -18,13 +19,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use tokio::io::AsyncWriteExt;
 use transport_core::{Endpoint, Frame, Publisher, Subscriber, Transport};
 use transport_zmq::ZmqTransport;
-use zeromq::{
-    PubSocket, Socket, SocketRecv, SocketSend, SubSocket, XPubSocket, XSubSocket, ZmqMessage,
-};
+use transport_zmq::zmtp::{self, Incoming, Limits};
+use zeromq::{PubSocket, Socket, SocketRecv, SocketSend, SubSocket, ZmqMessage};
 
 const SIZE: usize = 24 << 20;
+const MIB: usize = 1 << 20;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -34,94 +36,151 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-/// A connected bare PUB/SUB pair; the first message that arrives proves the
-/// subscription reached the publisher (PUB drops what it sends before that).
-async fn bare_pair(addr: &str) -> (PubSocket, SubSocket) {
+/// A bare `zeromq` PUB with `n` SUBs; the first message each SUB gets proves
+/// its subscription reached the publisher (PUB drops what it sends before).
+async fn bare_zeromq(n: usize) -> (PubSocket, Vec<SubSocket>) {
     let mut publ = PubSocket::new();
-    let bound = publ.bind(addr).await.expect("bind");
-    let mut sub = SubSocket::new();
-    sub.connect(&bound.to_string()).await.expect("connect");
-    sub.subscribe("").await.expect("subscribe");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        assert!(Instant::now() < deadline, "bare SUB never got a message");
-        publ.send(ZmqMessage::from(Bytes::from_static(b"hello")))
-            .await
-            .expect("send");
-        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(20), sub.recv()).await {
-            break;
+    let bound = publ.bind("tcp://127.0.0.1:0").await.expect("bind");
+    let mut subs = Vec::new();
+    for _ in 0..n {
+        let mut sub = SubSocket::new();
+        sub.connect(&bound.to_string()).await.expect("connect");
+        sub.subscribe("").await.expect("subscribe");
+        subs.push(sub);
+    }
+    for sub in &mut subs {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "bare SUB never got a message");
+            publ.send(ZmqMessage::from(Bytes::from_static(b"hello")))
+                .await
+                .expect("send");
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(20), sub.recv()).await {
+                break;
+            }
         }
     }
-    // Drain extra hellos.
-    while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(50), sub.recv()).await {}
-    (publ, sub)
+    for sub in &mut subs {
+        while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(50), sub.recv()).await {}
+    }
+    (publ, subs)
 }
 
-/// A connected bare XPUB/XSUB pair, the sockets framewire uses: XPUB sees
-/// the subscription arrive, and its `send` writes into the socket.
-async fn bare_xpair(addr: &str) -> (XPubSocket, XSubSocket) {
-    let mut publ = XPubSocket::new();
-    let bound = publ.bind(addr).await.expect("bind");
-    let mut sub = XSubSocket::new();
-    sub.connect(&bound.to_string()).await.expect("connect");
-    sub.send(ZmqMessage::from(Bytes::from_static(b"\x01")))
+type BareZmtp = (
+    tokio::net::tcp::OwnedWriteHalf,
+    zmtp::Reader<tokio::net::tcp::OwnedReadHalf>,
+);
+
+/// One connection of the backend's ZMTP layer, handshaken (PUB end, SUB end).
+async fn bare_zmtp() -> BareZmtp {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
-        .expect("subscribe");
-    let first = tokio::time::timeout(Duration::from_secs(10), publ.recv())
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let (a, b) = tokio::join!(l.accept(), tokio::net::TcpStream::connect(addr));
+    let (a, b) = (a.expect("accept").0, b.expect("connect"));
+    let _ = (a.set_nodelay(true), b.set_nodelay(true));
+    let (ar, mut aw) = a.into_split();
+    let (br, mut bw) = b.into_split();
+    let (mut ar, mut br) = (zmtp::Reader::new(ar), zmtp::Reader::new(br));
+    let (x, y) = tokio::join!(
+        zmtp::handshake(&mut ar, &mut aw, "PUB", &[]),
+        zmtp::handshake(&mut br, &mut bw, "SUB", &[])
+    );
+    x.expect("handshake");
+    y.expect("handshake");
+    (aw, br)
+}
+
+/// A framewire publisher with `n` subscribers on loopback TCP.
+async fn framewire(
+    n: usize,
+) -> (
+    transport_zmq::ZmqPublisher,
+    Vec<transport_zmq::ZmqSubscriber>,
+) {
+    let ep = Endpoint::parse("zmq+tcp://127.0.0.1:0").expect("endpoint");
+    let mut p = ZmqTransport
+        .publish(&ep, &Default::default())
         .await
-        .expect("the subscription in time")
-        .expect("the subscription");
-    assert_eq!(first.get(0).map(|b| &b[..]), Some(&b"\x01"[..]));
-    (publ, sub)
+        .expect("publish");
+    let mut subs = Vec::new();
+    for _ in 0..n {
+        subs.push(
+            ZmqTransport
+                .subscribe(p.endpoint(), &Default::default())
+                .await
+                .expect("subscribe"),
+        );
+    }
+    p.wait_for_subscribers(n, Duration::from_secs(5))
+        .await
+        .expect("subscribers");
+    (p, subs)
 }
 
 fn bench(c: &mut Criterion) {
     let rt = runtime();
-    let payload = Bytes::from(vec![7u8; SIZE]);
+    for size in [24 * MIB, 32 * MIB] {
+        let payload = Bytes::from(vec![7u8; size]);
+        let mut g = c.benchmark_group(format!("zmq_{}MiB", size / MIB));
+        g.throughput(Throughput::Bytes(size as u64));
+        g.sample_size(10);
+        g.measurement_time(Duration::from_secs(5));
 
-    let mut g = c.benchmark_group("zmq_24MiB");
-    g.throughput(Throughput::Bytes(SIZE as u64));
-    g.sample_size(20);
-    g.measurement_time(Duration::from_secs(8));
+        let (w, mut r) = rt.block_on(bare_zmtp());
+        let mut writer = Some(w);
+        let limits = Limits {
+            max_message: 1 << 30,
+            max_parts: 4,
+            what: "bench",
+            skip_oversized: false,
+        };
+        g.bench_function("bare_zmtp/tcp", |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let t = Instant::now();
+                    // The writer on a task of its own, like framewire's.
+                    let mut w = writer.take().expect("writer");
+                    let p = payload.clone();
+                    let send = tokio::spawn(async move {
+                        for _ in 0..iters {
+                            zmtp::write_message(&mut w, std::slice::from_ref(&p))
+                                .await
+                                .expect("send");
+                        }
+                        w.flush().await.expect("flush");
+                        w
+                    });
+                    for _ in 0..iters {
+                        match r.next(&limits).await.expect("recv") {
+                            Incoming::Message(m) => assert_eq!(m[0].len(), size),
+                            other => panic!("{other:?}"),
+                        }
+                    }
+                    writer = Some(send.await.expect("writer task"));
+                    t.elapsed()
+                })
+            })
+        });
+        drop((writer, r));
 
-    // The copy the crate's encoder makes of every frame it writes.
-    let mut dst = vec![0u8; SIZE];
-    g.bench_function("memcpy (the crate's encoder copy)", |b| {
-        b.iter(|| {
-            dst.copy_from_slice(&payload);
-            std::hint::black_box(&dst);
-        })
-    });
-
-    let ipc = std::env::temp_dir().join(format!("framewire-zmq-bench-{}", std::process::id()));
-    let cases = [
-        (
-            "tcp",
-            "tcp://127.0.0.1:0".to_owned(),
-            "zmq+tcp://127.0.0.1:0".to_owned(),
-        ),
-        (
-            "ipc",
-            format!("ipc://{}-bare.ipc", ipc.display()),
-            format!("zmq+ipc://{}-fw.ipc", ipc.display()),
-        ),
-    ];
-    for (name, bare_url, fw_url) in cases {
-        let (mut bp, mut bs) = rt.block_on(bare_pair(&bare_url));
-        g.bench_function(format!("bare_zeromq_pub_sub/{name}"), |b| {
+        let (mut bp, mut bs) = rt.block_on(bare_zeromq(1));
+        g.bench_function("bare_zeromq/tcp", |b| {
             b.iter_custom(|iters| {
                 rt.block_on(async {
                     let t = Instant::now();
                     let send = async {
                         for _ in 0..iters {
-                            let m = ZmqMessage::from(payload.clone());
-                            bp.send(m).await.expect("send");
+                            bp.send(ZmqMessage::from(payload.clone()))
+                                .await
+                                .expect("send");
                         }
                     };
                     let recv = async {
                         for _ in 0..iters {
-                            let m = bs.recv().await.expect("recv");
-                            assert_eq!(m.get(0).map(|p| p.len()), Some(SIZE));
+                            let m = bs[0].recv().await.expect("recv");
+                            assert_eq!(m.get(0).map(|p| p.len()), Some(size));
                         }
                     };
                     tokio::join!(send, recv);
@@ -131,46 +190,8 @@ fn bench(c: &mut Criterion) {
         });
         drop((bp, bs));
 
-        let (mut xp, mut xs) = rt.block_on(bare_xpair(&bare_url.replace("-bare.", "-xbare.")));
-        g.bench_function(format!("bare_zeromq_xpub_xsub/{name}"), |b| {
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let t = Instant::now();
-                    let send = async {
-                        for _ in 0..iters {
-                            let m = ZmqMessage::from(payload.clone());
-                            xp.send(m).await.expect("send");
-                        }
-                    };
-                    let recv = async {
-                        for _ in 0..iters {
-                            let m = xs.recv().await.expect("recv");
-                            assert_eq!(m.get(0).map(|p| p.len()), Some(SIZE));
-                        }
-                    };
-                    tokio::join!(send, recv);
-                    t.elapsed()
-                })
-            })
-        });
-        drop((xp, xs));
-
-        let (mut publ, mut sub) = rt.block_on(async {
-            let ep = Endpoint::parse(&fw_url).expect("endpoint");
-            let mut p = ZmqTransport
-                .publish(&ep, &Default::default())
-                .await
-                .expect("publish");
-            let s = ZmqTransport
-                .subscribe(p.endpoint(), &Default::default())
-                .await
-                .expect("subscribe");
-            p.wait_for_subscribers(1, Duration::from_secs(5))
-                .await
-                .expect("subscriber");
-            (p, s)
-        });
-        g.bench_function(format!("framewire_zmq/{name}"), |b| {
+        let (mut publ, mut subs) = rt.block_on(framewire(1));
+        g.bench_function("framewire_zmq/tcp", |b| {
             b.iter_custom(|iters| {
                 rt.block_on(async {
                     let t = Instant::now();
@@ -181,8 +202,8 @@ fn bench(c: &mut Criterion) {
                     };
                     let recv = async {
                         for _ in 0..iters {
-                            let f = sub.recv().await.expect("recv");
-                            assert_eq!(f.payload.len(), SIZE);
+                            let f = subs[0].recv().await.expect("recv");
+                            assert_eq!(f.payload.len(), size);
                         }
                     };
                     tokio::join!(send, recv);
@@ -190,10 +211,85 @@ fn bench(c: &mut Criterion) {
                 })
             })
         });
-        drop((publ, sub));
+        drop((publ, subs));
+        g.finish();
+    }
+    fanout(c, &rt);
+    let ipc = std::env::temp_dir().join(format!("framewire-zmq-bench-{}", std::process::id()));
+    latency(c, &rt, &Bytes::from(vec![7u8; SIZE]), &ipc);
+}
+
+/// One publisher, `n` subscribers, 8 MiB frames: framewire and bare `zeromq`.
+fn fanout(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    let size = 8 * MIB;
+    let payload = Bytes::from(vec![7u8; size]);
+    let mut g = c.benchmark_group("zmq_fanout_8MiB");
+    g.throughput(Throughput::Bytes(size as u64));
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(5));
+    for n in [2usize, 4] {
+        let (mut publ, mut subs) = rt.block_on(framewire(n));
+        g.bench_function(format!("framewire_zmq/{n}_subscribers"), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let t = Instant::now();
+                    let send = async {
+                        for _ in 0..iters {
+                            publ.send(Frame::new(payload.clone())).await.expect("send");
+                        }
+                    };
+                    let recv = futures_join(subs.iter_mut().map(|s| async move {
+                        for _ in 0..iters {
+                            let f = s.recv().await.expect("recv");
+                            assert_eq!(f.payload.len(), size);
+                        }
+                    }));
+                    tokio::join!(send, recv);
+                    t.elapsed()
+                })
+            })
+        });
+        drop((publ, subs));
+        let (mut bp, mut bs) = rt.block_on(bare_zeromq(n));
+        g.bench_function(format!("bare_zeromq/{n}_subscribers"), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let t = Instant::now();
+                    let send = async {
+                        for _ in 0..iters {
+                            bp.send(ZmqMessage::from(payload.clone()))
+                                .await
+                                .expect("send");
+                        }
+                    };
+                    let recv = futures_join(bs.iter_mut().map(|s| async move {
+                        for _ in 0..iters {
+                            let m = s.recv().await.expect("recv");
+                            assert_eq!(m.get(0).map(|p| p.len()), Some(size));
+                        }
+                    }));
+                    tokio::join!(send, recv);
+                    t.elapsed()
+                })
+            })
+        });
+        drop((bp, bs));
     }
     g.finish();
-    latency(c, &rt, &payload, &ipc);
+}
+
+/// Runs the futures concurrently to completion.
+async fn futures_join<F: std::future::Future<Output = ()>>(fs: impl Iterator<Item = F>) {
+    let mut set: Vec<_> = fs.map(Box::pin).collect();
+    std::future::poll_fn(|cx| {
+        set.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+        if set.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }
 
 /// Per-frame latency, one frame at a time (send, then receive it whole): plain

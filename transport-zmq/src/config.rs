@@ -107,7 +107,7 @@ impl Config {
             }
             "zmq+ipc" => {
                 let a = e.address();
-                // `*` asks the zeromq crate for a wildcard path, which it does not implement.
+                // `*` (ZeroMQ's wildcard path) is not supported: name the socket file.
                 if a == "*" || !a.starts_with('/') {
                     return Err(Error::InvalidEndpoint {
                         url: e.url().to_owned(),
@@ -242,14 +242,6 @@ impl Config {
             (self.max_payload, "max_payload")
         }
     }
-
-    /// The address in the zeromq crate's syntax.
-    pub fn zmq_address(&self) -> String {
-        match &self.address {
-            Address::Tcp(a) => format!("tcp://{a}"),
-            Address::Ipc(p) => format!("ipc://{}", p.display()),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -266,10 +258,10 @@ mod tests {
             cfg("zmq+tcp://127.0.0.1:0?queue=2&heartbeat=100ms&write_timeout=1s&peer_timeout=2s")
                 .unwrap();
         assert_eq!(c.queue, 2);
-        assert_eq!(c.zmq_address(), "tcp://127.0.0.1:0");
+        assert_eq!(c.address, Address::Tcp("127.0.0.1:0".into()));
         assert_eq!(
-            cfg("zmq+ipc:///tmp/x.ipc").unwrap().zmq_address(),
-            "ipc:///tmp/x.ipc"
+            cfg("zmq+ipc:///tmp/x.ipc").unwrap().address,
+            Address::Ipc("/tmp/x.ipc".into())
         );
         for bad in [
             "zmq+tcp://127.0.0.1",

@@ -2,10 +2,12 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+mod conn;
 mod lag_queue;
 mod publisher;
 mod subscriber;
 pub mod wire;
+pub mod zmtp;
 
 use async_trait::async_trait;
 use transport_core::{

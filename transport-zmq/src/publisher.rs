@@ -1,12 +1,13 @@
-//! The publisher: an XPUB socket owned by one driver task, and one bounded
-//! queue per subscriber in front of it.
+//! The publisher: one driver task, one bounded queue per subscriber, and a
+//! writer task per connection ([`crate::conn`]).
 //!
-//! `send` never touches the socket: it applies the policy to the queues of
-//! the subscribers whose prefix matches, and wakes the driver. The driver is
-//! the only task that uses the socket: it reads subscriptions and status
-//! reports, writes queued frames round-robin (each write is awaited until the
-//! bytes are in the kernel, so the crate holds no queue of its own), sends
-//! welcomes, heartbeats and goodbyes, and cuts off peers that stall.
+//! `send` never touches a socket: it applies the policy to the queues of
+//! the subscribers whose prefixes match, and wakes the driver. The driver
+//! handles what connections report (handshakes, subscriptions, status
+//! reports, finished writes), hands each subscriber's writer its next frame
+//! as soon as its previous write is done (so a stalled subscriber delays
+//! nobody else), sends welcomes, heartbeats and goodbyes, and cuts off peers
+//! that stall.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,18 +17,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use futures_util::{FutureExt, StreamExt};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use transport_core::{
     Endpoint, Error, Frame, Loan, Policy, Publisher, Result, StatCounters, Stats, wait_until,
 };
-use zeromq::{Socket, SocketEvent, SocketRecv, SocketSend, XPubSocket, ZmqMessage};
 
 #[cfg(feature = "shm")]
 use transport_shm_pool::shared::{AttachServer, SharedPool, SlotRef, SlotWriter};
 
 use crate::config::{Address, Config};
+use crate::conn::{self, Event, Listener, Peer, PeerKind};
 use crate::lag_queue::LagQueue;
 use crate::wire::{self, Control, SubscriberId, Welcome};
 
@@ -98,7 +98,12 @@ struct Zombie {
 #[derive(Debug)]
 struct Sub {
     id: SubscriberId,
-    prefix: String,
+    /// A framewire subscriber (false: a plain ZeroMQ SUB, which gets data
+    /// frames only: no welcome, heartbeat, lag report or goodbye, and is
+    /// never expected to report status).
+    framewire: bool,
+    /// Topic prefixes it subscribed to (a framewire subscriber has one).
+    prefixes: Vec<String>,
     queue: LagQueue<Arc<Msg>>,
     /// The driver is writing to this subscriber now.
     writing: bool,
@@ -118,6 +123,13 @@ struct Sub {
     shm: SubShm,
     /// When it joined.
     joined: Instant,
+}
+
+impl Sub {
+    /// True when `topic` goes to this subscriber.
+    fn wants(&self, topic: &str) -> bool {
+        self.prefixes.iter().any(|p| matches(p, topic))
+    }
 }
 
 #[derive(Debug)]
@@ -260,15 +272,8 @@ pub(crate) async fn bind(
     policy: Policy,
     trace_name: Option<String>,
 ) -> Result<ZmqPublisher> {
-    let mut xpub = XPubSocket::new();
-    // Before binding, so that no accepted peer is missed.
-    let monitor = xpub.monitor().boxed();
-    let backend = |e: zeromq::ZmqError| Error::Backend {
-        backend: "zmq",
-        source: Box::new(e),
-    };
     let mut socket_file = None;
-    let reported = match &cfg.address {
+    let (listener, reported) = match &cfg.address {
         Address::Tcp(addr) => {
             let l = tokio::net::TcpListener::bind(addr.as_str())
                 .await
@@ -276,10 +281,6 @@ pub(crate) async fn bind(
             let local = l
                 .local_addr()
                 .map_err(|e| Error::io("reading the bound address", e))?;
-            let std = l
-                .into_std()
-                .map_err(|e| Error::io("handing the listener to zeromq", e))?;
-            xpub.bind_listener(std).await.map_err(backend)?;
             // The port the OS picked for `:0`, with the same parameters.
             let mut url = format!("zmq+tcp://{local}");
             let query: Vec<String> = endpoint.params().map(|(k, v)| format!("{k}={v}")).collect();
@@ -287,16 +288,22 @@ pub(crate) async fn bind(
                 url.push('?');
                 url.push_str(&query.join("&"));
             }
-            Endpoint::parse(&url)?
+            (Listener::Tcp(l), Endpoint::parse(&url)?)
         }
         Address::Ipc(path) => {
             let (l, file) = bind_unix(path)?;
-            if let Err(e) = xpub.bind_listener(l).await {
-                file.remove();
-                return Err(backend(e));
-            }
+            let l = l
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::UnixListener::from_std(l));
+            let l = match l {
+                Ok(l) => l,
+                Err(e) => {
+                    file.remove();
+                    return Err(Error::io("registering the socket with tokio", e));
+                }
+            };
             socket_file = Some(file);
-            endpoint.clone()
+            (Listener::Unix(l), endpoint.clone())
         }
     };
     #[cfg(feature = "shm")]
@@ -318,6 +325,15 @@ pub(crate) async fn bind(
     };
     #[cfg(not(feature = "shm"))]
     let (attach, announce) = (None, None);
+    let instance = wire::random_u64();
+    let (events_tx, events) = mpsc::channel(conn::EVENT_QUEUE);
+    let ctx = conn::Ctx {
+        instance,
+        handshake_timeout: cfg.handshake_timeout,
+        write_timeout: cfg.write_timeout,
+        events: events_tx,
+    };
+    let acceptor = tokio::spawn(conn::accept_loop(listener, ctx));
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             subs: Vec::new(),
@@ -333,17 +349,16 @@ pub(crate) async fn bind(
         changed: Notify::new(),
         cfg,
         policy,
-        instance: u64::from_le_bytes(random_bytes()),
+        instance,
         #[cfg(feature = "shm")]
         pool,
         announce,
     });
     let driver = Driver {
-        xpub,
-        monitor,
+        events,
+        acceptor: acceptor.abort_handle(),
         shared: shared.clone(),
-        pending_peers: HashMap::new(),
-        refusals: Vec::new(),
+        peers: HashMap::new(),
         attach,
     };
     let driver = tokio::spawn(driver.run());
@@ -354,13 +369,6 @@ pub(crate) async fn bind(
         socket_file,
         driver: Some(driver),
     })
-}
-
-fn random_bytes() -> [u8; 8] {
-    let id = SubscriberId::random();
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&id.0[..8]);
-    b
 }
 
 /// A Unix socket file this publisher created, removed when it is dropped
@@ -387,11 +395,9 @@ impl SocketFile {
 /// Binds a Unix socket at `path`, sweeping a socket file left by a crashed
 /// publisher, refusing one a live publisher serves, and making it owner-only.
 ///
-/// The socket is bound under a temporary name and renamed into place: the
-/// zeromq crate unlinks the name it was bound with when its accept task
-/// stops, at an unpredictable later time, which could delete the socket of a
-/// publisher started at the same path meanwhile. We remove `path` ourselves,
-/// synchronously, when the publisher is dropped.
+/// The socket is bound under a temporary name, made owner-only and renamed
+/// into place, so that it is never reachable with wider permissions. We
+/// remove `path` ourselves, synchronously, when the publisher is dropped.
 fn bind_unix(path: &Path) -> Result<(std::os::unix::net::UnixListener, SocketFile)> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
     use std::os::unix::net::{UnixListener, UnixStream};
@@ -421,7 +427,7 @@ fn bind_unix(path: &Path) -> Result<(std::os::unix::net::UnixListener, SocketFil
     tmp.push(format!(
         ".{}.{:x}.tmp",
         std::process::id(),
-        u64::from_le_bytes(random_bytes())
+        wire::random_u64()
     ));
     let tmp = PathBuf::from(tmp);
     let listener = UnixListener::bind(&tmp).map_err(|e| io("binding next to", e))?;
@@ -470,7 +476,7 @@ impl ZmqPublisher {
         if let Some(s) = st
             .subs
             .iter()
-            .find(|s| matches(&s.prefix, topic) && s.queue.len() >= depth)
+            .find(|s| s.wants(topic) && s.queue.len() >= depth)
         {
             return Err(Error::Full {
                 option: "queue",
@@ -563,7 +569,7 @@ impl ZmqPublisher {
             if let Some(why) = &st.driver_gone {
                 return Err(Self::gone(why));
             }
-            if !st.subs.iter().any(|s| matches(&s.prefix, &frame.topic)) {
+            if !st.subs.iter().any(|s| s.wants(&frame.topic)) {
                 let seq = st.next_seq;
                 frame.stamp_for_send(seq, self.trace_name.as_deref())?;
                 st.next_seq = seq + 1;
@@ -598,7 +604,7 @@ impl ZmqPublisher {
             }
             let t = frame.topic.as_str();
             let mut holders = 1u64 << PUB_HOLDER;
-            for s in st.subs.iter_mut().filter(|s| matches(&s.prefix, t)) {
+            for s in st.subs.iter_mut().filter(|s| s.wants(t)) {
                 if s.queue.len() >= depth {
                     self.shared.drop_oldest(s);
                 }
@@ -638,7 +644,7 @@ impl ZmqPublisher {
                     generation: r.generation,
                 }),
             });
-            for s in st.subs.iter_mut().filter(|s| matches(&s.prefix, t)) {
+            for s in st.subs.iter_mut().filter(|s| s.wants(t)) {
                 s.queue.push(msg.clone());
                 stats.queued.fetch_add(1, Ordering::Relaxed);
             }
@@ -665,7 +671,7 @@ impl ZmqPublisher {
                 if st
                     .subs
                     .iter()
-                    .filter(|s| matches(&s.prefix, topic))
+                    .filter(|s| s.wants(topic))
                     .all(|s| s.queue.len() < depth)
                 {
                     return Ok(());
@@ -714,7 +720,7 @@ impl Publisher for ZmqPublisher {
             if let Some(why) = &st.driver_gone {
                 return Err(Self::gone(why));
             }
-            for s in st.subs.iter_mut().filter(|s| matches(&s.prefix, topic)) {
+            for s in st.subs.iter_mut().filter(|s| s.wants(topic)) {
                 if s.queue.len() >= depth {
                     // Only drop-oldest gets here: block waited, fail returned.
                     self.shared.drop_oldest(s);
@@ -777,11 +783,14 @@ impl Publisher for ZmqPublisher {
                 if let Some(why) = &st.driver_gone {
                     return Err(Self::gone(why));
                 }
-                // Under drop-oldest subscribers never stop reading (they drop
-                // locally), so also wait for their receipt: their drop counts
-                // are then final in `stats`.
+                // Under drop-oldest framewire subscribers never stop reading
+                // (they drop locally), so also wait for their receipt: their
+                // drop counts are then final in `stats`. A plain ZeroMQ
+                // subscriber never reports: written is all we know.
                 if st.subs.iter().all(|s| {
-                    s.queue.is_empty() && !s.writing && (!acked || s.received >= s.written)
+                    s.queue.is_empty()
+                        && !s.writing
+                        && (!acked || !s.framewire || s.received >= s.written)
                 }) {
                     return Ok(());
                 }
@@ -870,21 +879,11 @@ impl Drop for ZmqPublisher {
     }
 }
 
-/// What woke the driver.
-enum Woke {
-    Upstream(zeromq::ZmqResult<ZmqMessage>),
-    Event(Option<SocketEvent>),
-    /// `shm=pool`: a reader's attach connection closed.
-    Closed(u32),
-    Other,
-}
-
 /// One write the driver has to do.
 enum Job {
-    Control(SubscriberId, Bytes, Control),
+    Control(SubscriberId, Control),
     Data {
         id: SubscriberId,
-        route_lag: Option<Bytes>,
         lag: u64,
         msg: Arc<Msg>,
         /// Send the slot reference, not the payload.
@@ -892,16 +891,35 @@ enum Job {
     },
 }
 
+/// A connection the driver knows.
+#[derive(Debug)]
+struct Conn {
+    peer: Peer,
+    kind: PeerKind,
+    /// Its subscriber id (framewire: its own; plain: one we picked).
+    id: SubscriberId,
+    /// When its handshake finished.
+    since: Instant,
+    /// It has subscribed (it is, or was, a subscriber).
+    subscribed: bool,
+}
+
 struct Driver {
-    xpub: XPubSocket,
-    monitor: futures_util::stream::BoxStream<'static, SocketEvent>,
+    events: mpsc::Receiver<Event>,
+    /// Stopped with the driver.
+    acceptor: tokio::task::AbortHandle,
     shared: Arc<Shared>,
-    /// Connections accepted that have not subscribed yet, by identity.
-    pending_peers: HashMap<Vec<u8>, Instant>,
-    /// Refusals to write (to subscribers that are not registered).
-    refusals: Vec<(SubscriberId, Bytes, Control)>,
+    /// Connections that finished their handshake, by number.
+    peers: HashMap<u64, Conn>,
     /// `shm=pool`: serves the pool's segment to subscribers on this host.
     attach: Option<Server>,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // No new connections; every connection closes with `peers`.
+        self.acceptor.abort();
+    }
 }
 
 #[cfg(feature = "shm")]
@@ -937,6 +955,14 @@ impl Drop for GoneGuard {
     }
 }
 
+/// What woke the driver.
+enum Woke {
+    Event(Option<Event>),
+    /// `shm=pool`: a reader's attach connection closed.
+    Closed(u32),
+    Other,
+}
+
 impl Driver {
     async fn run(mut self) {
         let _guard = GoneGuard(self.shared.clone());
@@ -950,27 +976,25 @@ impl Driver {
             tokio::pin!(wake);
             wake.as_mut().enable();
 
-            self.drain_upstream();
+            self.drain_events();
             self.timers();
-            if let Some(job) = self.next_job() {
-                self.write(job).await;
-                continue;
+            while let Some(job) = self.next_job() {
+                self.write(job);
             }
             if self.ready_to_close() {
                 break;
             }
             let woke = tokio::select! {
                 biased;
-                r = self.xpub.recv() => Woke::Upstream(r),
-                ev = self.monitor.next() => Woke::Event(ev),
+                ev = self.events.recv() => Woke::Event(ev),
                 c = Self::next_closed(self.attach.as_mut()) => Woke::Closed(c),
                 _ = &mut wake => Woke::Other,
                 _ = tick.tick() => Woke::Other,
             };
             match woke {
-                Woke::Upstream(r) => self.upstream(r),
                 Woke::Event(Some(ev)) => self.event(ev),
                 Woke::Closed(c) => self.conn_closed(c),
+                // The acceptor holds a sender until the driver stops it.
                 Woke::Event(None) | Woke::Other => {}
             }
         }
@@ -1077,146 +1101,177 @@ impl Driver {
         self.shared.changed.notify_waiters();
     }
 
-    /// Handles what the socket already holds, without waiting.
-    fn drain_upstream(&mut self) {
+    /// Handles what connections already reported, without waiting.
+    fn drain_events(&mut self) {
         for _ in 0..UPSTREAM_BATCH {
-            match self.xpub.recv().now_or_never() {
-                Some(r) => self.upstream(r),
-                None => break,
-            }
-        }
-        while let Some(Some(ev)) = self.monitor.next().now_or_never() {
-            self.event(ev);
-        }
-    }
-
-    fn event(&mut self, ev: SocketEvent) {
-        if let SocketEvent::Accepted(_, peer) = ev {
-            let key = peer.to_vec();
-            let known = self
-                .shared
-                .lock()
-                .subs
-                .iter()
-                .any(|s| s.id.0[..] == key[..]);
-            if !known {
-                self.pending_peers.insert(key, Instant::now());
+            match self.events.try_recv() {
+                Ok(ev) => self.event(ev),
+                Err(_) => break,
             }
         }
     }
 
-    fn upstream(&mut self, r: zeromq::ZmqResult<ZmqMessage>) {
-        let msg = match r {
-            Ok(m) => m,
-            Err(e) => {
-                // The crate drops that peer's connection itself.
-                tracing::debug!(error = %e, "a subscriber's connection failed");
-                return;
-            }
+    fn event(&mut self, ev: Event) {
+        match ev {
+            Event::Joined { conn, kind, peer } => self.joined(conn, kind, peer),
+            Event::Subscription { conn, sub } => self.subscription(conn, sub),
+            Event::Upstream { conn, msg } => self.upstream(conn, &msg),
+            Event::Written { conn, data, result } => self.written(conn, data, result),
+            Event::Closed { conn, why } => self.closed(conn, &why),
+        }
+    }
+
+    fn joined(&mut self, conn: u64, kind: PeerKind, peer: Peer) {
+        let id = match kind {
+            PeerKind::Framewire(id) => id,
+            PeerKind::Foreign(_) | PeerKind::Plain => SubscriberId::random(),
         };
-        let parts = msg.into_vec();
-        let [part] = parts.as_slice() else {
-            tracing::debug!(
-                parts = parts.len(),
-                "ignoring a multipart message from a subscriber"
-            );
-            return;
-        };
-        match part.first() {
-            Some(0 | 1) => match wire::parse_subscription(part) {
-                Ok(s) if s.subscribe => self.subscribe(s),
-                Ok(s) => self.remove(&s.id, "unsubscribed", false),
-                Err(e) => tracing::debug!(error = %e, "ignoring a subscription"),
-            },
-            _ => match wire::decode_upstream_any(part) {
-                Ok(wire::Upstream::Status(status)) => self.status(status),
-                Ok(wire::Upstream::Release { id, slots }) => self.release(id, slots),
-                Ok(wire::Upstream::Shm { id, conn, reason }) => self.shm_report(id, conn, reason),
-                Err(e) => tracing::debug!(error = %e, "ignoring a message from a subscriber"),
-            },
-        }
-    }
-
-    fn subscribe(&mut self, s: wire::Subscription) {
-        self.pending_peers.remove(&s.id.0[..]);
-        let mut st = self.shared.lock();
-        let refuse = if s.version != wire::VERSION {
-            Some(format!(
-                "protocol version {} is not supported; run the same framewire version on both sides",
-                s.version
-            ))
-        } else if st.closing {
-            Some("the publisher is closing".to_owned())
-        } else {
-            None
+        let refuse = match kind {
+            PeerKind::Foreign(v) => Some(format!(
+                "protocol version {v} is not supported (this publisher speaks {}); run the same \
+                 framewire version on both sides",
+                wire::VERSION
+            )),
+            _ if self.peers.values().any(|c| c.id == id) => {
+                Some("another connection uses the same subscriber id".to_owned())
+            }
+            _ if self.shared.lock().closing => Some("the publisher is closing".to_owned()),
+            _ => None,
         };
         if let Some(reason) = refuse {
-            drop(st);
-            tracing::info!(subscriber = %s.id, %reason, "refusing a subscriber");
-            // Routed with the subscriber's own version byte, so that its
-            // subscription matches.
-            let mut route = wire::route(&s.id, s.prefix.as_bytes()).to_vec();
-            route[3] = s.version;
-            let c = Control::Refuse {
-                version: wire::VERSION,
-                reason,
+            tracing::info!(conn, %reason, "refusing a subscriber");
+            if kind != PeerKind::Plain {
+                let c = Control::Refuse {
+                    version: wire::VERSION,
+                    reason,
+                };
+                peer.write(conn::Write {
+                    msgs: vec![vec![wire::encode_control(&c)]],
+                    data: false,
+                });
+            }
+            // Written, then the connection is shut down (the writer task
+            // ends by itself).
+            peer.detach();
+            return;
+        }
+        self.peers.insert(
+            conn,
+            Conn {
+                peer,
+                kind,
+                id,
+                since: Instant::now(),
+                subscribed: false,
+            },
+        );
+    }
+
+    fn subscription(&mut self, conn: u64, s: wire::Subscription) {
+        let Some(c) = self.peers.get_mut(&conn) else {
+            return;
+        };
+        let (id, framewire) = (c.id, matches!(c.kind, PeerKind::Framewire(_)));
+        if !s.subscribe {
+            let mut st = self.shared.lock();
+            let Some(sub) = st.subs.iter_mut().find(|x| x.id == id) else {
+                return;
             };
-            self.refusals.push((s.id, Bytes::from(route), c));
+            if let Some(i) = sub.prefixes.iter().position(|p| *p == s.prefix) {
+                sub.prefixes.remove(i);
+            }
+            // A framewire subscriber's cancel is its goodbye; a plain one
+            // leaves when it has no subscription left.
+            let gone = framewire || sub.prefixes.is_empty();
+            drop(st);
+            if gone {
+                self.remove(&id, "unsubscribed", false);
+            }
+            return;
+        }
+        c.subscribed = true;
+        let mut st = self.shared.lock();
+        if let Some(sub) = st.subs.iter_mut().find(|x| x.id == id) {
+            if !framewire && !sub.prefixes.contains(&s.prefix) {
+                sub.prefixes.push(s.prefix);
+            }
+            // A framewire subscriber subscribes once; a second one is ignored.
+            return;
+        }
+        if st.closing {
             return;
         }
         let now = Instant::now();
-        let stats = &self.shared.stats;
         let st_next = st.next_seq;
-        if let Some(old) = st.subs.iter_mut().find(|x| x.id == s.id) {
-            // The same subscriber again: its connection broke and the crate
-            // reconnected. Start it afresh; it will see a second welcome and
-            // report the interruption.
-            self.shared.clear_queue(old);
-            old.prefix = s.prefix;
-            old.needs_welcome = true;
-            old.start_seq = st_next;
-            old.written = 0;
-            old.received = 0;
-            old.reported_dropped = 0;
-            old.last_heard = now;
-        } else {
-            let shm = if self.shared.announce.is_some() {
-                // Holder numbers 0 to 62 (63 is the publisher's own).
-                match (0..63u32).find(|h| st.holders_used & (1 << h) == 0) {
-                    Some(holder) => {
-                        st.holders_used |= 1 << holder;
-                        SubShm::Pending { holder }
-                    }
-                    None => {
-                        tracing::info!(subscriber = %s.id, "63 subscribers hold slots already; this one receives payloads inline");
-                        SubShm::Inline
-                    }
+        let shm = if self.shared.announce.is_some() && framewire {
+            // Holder numbers 0 to 62 (63 is the publisher's own).
+            match (0..63u32).find(|h| st.holders_used & (1 << h) == 0) {
+                Some(holder) => {
+                    st.holders_used |= 1 << holder;
+                    SubShm::Pending { holder }
                 }
-            } else {
-                SubShm::Inline
-            };
-            st.subs.push(Sub {
-                id: s.id,
-                prefix: s.prefix,
-                queue: LagQueue::new(),
-                writing: false,
-                needs_welcome: true,
-                start_seq: st_next,
-                written: 0,
-                received: 0,
-                reported_dropped: 0,
-                last_heard: now,
-                last_sent: now,
-                shm,
-                joined: now,
-            });
-            stats
-                .subscribers
-                .store(st.subs.len() as u64, Ordering::Relaxed);
-        }
+                None => {
+                    tracing::info!(subscriber = %id, "63 subscribers hold slots already; this one receives payloads inline");
+                    SubShm::Inline
+                }
+            }
+        } else {
+            SubShm::Inline
+        };
+        st.subs.push(Sub {
+            id,
+            framewire,
+            prefixes: vec![s.prefix],
+            queue: LagQueue::new(),
+            writing: false,
+            needs_welcome: framewire,
+            start_seq: st_next,
+            written: 0,
+            received: 0,
+            reported_dropped: 0,
+            last_heard: now,
+            last_sent: now,
+            shm,
+            joined: now,
+        });
+        self.shared
+            .stats
+            .subscribers
+            .store(st.subs.len() as u64, Ordering::Relaxed);
         drop(st);
-        tracing::debug!(subscriber = %s.id, "subscriber joined");
+        tracing::debug!(subscriber = %id, framewire, "subscriber joined");
         self.shared.changed.notify_waiters();
+    }
+
+    fn upstream(&mut self, conn: u64, part: &[u8]) {
+        let Some(c) = self.peers.get(&conn) else {
+            return;
+        };
+        if !matches!(c.kind, PeerKind::Framewire(_)) {
+            tracing::debug!(conn, "ignoring a message from a plain subscriber");
+            return;
+        }
+        let own = c.id;
+        let u = match wire::decode_upstream_any(part) {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "ignoring a message from a subscriber");
+                return;
+            }
+        };
+        let claimed = match &u {
+            wire::Upstream::Status(s) => s.id,
+            wire::Upstream::Release { id, .. } | wire::Upstream::Shm { id, .. } => *id,
+        };
+        if claimed != own {
+            tracing::debug!(conn, "ignoring a report that names another subscriber");
+            return;
+        }
+        match u {
+            wire::Upstream::Status(status) => self.status(status),
+            wire::Upstream::Release { id, slots } => self.release(id, slots),
+            wire::Upstream::Shm { id, conn, reason } => self.shm_report(id, conn, reason),
+        }
     }
 
     fn status(&mut self, status: wire::Status) {
@@ -1238,8 +1293,53 @@ impl Driver {
         self.shared.changed.notify_waiters();
     }
 
+    /// A write finished.
+    fn written(&mut self, conn: u64, data: bool, result: Result<(), String>) {
+        let Some(c) = self.peers.get(&conn) else {
+            return;
+        };
+        let id = c.id;
+        let failed = {
+            let mut st = self.shared.lock();
+            match st.subs.iter_mut().find(|s| s.id == id) {
+                Some(s) => {
+                    s.writing = false;
+                    s.last_sent = Instant::now();
+                    if result.is_ok() && data {
+                        s.written += 1;
+                    }
+                    result.err()
+                }
+                None => None,
+            }
+        };
+        if let Some(why) = failed {
+            self.remove(&id, &why, true);
+        }
+        self.shared.changed.notify_waiters();
+    }
+
+    /// A connection closed: its subscriber (if any) is gone.
+    fn closed(&mut self, conn: u64, why: &str) {
+        let Some(c) = self.peers.get(&conn) else {
+            return;
+        };
+        let id = c.id;
+        self.remove(&id, why, false);
+        self.peers.remove(&conn);
+    }
+
     /// Removes a subscriber; `kick` also closes its connection.
     fn remove(&mut self, id: &SubscriberId, why: &str, kick: bool) {
+        let conn = self
+            .peers
+            .iter()
+            .find(|(_, c)| c.id == *id)
+            .map(|(&n, _)| n);
+        if kick && let Some(n) = conn {
+            // Closes the connection (its reader and writer stop).
+            self.peers.remove(&n);
+        }
         let mut st = self.shared.lock();
         let Some(i) = st.subs.iter().position(|s| s.id == *id) else {
             return;
@@ -1257,7 +1357,6 @@ impl Driver {
         drop(st);
         if kick {
             tracing::warn!(subscriber = %id, why, "cutting off a subscriber");
-            self.xpub.backend().peer_disconnected(&id.peer_identity());
         } else {
             tracing::debug!(subscriber = %id, why, "subscriber left");
         }
@@ -1268,12 +1367,16 @@ impl Driver {
         let now = Instant::now();
         let shared = self.shared.clone();
         let cfg = &shared.cfg;
+        // Only framewire subscribers report status; a plain one is judged by
+        // its connection (closed, or a write that takes over write_timeout).
         let silent: Vec<SubscriberId> = self
             .shared
             .lock()
             .subs
             .iter()
-            .filter(|s| !s.writing && now.duration_since(s.last_heard) > cfg.peer_timeout)
+            .filter(|s| {
+                s.framewire && !s.writing && now.duration_since(s.last_heard) > cfg.peer_timeout
+            })
             .map(|s| s.id)
             .collect();
         for id in silent {
@@ -1300,27 +1403,21 @@ impl Driver {
             );
         }
         let handshake = cfg.handshake_timeout;
-        let backend = self.xpub.backend();
-        self.pending_peers.retain(|peer, since| {
-            if now.duration_since(*since) <= handshake {
+        self.peers.retain(|conn, c| {
+            if c.subscribed || now.duration_since(c.since) <= handshake {
                 return true;
             }
-            // Connected but never subscribed as a framewire subscriber.
-            if let Ok(p) = zeromq::util::PeerIdentity::try_from(peer.clone()) {
-                tracing::info!(
-                    "closing a connection that did not subscribe within handshake_timeout"
-                );
-                backend.peer_disconnected(&p);
-            }
+            tracing::info!(
+                conn,
+                "closing a connection that did not subscribe within handshake_timeout"
+            );
             false
         });
     }
 
-    /// The next write, round-robin over subscribers; marks it as writing.
+    /// The next write, round-robin over subscribers that are not being
+    /// written to; marks it as writing.
     fn next_job(&mut self) -> Option<Job> {
-        if let Some((id, route, c)) = self.refusals.pop() {
-            return Some(Job::Control(id, route, c));
-        }
         let now = Instant::now();
         let heartbeat = self.shared.cfg.heartbeat;
         let mut st = self.shared.lock();
@@ -1342,11 +1439,7 @@ impl Driver {
                     peer_timeout_ms: millis(self.shared.cfg.peer_timeout),
                     write_timeout_ms: millis(self.shared.cfg.write_timeout),
                 };
-                Job::Control(
-                    s.id,
-                    wire::route(&s.id, s.prefix.as_bytes()),
-                    Control::Welcome(w),
-                )
+                Job::Control(s.id, Control::Welcome(w))
             } else if let Some((lag, msg)) = (!matches!(s.shm, SubShm::Pending { .. }))
                 .then(|| s.queue.pop())
                 .flatten()
@@ -1354,17 +1447,13 @@ impl Driver {
                 self.shared.stats.queued.fetch_sub(1, Ordering::Relaxed);
                 Job::Data {
                     id: s.id,
-                    route_lag: (lag > 0).then(|| wire::route(&s.id, s.prefix.as_bytes())),
-                    lag,
+                    // A plain subscriber sees the gap in the sequence numbers only.
+                    lag: if s.framewire { lag } else { 0 },
                     by_ref: msg.shared.is_some() && matches!(s.shm, SubShm::Refs { .. }),
                     msg,
                 }
-            } else if now.duration_since(s.last_sent) >= heartbeat {
-                Job::Control(
-                    s.id,
-                    wire::route(&s.id, s.prefix.as_bytes()),
-                    Control::Heartbeat,
-                )
+            } else if s.framewire && now.duration_since(s.last_sent) >= heartbeat {
+                Job::Control(s.id, Control::Heartbeat)
             } else {
                 continue;
             };
@@ -1378,98 +1467,48 @@ impl Driver {
         None
     }
 
-    /// Writes one job, awaiting the bytes into the kernel, at most `write_timeout`.
-    async fn write(&mut self, job: Job) {
-        let timeout = self.shared.cfg.write_timeout;
-        let (id, data) = match job {
-            Job::Control(id, route, c) => {
-                let mut r = Ok(());
+    /// Hands one job to its subscriber's writer; the result comes back as
+    /// [`Event::Written`].
+    fn write(&mut self, job: Job) {
+        let (id, msgs, data) = match job {
+            Job::Control(id, c) => {
+                let mut msgs = Vec::with_capacity(2);
                 if let (Control::Welcome(_), Some(shm)) = (&c, &self.shared.announce) {
                     // Just before the welcome: how to attach the pool.
-                    let ann = wire::encode_control(shm);
-                    r = self.send(vec![route.clone(), ann], timeout).await;
+                    msgs.push(vec![wire::encode_control(shm)]);
                 }
-                if r.is_ok() {
-                    r = self
-                        .send(vec![route, wire::encode_control(&c)], timeout)
-                        .await;
-                }
-                (id, r.map(|()| false))
+                msgs.push(vec![wire::encode_control(&c)]);
+                (id, msgs, false)
             }
             Job::Data {
                 id,
-                route_lag,
                 lag,
                 msg,
                 by_ref,
             } => {
-                let mut r = Ok(());
-                if let Some(route) = route_lag {
-                    r = self
-                        .send(
-                            vec![route, wire::encode_control(&Control::Lag(lag))],
-                            timeout,
-                        )
-                        .await;
+                let mut msgs = Vec::with_capacity(2);
+                if lag > 0 {
+                    msgs.push(vec![wire::encode_control(&Control::Lag(lag))]);
                 }
-                if r.is_ok() {
-                    let route = wire::route(&id, &msg.topic);
-                    let parts = match (&msg.shared, by_ref) {
-                        (Some(p), true) => vec![
-                            route,
-                            msg.envelope.clone(),
-                            Bytes::from_static(&wire::SHM_TAG),
-                            p.reference.clone(),
-                        ],
-                        _ => vec![route, msg.envelope.clone(), msg.payload.clone()],
-                    };
-                    r = self.send(parts, timeout).await;
-                }
-                (id, r.map(|()| true))
+                msgs.push(match (&msg.shared, by_ref) {
+                    (Some(p), true) => vec![
+                        msg.topic.clone(),
+                        msg.envelope.clone(),
+                        Bytes::from_static(&wire::SHM_TAG),
+                        p.reference.clone(),
+                    ],
+                    _ => vec![msg.topic.clone(), msg.envelope.clone(), msg.payload.clone()],
+                });
+                (id, msgs, true)
             }
         };
-        let failed = {
-            let mut st = self.shared.lock();
-            match st.subs.iter_mut().find(|s| s.id == id) {
-                Some(s) => {
-                    s.writing = false;
-                    s.last_sent = Instant::now();
-                    if let Ok(true) = data {
-                        s.written += 1;
-                    }
-                    data.err()
-                }
-                None => None,
-            }
-        };
-        if let Some(why) = failed {
-            // One XPUB send writes to every connection whose subscription
-            // matches, so a stranger that subscribed to everything and stopped
-            // reading can be the one that stalled: cut those off too.
-            self.kick_strangers();
-            self.remove(&id, &why, true);
-        }
-        self.shared.changed.notify_waiters();
-    }
-
-    /// Closes every connection that has not subscribed as a framewire subscriber.
-    fn kick_strangers(&mut self) {
-        let backend = self.xpub.backend();
-        for (peer, _) in self.pending_peers.drain() {
-            if let Ok(p) = zeromq::util::PeerIdentity::try_from(peer) {
-                backend.peer_disconnected(&p);
-            }
-        }
-    }
-
-    async fn send(&mut self, parts: Vec<Bytes>, timeout: Duration) -> Result<(), String> {
-        let msg = ZmqMessage::try_from(parts).map_err(|e| e.to_string())?;
-        match tokio::time::timeout(timeout, self.xpub.send(msg)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("write failed: {e}")),
-            Err(_) => Err(format!(
-                "one message took longer than write_timeout ({timeout:?}) to write"
-            )),
+        let sent = self
+            .peers
+            .values()
+            .find(|c| c.id == id)
+            .is_some_and(|c| c.peer.write(conn::Write { msgs, data }));
+        if !sent {
+            self.remove(&id, "its connection is gone", true);
         }
     }
 
@@ -1478,36 +1517,45 @@ impl Driver {
         st.closing && st.subs.iter().all(|s| s.queue.is_empty() && !s.writing)
     }
 
-    /// Says goodbye to every subscriber after its last frame, then waits a
-    /// little for them to cancel their subscriptions so that the connections
-    /// close with nothing unread.
+    /// Says goodbye to every framewire subscriber after its last frame and
+    /// ends every plain subscriber's stream, then waits a little for them to
+    /// leave so that the connections close with nothing unread.
     async fn goodbye(&mut self) {
-        let ids: Vec<(SubscriberId, Bytes)> = self
+        let subs: Vec<(SubscriberId, bool)> = self
             .shared
             .lock()
             .subs
             .iter()
-            .map(|s| (s.id, wire::route(&s.id, s.prefix.as_bytes())))
+            .map(|s| (s.id, s.framewire))
             .collect();
         let bye = wire::encode_control(&Control::Goodbye);
-        let timeout = self.shared.cfg.write_timeout;
-        for (id, route) in ids {
-            if let Err(why) = self.send(vec![route, bye.clone()], timeout).await {
-                self.remove(&id, &why, true);
+        for (id, framewire) in subs {
+            let Some(c) = self.peers.values_mut().find(|c| c.id == id) else {
+                continue;
+            };
+            if framewire {
+                c.peer.write(conn::Write {
+                    msgs: vec![vec![bye.clone()]],
+                    data: false,
+                });
             }
+            // Then the end of the stream (a plain SUB closes on it).
+            c.peer.finish();
         }
         // A subscriber whose reader is paused (its application is slow) reads
         // the goodbye later; closing before it has would reset the connection
         // and lose what the kernel still holds for it.
         let deadline = Instant::now() + self.shared.cfg.peer_timeout;
         while !self.shared.lock().subs.is_empty() {
-            let r = tokio::select! {
-                r = self.xpub.recv() => r,
+            let ev = tokio::select! {
+                ev = self.events.recv() => ev,
                 _ = tokio::time::sleep_until(deadline) => break,
             };
-            self.upstream(r);
+            match ev {
+                Some(ev) => self.event(ev),
+                None => break,
+            }
         }
-        self.drain_upstream();
     }
 }
 

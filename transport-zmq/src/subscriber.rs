@@ -1,20 +1,24 @@
-//! The subscriber: an XSUB socket owned by one I/O task, which fills a small
-//! inbox that `recv` empties, so that `recv` is cancellation-safe.
+//! The subscriber: one ZMTP connection, read by a reader task (bounded by
+//! `max_payload` plus the envelope) into an I/O task, which fills a small
+//! inbox that `recv` empties, so that `recv` is cancellation-safe; a writer
+//! task sends what goes upstream.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use transport_core::{Error, Frame, Policy, RecvMode, Result, StatCounters, Stats, Subscriber};
-use zeromq::{Socket, SocketOptions, SocketRecv, SocketSend, XSubSocket, ZmqError, ZmqMessage};
 
 #[cfg(feature = "shm")]
 use transport_shm_pool::shared::{Attached, SlotRef};
 
-use crate::config::{Config, Shm};
+use crate::config::{Address, Config, Shm};
+use crate::zmtp::{self, Incoming, Limits, ZmtpError};
 
 #[cfg(feature = "shm")]
 type Att = Arc<Attached>;
@@ -30,6 +34,22 @@ const LOST: &str = "the connection to the publisher was lost (it exited, crashed
                     subscriber off); frames in flight may have been lost";
 /// How long a dropped subscriber spends telling its publisher it leaves.
 const BYE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one upstream write may take before the connection is given up.
+const UPSTREAM_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// What a framewire publisher sends before its WELCOME (controls only): the
+/// cap until the handshake is complete.
+const HANDSHAKE_LIMITS: Limits = Limits {
+    max_message: 64 << 10,
+    max_parts: 4,
+    what: "a message before the publisher's welcome (controls are small)",
+    skip_oversized: false,
+};
+/// Bytes a data message may hold beyond its payload: topic, envelope
+/// (prefix and largest header), shared-memory tag and reference.
+const ENVELOPE_ALLOWANCE: u64 = transport_core::codec::MAX_TOPIC as u64
+    + transport_core::codec::PREFIX_LEN as u64
+    + transport_core::codec::MAX_HEADER as u64
+    + 64;
 
 #[derive(Debug)]
 struct Inbox {
@@ -92,14 +112,126 @@ pub struct ZmqSubscriber {
     _stop: oneshot::Sender<()>,
 }
 
-fn zmq_err(what: &str, e: ZmqError) -> Error {
+fn zmtp_err(what: &str, e: ZmtpError) -> Error {
     match e {
-        ZmqError::ConnectTimeout(t) => Error::Timeout(t, "connecting to the publisher"),
-        ZmqError::Network(io) => Error::io(format!("{what} (is a publisher running there?)"), io),
-        other => Error::Backend {
-            backend: "zmq",
-            source: Box::new(other),
+        ZmtpError::Io(io) => Error::io(format!("{what} (is a publisher running there?)"), io),
+        other => Error::Protocol(format!("{what}: {other}")),
+    }
+}
+
+trait Rd: AsyncRead + Unpin + Send + 'static {}
+impl<T: AsyncRead + Unpin + Send + 'static> Rd for T {}
+trait Wr: AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncWrite + Unpin + Send + 'static> Wr for T {}
+
+/// Connects to the publisher's address.
+async fn dial(address: &Address) -> Result<(Box<dyn Rd>, Box<dyn Wr>)> {
+    let what =
+        |a: &dyn std::fmt::Display| format!("connecting to {a} (is a publisher running there?)");
+    match address {
+        Address::Tcp(a) => {
+            let s = tokio::net::TcpStream::connect(a.as_str())
+                .await
+                .map_err(|e| Error::io(what(a), e))?;
+            let _ = s.set_nodelay(true);
+            let (r, w) = s.into_split();
+            Ok((Box::new(r), Box::new(w)))
+        }
+        Address::Ipc(p) => {
+            let s = tokio::net::UnixStream::connect(p)
+                .await
+                .map_err(|e| Error::io(what(&p.display()), e))?;
+            let (r, w) = s.into_split();
+            Ok((Box::new(r), Box::new(w)))
+        }
+    }
+}
+
+/// What the handshake found.
+struct Joined {
+    reader: zmtp::Reader<Box<dyn Rd>>,
+    wr: Box<dyn Wr>,
+    /// `None`: a plain ZeroMQ publisher.
+    welcome: Option<Welcome>,
+    announce: Option<Control>,
+}
+
+async fn join(cfg: &Config, id: &SubscriberId, prefix: &str) -> Result<Joined> {
+    let (rd, mut wr) = dial(&cfg.address).await?;
+    let mut reader = zmtp::Reader::new(rd);
+    let prop = wire::subscriber_property(id);
+    let md = zmtp::handshake(&mut reader, &mut wr, "SUB", &[(wire::PROPERTY, &prop)])
+        .await
+        .map_err(|e| zmtp_err("the ZeroMQ handshake with the publisher", e))?;
+    let st = md.socket_type();
+    if !st.eq_ignore_ascii_case("PUB") && !st.eq_ignore_ascii_case("XPUB") {
+        return Err(Error::Protocol(format!(
+            "the peer is a ZeroMQ `{st}` socket; a subscriber connects to a PUB or XPUB socket"
+        )));
+    }
+    let framewire = match md.get(wire::PROPERTY) {
+        None => false,
+        Some(v) => match v.first() {
+            Some(&wire::VERSION) => true,
+            Some(&theirs) => {
+                return Err(Error::VersionMismatch {
+                    ours: u16::from(wire::VERSION),
+                    theirs: u16::from(theirs),
+                });
+            }
+            None => {
+                return Err(Error::Protocol(format!(
+                    "an empty {} property",
+                    wire::PROPERTY
+                )));
+            }
         },
+    };
+    zmtp::write_message(&mut wr, &[wire::subscription(prefix, true)])
+        .await
+        .map_err(|e| Error::io("sending the subscription", e))?;
+    wr.flush()
+        .await
+        .map_err(|e| Error::io("sending the subscription", e))?;
+    if !framewire {
+        return Ok(Joined {
+            reader,
+            wr,
+            welcome: None,
+            announce: None,
+        });
+    }
+    // The subscription is the hello; a framewire publisher answers with WELCOME.
+    let mut announce = None;
+    loop {
+        let parts = match reader.next(&HANDSHAKE_LIMITS).await {
+            Ok(Incoming::Message(parts)) => parts,
+            Ok(_) => continue,
+            Err(e) => return Err(zmtp_err("waiting for the publisher's welcome", e)),
+        };
+        match wire::parse_downstream(parts, true, cfg.max_payload) {
+            Ok(Downstream::Control(Control::Welcome(w))) => {
+                return Ok(Joined {
+                    reader,
+                    wr,
+                    welcome: Some(w),
+                    announce,
+                });
+            }
+            Ok(Downstream::Control(c @ Control::Shm { .. })) => announce = Some(c),
+            Ok(Downstream::Control(Control::Refuse { version, reason })) => {
+                return Err(if version != wire::VERSION {
+                    Error::VersionMismatch {
+                        ours: u16::from(wire::VERSION),
+                        theirs: u16::from(version),
+                    }
+                } else {
+                    Error::Disconnected(format!("the publisher refused us: {reason}"))
+                });
+            }
+            Ok(other) => tracing::debug!(?other, "ignoring a message before the welcome"),
+            Err(e) => tracing::debug!(error = %e, "ignoring a message before the welcome"),
+        }
     }
 }
 
@@ -115,53 +247,40 @@ pub(crate) async fn connect(cfg: Config, mode: RecvMode, prefix: String) -> Resu
         });
     }
     let id = SubscriberId::random();
-    let mut opts = SocketOptions::default();
-    opts.peer_identity(id.peer_identity());
-    opts.connect_timeout(cfg.handshake_timeout);
-    let mut xsub = XSubSocket::with_options(opts);
-    let addr = cfg.zmq_address();
     let limit = cfg.handshake_timeout;
-    let handshake = async {
-        xsub.connect(&addr)
-            .await
-            .map_err(|e| zmq_err(&format!("connecting to {addr}"), e))?;
-        // The subscription is the hello; the publisher answers with WELCOME.
-        let sub = ZmqMessage::from(wire::subscription(&id, &prefix, true));
-        xsub.send(sub)
-            .await
-            .map_err(|e| zmq_err("sending the subscription", e))?;
-        let mut announce = None;
-        loop {
-            let msg = xsub
-                .recv()
-                .await
-                .map_err(|e| zmq_err("waiting for the publisher's welcome", e))?;
-            match wire::parse_downstream(msg.into_vec(), &id, cfg.max_payload) {
-                Ok(Downstream::Control(Control::Welcome(w))) => return Ok((w, announce)),
-                Ok(Downstream::Control(c @ Control::Shm { .. })) => announce = Some(c),
-                Ok(Downstream::Control(Control::Refuse { version, reason })) => {
-                    return Err(if version != wire::VERSION {
-                        Error::VersionMismatch {
-                            ours: u16::from(wire::VERSION),
-                            theirs: u16::from(version),
-                        }
-                    } else {
-                        Error::Disconnected(format!("the publisher refused us: {reason}"))
-                    });
-                }
-                Ok(other) => tracing::debug!(?other, "ignoring a message before the welcome"),
-                Err(e) => tracing::debug!(error = %e, "ignoring a message before the welcome"),
-            }
-        }
-    };
     let started = Instant::now();
-    let (welcome, announce) = tokio::time::timeout(limit, handshake).await.map_err(|_| {
-        Error::Timeout(
-            limit,
-            "for the publisher's welcome (is a framewire publisher running there?)",
-        )
-    })??;
-    check_welcome(&cfg, &welcome)?;
+    let joined = tokio::time::timeout(limit, join(&cfg, &id, &prefix))
+        .await
+        .map_err(|_| {
+            Error::Timeout(
+                limit,
+                "for the publisher's welcome (is a framewire or ZeroMQ publisher running there?)",
+            )
+        })??;
+    let Joined {
+        reader,
+        mut wr,
+        welcome,
+        announce,
+    } = joined;
+    let framewire = welcome.is_some();
+    let welcome = match welcome {
+        Some(w) => {
+            check_welcome(&cfg, &w)?;
+            w
+        }
+        // A plain ZeroMQ publisher: frames from the first one that arrives,
+        // read ahead `queue` deep, no liveness reports either way.
+        None => Welcome {
+            instance: 0,
+            next_seq: 0,
+            policy: Policy::Block,
+            queue: cfg.queue as u32,
+            heartbeat_ms: 0,
+            peer_timeout_ms: 0,
+            write_timeout_ms: 0,
+        },
+    };
     // `shm=pool`: attach the pool, or ask for payloads inline; either way say so.
     let mut att: Option<Att> = None;
     let mut shm = None;
@@ -189,11 +308,14 @@ pub(crate) async fn connect(cfg: Config, mode: RecvMode, prefix: String) -> Resu
             Some(Err(why)) => why.as_str(),
             _ => "",
         };
-        let report = ZmqMessage::from(wire::encode_shm(&id, conn, reason));
-        tokio::time::timeout(left, xsub.send(report))
-            .await
-            .map_err(|_| Error::Timeout(left, "telling the publisher how we take payloads"))?
-            .map_err(|e| zmq_err("telling the publisher how we take payloads", e))?;
+        let report = wire::encode_shm(&id, conn, reason);
+        tokio::time::timeout(left, async {
+            zmtp::write_message(&mut wr, &[report]).await?;
+            wr.flush().await
+        })
+        .await
+        .map_err(|_| Error::Timeout(left, "telling the publisher how we take payloads"))?
+        .map_err(|e| Error::io("telling the publisher how we take payloads", e))?;
     }
     tracing::debug!(subscriber = %id, next_seq = welcome.next_seq, policy = %welcome.policy, "subscribed");
 
@@ -210,8 +332,22 @@ pub(crate) async fn connect(cfg: Config, mode: RecvMode, prefix: String) -> Resu
     });
     let (stop_tx, stop_rx) = oneshot::channel();
     let (rel_tx, rel_rx) = mpsc::unbounded_channel();
+    let (msg_tx, msgs) = mpsc::channel(1);
+    let limits = Limits {
+        max_message: cfg.max_payload.saturating_add(ENVELOPE_ALLOWANCE),
+        max_parts: 4,
+        what: "a message (max_payload plus the envelope)",
+        skip_oversized: true,
+    };
+    let reader = tokio::spawn(read_loop(reader, limits, msg_tx));
+    let (up, up_rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(write_loop(wr, up_rx));
     let io = Io {
-        xsub,
+        msgs,
+        up,
+        reader: reader.abort_handle(),
+        writer,
+        framewire,
         shared: shared.clone(),
         id,
         prefix,
@@ -376,9 +512,68 @@ impl Subscriber for ZmqSubscriber {
     }
 }
 
+/// The reader task: messages from the publisher, within `limits`, to the I/O
+/// task (one at a time: when the inbox is full, the socket is not read).
+async fn read_loop(
+    mut reader: zmtp::Reader<Box<dyn Rd>>,
+    limits: Limits,
+    tx: mpsc::Sender<std::result::Result<Msg, String>>,
+) {
+    loop {
+        let m = match reader.next(&limits).await {
+            Ok(Incoming::Message(parts)) => Ok(Msg::Parts(parts)),
+            Ok(Incoming::Oversized(len)) => Ok(Msg::Oversized(len)),
+            // Nothing the publisher may send as a command matters here.
+            Ok(Incoming::Command(..)) => continue,
+            Err(e) if e.is_eof() => Err(format!("{LOST}: it closed the connection")),
+            Err(e) => Err(format!("{LOST}: {e}")),
+        };
+        let end = m.is_err();
+        if tx.send(m).await.is_err() || end {
+            return;
+        }
+    }
+}
+
+/// The writer task: upstream messages, in order; on the channel's end, the
+/// connection is shut down for writing.
+async fn write_loop(mut wr: Box<dyn Wr>, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+    while let Some(m) = rx.recv().await {
+        let r = tokio::time::timeout(UPSTREAM_WRITE_TIMEOUT, async {
+            zmtp::write_message(&mut wr, &[m]).await?;
+            wr.flush().await
+        })
+        .await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "could not write to the publisher");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("a write to the publisher timed out");
+                return;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(BYE_TIMEOUT, wr.shutdown()).await;
+}
+
+/// What the reader task hands over.
+enum Msg {
+    Parts(Vec<Bytes>),
+    /// A message over `max_payload` (plus the envelope), skipped unread.
+    Oversized(u64),
+}
+
 /// The I/O task's state.
 struct Io {
-    xsub: XSubSocket,
+    msgs: mpsc::Receiver<std::result::Result<Msg, String>>,
+    up: mpsc::UnboundedSender<Bytes>,
+    reader: tokio::task::AbortHandle,
+    writer: tokio::task::JoinHandle<()>,
+    /// The publisher is a framewire one (else a plain ZeroMQ PUB).
+    framewire: bool,
     shared: Arc<Shared>,
     id: SubscriberId,
     prefix: String,
@@ -409,6 +604,7 @@ impl Io {
         let drop_oldest = self.welcome.policy == Policy::DropOldest;
         let cap = self.welcome.queue as usize;
         let mut tick = tokio::time::interval(self.heartbeat);
+        let framewire = self.framewire;
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut status_due = false;
         let mut was_reading = false;
@@ -423,15 +619,15 @@ impl Io {
             was_reading = room;
             if status_due {
                 status_due = false;
-                if let Err(e) = self.status().await {
-                    tracing::debug!(error = %e, "could not report status to the publisher");
+                if framewire {
+                    self.status();
                 }
             }
             while let Ok(r) = rel_rx.try_recv() {
                 releases.push(r);
             }
             if !releases.is_empty() {
-                self.release(&mut releases).await;
+                self.release(&mut releases);
             }
             let to_io = shared.to_io.notified();
             tokio::pin!(to_io);
@@ -442,8 +638,9 @@ impl Io {
             let r = tokio::select! {
                 biased;
                 _ = &mut stop => break None,
-                r = self.xsub.recv(), if room => r,
-                _ = tokio::time::sleep_until(silence_deadline), if room => {
+                r = self.msgs.recv(), if room => r,
+                // A plain publisher sends no heartbeats: its connection tells.
+                _ = tokio::time::sleep_until(silence_deadline), if room && framewire => {
                     break Some(format!(
                         "nothing from the publisher for {:?} (peer_timeout): it crashed or the network is down",
                         self.peer_timeout
@@ -474,22 +671,25 @@ impl Io {
         while let Ok(r) = rel_rx.try_recv() {
             releases.push(r);
         }
-        self.release(&mut releases).await;
-        // Cancel the subscription: the publisher forgets us at once, and the
-        // crate stops reconnecting once the socket is dropped.
-        let cancel = ZmqMessage::from(wire::subscription(&self.id, &self.prefix, false));
-        let _ = tokio::time::timeout(BYE_TIMEOUT, self.xsub.send(cancel)).await;
+        self.release(&mut releases);
+        // Cancel the subscription: the publisher forgets us at once; then
+        // the connection closes.
+        let _ = self.up.send(wire::subscription(&self.prefix, false));
+        let Io {
+            up, writer, reader, ..
+        } = self;
+        drop(up);
+        let abort = writer.abort_handle();
+        if tokio::time::timeout(BYE_TIMEOUT, writer).await.is_err() {
+            abort.abort();
+        }
+        reader.abort();
     }
 
     /// Sends the releases collected (in batches), best effort.
-    async fn release(&mut self, releases: &mut Vec<(u32, u64)>) {
+    fn release(&mut self, releases: &mut Vec<(u32, u64)>) {
         for batch in releases.chunks(wire::MAX_RELEASES) {
-            let msg = ZmqMessage::from(wire::encode_release(&self.id, batch));
-            match tokio::time::timeout(self.heartbeat, self.xsub.send(msg)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(error = %e, "could not send releases"),
-                Err(_) => tracing::debug!("sending releases timed out"),
-            }
+            let _ = self.up.send(wire::encode_release(&self.id, batch));
         }
         releases.clear();
     }
@@ -541,33 +741,39 @@ impl Io {
         }
     }
 
-    async fn status(&mut self) -> zeromq::ZmqResult<()> {
+    fn status(&mut self) {
         let s = wire::Status {
             id: self.id,
             received: self.received,
             dropped: self.dropped,
         };
-        let msg = ZmqMessage::from(wire::encode_status(&s));
-        match tokio::time::timeout(self.heartbeat, self.xsub.send(msg)).await {
-            Ok(r) => r,
-            Err(_) => Ok(()),
-        }
+        let _ = self.up.send(wire::encode_status(&s));
     }
 
     /// Handles one message. `Ok(true)`: report status now; `Err`: the stream ended.
     fn handle(
         &mut self,
-        r: zeromq::ZmqResult<ZmqMessage>,
+        r: Option<std::result::Result<Msg, String>>,
         cap: usize,
         drop_oldest: bool,
     ) -> std::result::Result<bool, String> {
-        let msg = match r {
-            Ok(m) => m,
-            // A reset, or bytes that are not ZMTP: the crate drops that
-            // connection; what was in flight on it is lost.
-            Err(e) => return Err(format!("{LOST}: {e}")),
+        let parts = match r {
+            Some(Ok(Msg::Parts(p))) => p,
+            Some(Ok(Msg::Oversized(len))) => {
+                let limit = self.max_payload;
+                tracing::warn!(subscriber = %self.id, len, "skipped a message over max_payload");
+                self.shared.error(Error::PayloadTooLarge {
+                    len,
+                    limit,
+                    option: "max_payload",
+                });
+                return Ok(false);
+            }
+            // A reset, or bytes that are not ZMTP: what was in flight is lost.
+            Some(Err(why)) => return Err(why),
+            None => return Err(LOST.to_owned()),
         };
-        let parsed = match wire::parse_downstream(msg.into_vec(), &self.id, self.max_payload) {
+        let parsed = match wire::parse_downstream(parts, self.framewire, self.max_payload) {
             Ok(Downstream::Shared {
                 mut frame,
                 len,

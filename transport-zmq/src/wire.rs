@@ -3,41 +3,49 @@
 //! Public so that the protocol is documented in one place and so that tests
 //! (or other implementations) can play a peer. Integers are little endian.
 //!
-//! # Sockets and routing
+//! # Connections and negotiation
 //!
-//! The publisher binds an XPUB socket, each subscriber connects an XSUB socket
-//! whose ZeroMQ identity is its random 16-byte [`SubscriberId`]. Every message
-//! to a subscriber starts with a *route* part that its ZeroMQ subscription
-//! matches:
+//! The publisher listens, each subscriber connects; both speak ZMTP 3.0 with
+//! the NULL mechanism ([`crate::zmtp`]), the publisher as a `PUB` socket, the
+//! subscriber as a `SUB` socket. A framewire peer adds one property to its
+//! READY command:
 //!
 //! ```text
-//! route:        "FWZ" | VERSION u8 | subscriber id [16] | topic (data) or topic prefix (control)
-//! subscription: 0x01 | "FWZ" | VERSION u8 | subscriber id [16] | topic prefix
+//! X-Framewire: VERSION u8 | subscriber id [16] (a subscriber) or instance u64 LE (a publisher)
 //! ```
 //!
-//! so ZeroMQ's own prefix matching delivers a data frame only when its topic
-//! starts with the subscriber's prefix. The subscription is also the
-//! subscriber's hello: the publisher sees it arrive on its XPUB socket (which
-//! is how `subscriber_count` counts subscriptions, not connections), registers
-//! the subscriber and answers with [`Control::Welcome`].
+//! A peer without it is a plain ZeroMQ peer (libzmq, pyzmq, ...): it gets
+//! and must send only what ZeroMQ PUB/SUB defines (data messages and
+//! subscriptions); every framewire extension below (WELCOME, heartbeats,
+//! LAG, GOODBYE, status reports, `shm=pool`) is used only between two
+//! framewire peers.
+//!
+//! # Subscriptions
+//!
+//! ZeroMQ's: a one-part message `0x01 | topic prefix` (subscribe) or `0x00 |
+//! topic prefix` (cancel), or the ZMTP 3.1 SUBSCRIBE / CANCEL commands. The
+//! publisher filters by prefix on its side, per connection. A framewire
+//! subscriber subscribes once, to its `topic_prefix`; its cancel is its
+//! goodbye. A plain subscriber may subscribe to several prefixes.
 //!
 //! # Downstream (publisher -> one subscriber)
 //!
 //! ```text
-//! data:    [route + topic, envelope, payload]           3 parts
-//! control: [route + prefix, "FWZC" | kind u8 | fields]   2 parts
+//! data:    [topic, envelope, payload]                       3 parts
+//! shm:     [topic, envelope, "FWZS", slot reference]        4 parts (framewire peers only)
+//! control: ["FWZC" | kind u8 | fields]                       1 part  (framewire peers only)
 //! ```
 //!
-//! The envelope is [`transport_core::codec`]'s prefix and header (the payload
-//! is the third part, handed to ZeroMQ as the sender's `Bytes`). Controls are
-//! WELCOME (next sequence number, policy, queue depth, liveness settings),
-//! LAG (frames the publisher dropped for this subscriber before the next
-//! data frame), HEARTBEAT and GOODBYE.
+//! The envelope is [`transport_core::codec`]'s prefix and header (the crate
+//! README shows how to decode it in Python); the payload part is the
+//! sender's `Bytes`. Controls are WELCOME (next sequence number, policy,
+//! queue depth, liveness settings), LAG (frames the publisher dropped for
+//! this subscriber before the next data frame), HEARTBEAT and GOODBYE.
 //!
-//! # Upstream (subscriber -> publisher)
+//! # Upstream (framewire subscriber -> publisher)
 //!
 //! One single-part message, which never starts with 0x00 or 0x01 (those are
-//! ZeroMQ's subscribe and cancel):
+//! subscribe and cancel):
 //!
 //! ```text
 //! "FWZU" | VERSION u8 | kind u8 | subscriber id [16] | fields
@@ -45,31 +53,27 @@
 //!
 //! STATUS (frames received so far, frames the subscriber dropped so far) is
 //! both the heartbeat and, under `drop-oldest`, the acknowledgement `flush`
-//! waits for. Cancelling the subscription (0x00 + the same bytes) is the
-//! subscriber's goodbye.
+//! waits for. The id must be the one the connection announced.
 //!
 //! # `shm=pool`
 //!
 //! A publisher whose payloads live in shared memory sends [`Control::Shm`]
 //! just before each WELCOME; the subscriber answers upstream with SHM
 //! (attached, with its connection number at the pool's socket, or not, with
-//! why) and then receives by-reference data frames
-//! `[route + topic, envelope, "FWZS", slot reference (28 bytes)]` (or the
-//! usual three parts when it did not attach). RELEASE (a count, then slot
-//! index u32 and generation u64 each) gives slots back.
+//! why) and then receives by-reference data frames (or the usual three parts
+//! when it did not attach). RELEASE (a count, then slot index u32 and
+//! generation u64 each) gives slots back.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use transport_core::codec::{self, PREFIX_LEN, Prefix, Reader};
 use transport_core::{Error, Frame, Policy, Result};
 
 /// Protocol version; a subscriber of another version is refused.
-pub const VERSION: u8 = 1;
-/// First bytes of every route.
-pub const ROUTE_MAGIC: [u8; 3] = *b"FWZ";
+pub const VERSION: u8 = 2;
+/// The READY property that marks a framewire peer.
+pub const PROPERTY: &str = "X-Framewire";
 /// Length of a subscriber id.
 pub const ID_LEN: usize = 16;
-/// Length of the fixed start of a route (magic, version, id).
-pub const ROUTE_HEAD_LEN: usize = ROUTE_MAGIC.len() + 1 + ID_LEN;
 /// First bytes of a control part.
 pub const CONTROL_MAGIC: [u8; 4] = *b"FWZC";
 /// First bytes of an upstream message.
@@ -94,20 +98,29 @@ pub const MAX_RELEASES: usize = 1024;
 pub struct SubscriberId(pub [u8; ID_LEN]);
 
 impl SubscriberId {
-    /// A random id (a version-4 UUID from the zeromq crate).
+    /// A random id.
     pub fn random() -> SubscriberId {
-        let p = zeromq::util::PeerIdentity::new();
         let mut id = [0u8; ID_LEN];
-        let n = p.len().min(ID_LEN);
-        id[..n].copy_from_slice(&p[..n]);
+        id[..8].copy_from_slice(&random_u64().to_le_bytes());
+        id[8..].copy_from_slice(&random_u64().to_le_bytes());
         SubscriberId(id)
     }
+}
 
-    /// The id as a ZeroMQ peer identity.
-    pub fn peer_identity(&self) -> zeromq::util::PeerIdentity {
-        // 16 non-empty bytes are always a valid identity (1 to 255 bytes).
-        zeromq::util::PeerIdentity::try_from(self.0.to_vec()).unwrap_or_default()
-    }
+/// A random number (std's per-process random hash keys, a counter and the clock).
+pub fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    h.write_u128(now);
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 impl std::fmt::Display for SubscriberId {
@@ -119,21 +132,43 @@ impl std::fmt::Display for SubscriberId {
     }
 }
 
-/// The route of a message to subscriber `id`: head, then `tail` (a topic or a prefix).
-pub fn route(id: &SubscriberId, tail: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(ROUTE_HEAD_LEN + tail.len());
-    b.put_slice(&ROUTE_MAGIC);
-    b.put_u8(VERSION);
-    b.put_slice(&id.0);
-    b.put_slice(tail);
-    b.freeze()
+/// A subscriber's READY property value: version and id.
+pub fn subscriber_property(id: &SubscriberId) -> Vec<u8> {
+    let mut v = Vec::with_capacity(1 + ID_LEN);
+    v.push(VERSION);
+    v.extend_from_slice(&id.0);
+    v
 }
 
-/// The ZeroMQ subscribe (`subscribe = true`) or cancel message of a subscriber.
-pub fn subscription(id: &SubscriberId, prefix: &str, subscribe: bool) -> Bytes {
-    let mut b = BytesMut::with_capacity(1 + ROUTE_HEAD_LEN + prefix.len());
+/// A publisher's READY property value: version and instance.
+pub fn publisher_property(instance: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(9);
+    v.push(VERSION);
+    v.extend_from_slice(&instance.to_le_bytes());
+    v
+}
+
+/// Parses a subscriber's READY property: (version, id); the id is only
+/// meaningful when the version is ours.
+pub fn parse_subscriber_property(v: &[u8]) -> Result<(u8, SubscriberId)> {
+    let Some((&version, rest)) = v.split_first() else {
+        return Err(Error::Protocol(format!("an empty {PROPERTY} property")));
+    };
+    let mut id = [0u8; ID_LEN];
+    if version == VERSION {
+        if rest.len() != ID_LEN {
+            return Err(Error::Protocol(format!("a malformed {PROPERTY} property")));
+        }
+        id.copy_from_slice(rest);
+    }
+    Ok((version, SubscriberId(id)))
+}
+
+/// The ZeroMQ subscribe (`subscribe = true`) or cancel message for `prefix`.
+pub fn subscription(prefix: &str, subscribe: bool) -> Bytes {
+    let mut b = BytesMut::with_capacity(1 + prefix.len());
     b.put_u8(u8::from(subscribe));
-    b.put_slice(&route(id, prefix.as_bytes()));
+    b.put_slice(prefix.as_bytes());
     b.freeze()
 }
 
@@ -142,11 +177,7 @@ pub fn subscription(id: &SubscriberId, prefix: &str, subscribe: bool) -> Bytes {
 pub struct Subscription {
     /// Subscribe (true) or cancel (false).
     pub subscribe: bool,
-    /// The subscriber's protocol version.
-    pub version: u8,
-    /// The subscriber.
-    pub id: SubscriberId,
-    /// Its topic prefix.
+    /// The topic prefix.
     pub prefix: String,
 }
 
@@ -159,22 +190,23 @@ pub fn parse_subscription(msg: &[u8]) -> Result<Subscription> {
     if kind > 1 {
         return bad("not a subscribe or cancel message");
     }
-    if rest.len() < ROUTE_HEAD_LEN || rest[..3] != ROUTE_MAGIC {
-        return bad("not a framewire subscriber (no `FWZ` route head)");
+    subscription_of(kind == 1, rest)
+}
+
+/// A subscription from its prefix bytes (a SUBSCRIBE or CANCEL command's data).
+pub fn subscription_of(subscribe: bool, prefix: &[u8]) -> Result<Subscription> {
+    if prefix.len() > codec::MAX_TOPIC {
+        return Err(Error::Protocol(
+            "subscription: topic prefix longer than a topic can be".into(),
+        ));
     }
-    let mut id = [0u8; ID_LEN];
-    id.copy_from_slice(&rest[4..ROUTE_HEAD_LEN]);
-    let tail = &rest[ROUTE_HEAD_LEN..];
-    if tail.len() > codec::MAX_TOPIC {
-        return bad("topic prefix longer than a topic can be");
-    }
-    let Ok(prefix) = std::str::from_utf8(tail) else {
-        return bad("topic prefix is not UTF-8");
+    let Ok(prefix) = std::str::from_utf8(prefix) else {
+        return Err(Error::Protocol(
+            "subscription: topic prefix is not UTF-8 (framewire topics are)".into(),
+        ));
     };
     Ok(Subscription {
-        subscribe: kind == 1,
-        version: rest[3],
-        id: SubscriberId(id),
+        subscribe,
         prefix: prefix.to_owned(),
     })
 }
@@ -374,22 +406,6 @@ fn announced_len(env: &[u8], max_payload: u64) -> Result<u64> {
     Ok(Prefix::decode(prefix, max_payload)?.payload_len)
 }
 
-/// Checks a route part: ours, and returns its tail.
-fn route_tail<'a>(part: &'a [u8], id: &SubscriberId) -> Result<&'a [u8]> {
-    if part.len() < ROUTE_HEAD_LEN || part[..3] != ROUTE_MAGIC || part[4..ROUTE_HEAD_LEN] != id.0 {
-        return Err(Error::Protocol(
-            "message routed to someone else (or not a framewire route)".into(),
-        ));
-    }
-    if part[3] != VERSION {
-        return Err(Error::VersionMismatch {
-            ours: u16::from(VERSION),
-            theirs: u16::from(part[3]),
-        });
-    }
-    Ok(&part[ROUTE_HEAD_LEN..])
-}
-
 /// Parses the envelope part of a data message for a payload of `payload_len`
 /// bytes; `max_payload` is the receiver's limit.
 pub fn decode_envelope(env: &[u8], payload_len: u64, max_payload: u64) -> Result<Frame> {
@@ -419,37 +435,37 @@ pub fn decode_envelope(env: &[u8], payload_len: u64, max_payload: u64) -> Result
     codec::decode_header(&env[PREFIX_LEN..], payload_len)
 }
 
-/// Parses a downstream message addressed to `id`. Nothing here panics or
-/// allocates more than the message holds; garbage is an error.
+/// Parses a downstream message. `framewire`: the publisher is a framewire
+/// one (controls and shared-memory references are accepted only from those).
+/// Nothing here panics or allocates more than the message holds; garbage is
+/// an error.
 pub fn parse_downstream(
     parts: Vec<Bytes>,
-    id: &SubscriberId,
+    framewire: bool,
     max_payload: u64,
 ) -> Result<Downstream> {
     match parts.len() {
-        2 => {
-            route_tail(&parts[0], id)?;
-            Ok(Downstream::Control(decode_control(&parts[1])?))
+        1 if framewire && parts[0].starts_with(&CONTROL_MAGIC) => {
+            Ok(Downstream::Control(decode_control(&parts[0])?))
         }
         3 => {
-            let tail = route_tail(&parts[0], id)?;
             let payload = parts[2].clone();
-            let mut frame = decode_envelope(&parts[1], payload.len() as u64, max_payload)?;
-            if frame.topic.as_bytes() != tail {
+            let mut frame = decode_envelope(&parts[1], payload.len() as u64, max_payload)
+                .map_err(|e| foreign(e, framewire))?;
+            if frame.topic.as_bytes() != &parts[0][..] {
                 return Err(Error::Protocol(
-                    "the route's topic differs from the envelope's".into(),
+                    "the topic part differs from the envelope's topic".into(),
                 ));
             }
             frame.payload = payload;
             Ok(Downstream::Data(frame))
         }
-        4 if parts[2][..] == SHM_TAG => {
-            let tail = route_tail(&parts[0], id)?;
+        4 if framewire && parts[2][..] == SHM_TAG => {
             let len = announced_len(&parts[1], max_payload)?;
             let frame = decode_envelope(&parts[1], len, max_payload)?;
-            if frame.topic.as_bytes() != tail {
+            if frame.topic.as_bytes() != &parts[0][..] {
                 return Err(Error::Protocol(
-                    "the route's topic differs from the envelope's".into(),
+                    "the topic part differs from the envelope's topic".into(),
                 ));
             }
             Ok(Downstream::Shared {
@@ -459,9 +475,25 @@ pub fn parse_downstream(
             })
         }
         n => Err(Error::Protocol(format!(
-            "a message of {n} parts; framewire sends 2 (control), 3 (route, envelope, payload) \
-             or 4 (route, envelope, \"FWZS\", shared-memory reference)"
+            "a message of {n} parts; framewire expects 3: topic, envelope (framewire header), \
+             payload (see transport-zmq's README, \"Interoperating with ZeroMQ\"){}",
+            if framewire {
+                "; or 1 (control) or 4 (shared-memory reference) from a framewire publisher"
+            } else {
+                ""
+            }
         ))),
+    }
+}
+
+/// A plain publisher's envelope that does not decode: say what was expected.
+fn foreign(e: Error, framewire: bool) -> Error {
+    match e {
+        Error::Protocol(why) if !framewire => Error::Protocol(format!(
+            "{why}; the second part of a message must be a framewire envelope (see \
+             transport-zmq's README, \"Interoperating with ZeroMQ\")"
+        )),
+        other => other,
     }
 }
 
@@ -640,30 +672,29 @@ mod tests {
 
     #[test]
     fn subscriptions_round_trip() {
-        let s = subscription(&id(), "cam/", true);
-        assert_eq!(s[0], 1);
+        let s = subscription("cam/", true);
+        assert_eq!(&s[..], b"\x01cam/");
         let p = parse_subscription(&s).unwrap();
         assert_eq!(
             p,
             Subscription {
                 subscribe: true,
-                version: VERSION,
-                id: id(),
                 prefix: "cam/".into()
             }
         );
         assert!(
-            !parse_subscription(&subscription(&id(), "", false))
+            !parse_subscription(&subscription("", false))
                 .unwrap()
                 .subscribe
         );
-        for bad in [&b""[..], b"\x01", b"\x01hello", b"\x02FWZ\x01"] {
+        for bad in [&b""[..], b"\x02FWZ\x01", b"\x01\xff"] {
             assert!(parse_subscription(bad).is_err());
         }
-        // A route's topic matches the subscription's prefix exactly as ZeroMQ matches.
-        let r = route(&id(), b"cam/0");
-        assert!(r.starts_with(&s[1..]));
-        assert!(!route(&id(), b"imu").starts_with(&s[1..]));
+        let (v, i) = parse_subscriber_property(&subscriber_property(&id())).unwrap();
+        assert_eq!((v, i), (VERSION, id()));
+        assert!(parse_subscriber_property(b"").is_err());
+        assert!(parse_subscriber_property(&[VERSION, 1, 2]).is_err());
+        assert_eq!(parse_subscriber_property(&[1]).unwrap().0, 1);
     }
 
     #[test]
@@ -709,26 +740,26 @@ mod tests {
         let mut env = BytesMut::new();
         codec::encode_header(&f, &mut env).unwrap();
         let env = env.freeze();
-        let parts = vec![route(&id(), b"cam/1"), env.clone(), f.payload.clone()];
-        match parse_downstream(parts, &id(), 1 << 20).unwrap() {
-            Downstream::Data(g) => assert_eq!(g, f),
-            other => panic!("{other:?}"),
+        let t = |s: &'static str| Bytes::from_static(s.as_bytes());
+        for fw in [true, false] {
+            let parts = vec![t("cam/1"), env.clone(), f.payload.clone()];
+            match parse_downstream(parts, fw, 1 << 20).unwrap() {
+                Downstream::Data(g) => assert_eq!(g, f),
+                other => panic!("{other:?}"),
+            }
+            let wrong_topic = vec![t("cam/2"), env.clone(), f.payload.clone()];
+            assert!(parse_downstream(wrong_topic, fw, 1 << 20).is_err());
+            let short = vec![t("cam/1"), env.clone(), f.payload.slice(1..)];
+            assert!(parse_downstream(short, fw, 1 << 20).is_err());
+            assert!(parse_downstream(vec![Bytes::new()], fw, 1 << 20).is_err());
+            assert!(parse_downstream(vec![t("cam/1"), t("raw payload")], fw, 1).is_err());
+            let foreign = vec![t("cam/1"), t("{\"json\": 1}"), t("payload")];
+            assert!(parse_downstream(foreign, fw, 1 << 20).is_err());
         }
-        let wrong_topic = vec![route(&id(), b"cam/2"), env.clone(), f.payload.clone()];
-        assert!(parse_downstream(wrong_topic, &id(), 1 << 20).is_err());
-        let short = vec![route(&id(), b"cam/1"), env.clone(), f.payload.slice(1..)];
-        assert!(parse_downstream(short, &id(), 1 << 20).is_err());
-        let other = vec![route(&SubscriberId([1; 16]), b"cam/1"), env, f.payload];
-        assert!(parse_downstream(other, &id(), 1 << 20).is_err());
-        assert!(parse_downstream(vec![Bytes::new()], &id(), 1 << 20).is_err());
-        assert!(
-            parse_downstream(
-                vec![route(&id(), b""), Bytes::from_static(b"junk")],
-                &id(),
-                1
-            )
-            .is_err()
-        );
+        // Controls only from a framewire publisher.
+        let c = encode_control(&Control::Heartbeat);
+        assert!(parse_downstream(vec![c.clone()], true, 1).is_ok());
+        assert!(parse_downstream(vec![c], false, 1).is_err());
     }
 
     #[test]

@@ -1,10 +1,13 @@
-//! Hostile peers and faults, played with raw `zeromq` sockets: each bad
+//! Hostile peers and faults, played with raw ZMTP peers (`common`): each bad
 //! message is an error for that message and the peer concerned, never a
 //! panic, a hang, or a problem for anyone else.
+
+mod common;
 
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use common::{FakePublisher, RawPeer, T, addr, within};
 use transport_core::codec::{self, MAGIC, PREFIX_LEN, VERSION};
 use transport_core::{
     Endpoint, Error, Frame, Policy, PublishOptions, Publisher, SubscribeOptions, Subscriber,
@@ -12,59 +15,6 @@ use transport_core::{
 };
 use transport_zmq::wire::{self, Control, SubscriberId, Welcome};
 use transport_zmq::{ZmqPublisher, ZmqSubscriber, ZmqTransport};
-use zeromq::{Socket, SocketRecv, SocketSend, XPubSocket, XSubSocket, ZmqMessage};
-
-const T: Duration = Duration::from_secs(10);
-
-async fn within<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(T, f).await.expect("timed out")
-}
-
-fn msg(parts: Vec<Bytes>) -> ZmqMessage {
-    ZmqMessage::try_from(parts).expect("non-empty message")
-}
-
-/// A fake publisher: a raw XPUB socket (so that it can read the subscription,
-/// which holds the subscriber's id that every route must start with).
-struct FakePublisher {
-    xpub: XPubSocket,
-    url: String,
-}
-
-impl FakePublisher {
-    async fn bind() -> FakePublisher {
-        let mut xpub = XPubSocket::new();
-        let ep = xpub.bind("tcp://127.0.0.1:0").await.expect("bind");
-        FakePublisher {
-            xpub,
-            url: format!("zmq+{ep}"),
-        }
-    }
-
-    /// Waits for a framewire subscription and answers it with `welcome`.
-    async fn accept(&mut self, welcome: Welcome) -> (SubscriberId, String) {
-        loop {
-            let m = within(self.xpub.recv()).await.expect("recv");
-            let part = m.get(0).expect("one part").clone();
-            if let Ok(s) = wire::parse_subscription(&part)
-                && s.subscribe
-            {
-                self.control(&s.id, &s.prefix, Control::Welcome(welcome))
-                    .await;
-                return (s.id, s.prefix);
-            }
-        }
-    }
-
-    async fn control(&mut self, id: &SubscriberId, prefix: &str, c: Control) {
-        let parts = vec![wire::route(id, prefix.as_bytes()), wire::encode_control(&c)];
-        within(self.xpub.send(msg(parts))).await.expect("send");
-    }
-
-    async fn send(&mut self, parts: Vec<Bytes>) {
-        within(self.xpub.send(msg(parts))).await.expect("send");
-    }
-}
 
 fn welcome(heartbeat_ms: u32) -> Welcome {
     Welcome {
@@ -106,9 +56,9 @@ async fn garbage_from_the_publisher_is_an_error_per_message_and_the_subscriber_g
     let mut fake = FakePublisher::bind().await;
     let url = format!("{}?max_payload=1MiB", fake.url);
     let sub = tokio::spawn(async move { subscribe(&url).await });
-    let (id, _) = fake.accept(welcome(1000)).await;
+    fake.accept(welcome(1000)).await;
     let mut sub = within(sub).await.expect("subscriber task");
-    let r = |t: &str| wire::route(&id, t.as_bytes());
+    let r = |t: &str| Bytes::copy_from_slice(t.as_bytes());
     let good = |seq: u64, topic: &str| {
         let mut f = Frame::new(pattern::make(seq, 100)).with_topic(topic);
         f.seq = seq;
@@ -118,6 +68,10 @@ async fn garbage_from_the_publisher_is_an_error_per_message_and_the_subscriber_g
     let junk = Bytes::from_static(b"\x00\xffjunk");
     let hostile: Vec<(&str, Vec<Bytes>)> = vec![
         ("one part", vec![r("")]),
+        (
+            "two parts (a raw topic and payload)",
+            vec![r("t"), junk.clone()],
+        ),
         (
             "four parts",
             vec![r("t"), junk.clone(), junk.clone(), junk.clone()],
@@ -136,10 +90,11 @@ async fn garbage_from_the_publisher_is_an_error_per_message_and_the_subscriber_g
             vec![r("u"), envelope(&f5), f5.payload.clone()],
         ),
         (
-            "unknown control",
-            vec![r(""), Bytes::from_static(b"FWZC\x09")],
+            "a payload part over max_payload (skipped unread)",
+            vec![r("t"), envelope(&f5), Bytes::from(vec![0u8; 4 << 20])],
         ),
-        ("not a control", vec![r(""), junk.clone()]),
+        ("unknown control", vec![Bytes::from_static(b"FWZC\x09")]),
+        ("not a control", vec![junk.clone()]),
     ];
     for (what, parts) in hostile {
         fake.send(parts).await;
@@ -161,7 +116,7 @@ async fn garbage_from_the_publisher_is_an_error_per_message_and_the_subscriber_g
     let e = within(sub.recv()).await.expect_err("backwards");
     assert!(e.to_string().contains("backwards"), "{e}");
     // And the end of the stream is still seen.
-    fake.control(&id, "", Control::Goodbye).await;
+    fake.control(Control::Goodbye).await;
     assert!(
         within(sub.recv())
             .await
@@ -172,29 +127,82 @@ async fn garbage_from_the_publisher_is_an_error_per_message_and_the_subscriber_g
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_raw_pub_socket_is_not_mistaken_for_a_publisher() {
-    // A plain PUB that never answers: `subscribe` fails within handshake_timeout.
-    let mut publ = zeromq::PubSocket::new();
-    let ep = publ.bind("tcp://127.0.0.1:0").await.expect("bind");
-    let url = format!("zmq+{ep}?handshake_timeout=300ms");
-    let pump = tokio::spawn(async move {
-        for _ in 0..50 {
-            let m = msg(vec![
-                Bytes::from_static(b"FWZ"),
-                Bytes::from_static(b"garbage"),
-            ]);
-            let _ = publ.send(m).await;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+async fn a_plain_pub_socket_is_a_plain_publisher_and_foreign_messages_are_errors() {
+    // A plain ZeroMQ PUB (no framewire property): no welcome is awaited.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("zmq+tcp://{}", listener.local_addr().expect("addr"));
+    let sub = tokio::spawn(async move { subscribe(&url).await });
+    let (s, _) = within(listener.accept()).await.expect("accept");
+    let mut pub_ = RawPeer::handshake(s, "PUB", &[]).await;
+    let m = pub_.recv_msg().await;
+    assert_eq!(&m[0][..], b"\x01", "a plain subscription to our prefix");
+    let mut sub = within(sub).await.expect("subscriber task");
+    assert_eq!(sub.publisher_policy(), Policy::Block);
+    // Something that is not framewire's format: an error naming it, per message.
+    pub_.send(vec![
+        Bytes::from_static(b"FWZ"),
+        Bytes::from_static(b"garbage"),
+    ])
+    .await;
+    let e = within(sub.recv()).await.expect_err("foreign");
+    assert!(e.to_string().contains("topic, envelope"), "{e}");
+    pub_.send(vec![
+        Bytes::from_static(b"t"),
+        Bytes::from_static(b"{\"json\": true}"),
+        Bytes::from_static(b"payload"),
+    ])
+    .await;
+    let e = within(sub.recv()).await.expect_err("foreign header");
+    assert!(e.to_string().contains("framewire envelope"), "{e}");
+    // Controls are framewire's: from a plain publisher they are errors too.
+    pub_.send(vec![wire::encode_control(&Control::Goodbye)])
+        .await;
+    within(sub.recv())
+        .await
+        .expect_err("no controls from a plain PUB");
+    // The documented format is a frame.
+    let mut f = Frame::new(pattern::make(7, 100)).with_topic("t");
+    f.seq = 7;
+    pub_.send(vec![
+        Bytes::from_static(b"t"),
+        envelope(&f),
+        f.payload.clone(),
+    ])
+    .await;
+    let g = within(sub.recv()).await.expect("frame");
+    assert_eq!((g.seq, g.topic.as_str()), (7, "t"));
+    // Its connection closing ends the stream.
+    drop(pub_);
+    assert!(within(sub.recv()).await.expect_err("end").is_disconnect());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_is_not_zeromq_is_a_clear_error_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!(
+        "zmq+tcp://{}?handshake_timeout=5s",
+        listener.local_addr().expect("addr")
+    );
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
     });
+    let t = std::time::Instant::now();
     let e = within(ZmqTransport.subscribe(
         &Endpoint::parse(&url).expect("url"),
         &SubscribeOptions::default(),
     ))
     .await
-    .expect_err("no welcome");
-    assert!(matches!(e, Error::Timeout(..)), "{e}");
-    pump.abort();
+    .expect_err("not ZeroMQ");
+    assert!(e.to_string().contains("ZMTP"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    server.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,15 +214,14 @@ async fn a_publisher_that_goes_silent_is_detected_by_heartbeat_timeout() {
         fake.url
     );
     let sub = tokio::spawn(async move { subscribe(&url).await });
-    let (id, _) = fake
-        .accept(Welcome {
-            write_timeout_ms: 50,
-            ..welcome(50)
-        })
-        .await;
+    fake.accept(Welcome {
+        write_timeout_ms: 50,
+        ..welcome(50)
+    })
+    .await;
     let mut sub = within(sub).await.expect("subscriber");
     let f = Frame::new(pattern::make(0, 10));
-    fake.send(vec![wire::route(&id, b""), envelope(&f), f.payload.clone()])
+    fake.send(vec![Bytes::new(), envelope(&f), f.payload.clone()])
         .await;
     assert_eq!(within(sub.recv()).await.expect("frame").seq, 0);
     let t = std::time::Instant::now();
@@ -236,13 +243,13 @@ async fn a_restarted_publisher_ends_the_stream() {
     let mut fake = FakePublisher::bind().await;
     let url = fake.url.clone();
     let sub = tokio::spawn(async move { subscribe(&url).await });
-    let (id, prefix) = fake.accept(welcome(1000)).await;
+    fake.accept(welcome(1000)).await;
     let mut sub = within(sub).await.expect("subscriber");
     let w = Welcome {
         instance: 2,
         ..welcome(1000)
     };
-    fake.control(&id, &prefix, Control::Welcome(w)).await;
+    fake.control(Control::Welcome(w)).await;
     let e = within(sub.recv()).await.expect_err("restart");
     assert!(e.to_string().contains("restarted"), "{e}");
 }
@@ -272,47 +279,35 @@ async fn send_and_check(p: &mut ZmqPublisher, s: &mut ZmqSubscriber, n: u64) {
     }
 }
 
-fn zmq_url(p: &ZmqPublisher) -> String {
-    p.endpoint()
-        .url()
-        .trim_start_matches("zmq+")
-        .split('?')
-        .next()
-        .expect("address")
-        .to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_from_subscribers_is_ignored_and_others_are_served() {
     let (mut p, mut s) = pair("", PublishOptions::default()).await;
-    let mut raw = XSubSocket::new();
-    within(raw.connect(&zmq_url(&p))).await.expect("connect");
     let stranger = SubscriberId([9; 16]);
-    let mut wrong_version = wire::subscription(&stranger, "", true).to_vec();
-    wrong_version[4] = 9;
+    let mut raw = RawPeer::framewire_sub(&addr(&p), &stranger).await;
     for m in [
-        Bytes::from_static(b"\x01"),
-        Bytes::from_static(b"\x01not framewire"),
-        Bytes::from_static(b"\x00FWZ"),
-        Bytes::from_static(b"FWZU\x01\x01short"),
+        Bytes::from_static(b"\x01\xff\xfe"),
+        Bytes::from_static(b"FWZU\x02\x01short"),
         Bytes::from_static(b"hello"),
         wire::encode_status(&wire::Status {
-            id: stranger,
+            id: SubscriberId([1; 16]),
             received: u64::MAX,
             dropped: u64::MAX,
         }),
-        Bytes::from(wrong_version),
     ] {
-        within(raw.send(ZmqMessage::from(m)))
-            .await
-            .expect("send garbage");
+        raw.send(vec![m]).await;
     }
-    // The wrong version is refused, on a route its subscription matches.
-    let refusal = within(raw.recv()).await.expect("refusal");
-    match wire::decode_control(refusal.get(1).expect("control part")) {
+    raw.send(vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")])
+        .await;
+    // Another protocol version is refused, with a message it can read.
+    let mut other = [9u8; 17];
+    other[0] = 9;
+    let mut old = RawPeer::connect(&addr(&p), "SUB", &[(wire::PROPERTY, &other)]).await;
+    let refusal = old.recv_msg().await;
+    match wire::decode_control(&refusal[0]) {
         Ok(Control::Refuse { version, .. }) => assert_eq!(version, wire::VERSION),
         other => panic!("expected a refusal, got {other:?}"),
     }
+    assert!(old.recv().await.is_err(), "then the connection closes");
     send_and_check(&mut p, &mut s, 5).await;
     assert_eq!(p.subscriber_count(), Some(1), "garbage registered no one");
     assert_eq!(p.stats().dropped, 0, "a stranger's status changed nothing");
@@ -324,16 +319,16 @@ async fn connections_are_not_subscribers_until_their_subscription_arrives() {
     let mut p = within(ZmqTransport.publish(&ep, &PublishOptions::default()))
         .await
         .expect("publish");
-    // A connection that subscribes to everything but is not a framewire subscriber.
-    let mut raw = zeromq::SubSocket::new();
-    within(raw.connect(&zmq_url(&p))).await.expect("connect");
-    within(raw.subscribe("")).await.expect("subscribe");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(p.subscriber_count(), Some(0));
+    // A ZMTP connection that never subscribes is not a subscriber, and is
+    // closed after handshake_timeout; so is one that never finishes its greeting.
+    let mut mute = RawPeer::connect(&addr(&p), "SUB", &[]).await;
+    let _tcp = tokio::net::TcpStream::connect(addr(&p)).await.expect("tcp");
     assert!(matches!(
         p.wait_for_subscribers(1, Duration::from_millis(200)).await,
         Err(Error::Timeout(..))
     ));
+    assert_eq!(p.subscriber_count(), Some(0));
+    assert!(mute.recv().await.is_err(), "closed after handshake_timeout");
     let mut s = within(ZmqTransport.subscribe(p.endpoint(), &SubscribeOptions::default()))
         .await
         .expect("subscribe");
@@ -349,12 +344,9 @@ async fn a_subscriber_that_goes_silent_is_removed_and_stops_blocking() {
     let params = "?heartbeat=50ms&write_timeout=200ms&peer_timeout=600ms&queue=1";
     let (mut p, mut s) = pair(params, PublishOptions::default().policy(Policy::Block)).await;
     // A framewire subscription, then silence: no status reports, no reading.
-    let mut raw = XSubSocket::new();
-    within(raw.connect(&zmq_url(&p))).await.expect("connect");
     let ghost = SubscriberId([3; 16]);
-    within(raw.send(ZmqMessage::from(wire::subscription(&ghost, "", true))))
-        .await
-        .expect("subscribe");
+    let mut raw = RawPeer::framewire_sub(&addr(&p), &ghost).await;
+    raw.send(vec![wire::subscription("", true)]).await;
     within(p.wait_for_subscribers(2, T)).await.expect("two");
     // 1 MiB frames: the ghost's socket buffers fill and its writes stall,
     // until it is cut off; the live subscriber gets everything.
@@ -587,4 +579,60 @@ async fn close_waits_until_a_slow_subscriber_has_read_to_the_end() {
     within(p.close()).await.expect("close");
     let end = within(reader).await.expect("reader");
     assert!(end.to_string().contains("closed the channel"), "{end}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_subscriber_gets_frames_and_never_holds_flush() {
+    // A plain ZeroMQ SUB (no framewire property) under drop-oldest, where
+    // `flush` waits for framewire subscribers' receipts: it has none to give.
+    let ep = Endpoint::parse("zmq+tcp://127.0.0.1:0?policy=drop-oldest").expect("url");
+    let mut p = within(ZmqTransport.publish(&ep, &PublishOptions::default()))
+        .await
+        .expect("publish");
+    let mut plain = RawPeer::connect(&addr(&p), "SUB", &[]).await;
+    plain.send(vec![wire::subscription("a/", true)]).await;
+    plain.send(vec![wire::subscription("b/", true)]).await;
+    within(p.wait_for_subscribers(1, T)).await.expect("counted");
+    // Counted at its first subscription; the second follows: probe until in.
+    loop {
+        within(p.send(Frame::new(pattern::make(0, 10)).with_topic("b/probe")))
+            .await
+            .expect("send");
+        let r = tokio::time::timeout(Duration::from_secs(1), plain.reader.next(&common::BIG));
+        if r.await.is_ok() {
+            break;
+        }
+    }
+    let first = p.stats().frames_sent;
+    for (i, topic) in ["a/1", "c/1", "b/1"].into_iter().enumerate() {
+        within(p.send(Frame::new(pattern::make(i as u64, 100)).with_topic(topic)))
+            .await
+            .expect("send");
+    }
+    within(p.flush()).await.expect("flush returns");
+    // Only its topics, as [topic, envelope, payload], and nothing framewire-only.
+    for (seq, topic) in [(first, "a/1"), (first + 2, "b/1")] {
+        let m = loop {
+            // A late probe or two may still come first.
+            let m = plain.recv_msg().await;
+            if &m[0][..] != b"b/probe" {
+                break m;
+            }
+        };
+        assert_eq!(m.len(), 3, "{m:?}");
+        assert_eq!(&m[0][..], topic.as_bytes());
+        let f = wire::decode_envelope(&m[1], m[2].len() as u64, 1 << 20).expect("envelope");
+        assert_eq!((f.seq, f.topic.as_str()), (seq, topic));
+    }
+    // Cancelling every prefix leaves.
+    plain.send(vec![wire::subscription("a/", false)]).await;
+    plain.send(vec![wire::subscription("b/", false)]).await;
+    let deadline = tokio::time::Instant::now() + T;
+    while p.subscriber_count() != Some(0) {
+        assert!(tokio::time::Instant::now() < deadline, "still counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Closing the publisher ends its stream.
+    within(p.close()).await.expect("close");
+    assert!(plain.recv().await.is_err());
 }

@@ -3,9 +3,12 @@
 //! subscriber that cannot attach the pool gets payloads inline; hostile
 //! references are an error for that message and the subscriber goes on.
 
+mod common;
+
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use common::{FakePublisher, T, within};
 use transport_core::{
     Endpoint, Error, Frame, Policy, PublishOptions, Publisher, RecvMode, SubscribeOptions,
     Subscriber, Transport, codec, pattern,
@@ -13,13 +16,6 @@ use transport_core::{
 use transport_zmq::shm_pool::{SharedPool, SlotRef};
 use transport_zmq::wire::{self, Control, SubscriberId, Upstream, Welcome};
 use transport_zmq::{ZmqPublisher, ZmqSubscriber, ZmqTransport};
-use zeromq::{Socket, SocketRecv, SocketSend, XPubSocket, ZmqMessage};
-
-const T: Duration = Duration::from_secs(10);
-
-async fn within<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(T, f).await.expect("timed out")
-}
 
 async fn publisher(query: &str, policy: Policy) -> ZmqPublisher {
     let ep = Endpoint::parse(&format!("zmq+tcp://127.0.0.1:0?shm=pool&{query}")).expect("url");
@@ -322,43 +318,6 @@ async fn child_subscriber_as_another_user() {
     println!("CHILD-OK inline: {why}");
 }
 
-/// A fake `shm=pool` publisher: a raw XPUB socket and a real pool it
-/// serves, so that it can send references of its choosing.
-struct FakePublisher {
-    xpub: XPubSocket,
-    url: String,
-}
-
-fn msg(parts: Vec<Bytes>) -> ZmqMessage {
-    ZmqMessage::try_from(parts).expect("non-empty message")
-}
-
-impl FakePublisher {
-    async fn bind() -> FakePublisher {
-        let mut xpub = XPubSocket::new();
-        let ep = xpub.bind("tcp://127.0.0.1:0").await.expect("bind");
-        FakePublisher {
-            xpub,
-            url: format!("zmq+{ep}"),
-        }
-    }
-
-    async fn send(&mut self, parts: Vec<Bytes>) {
-        within(self.xpub.send(msg(parts))).await.expect("send");
-    }
-
-    async fn upstream(&mut self) -> Upstream {
-        loop {
-            let m = within(self.xpub.recv()).await.expect("recv");
-            if let Some(p) = m.get(0)
-                && let Ok(u) = wire::decode_upstream_any(p)
-            {
-                return u;
-            }
-        }
-    }
-}
-
 fn envelope(seq: u64, len: usize) -> Bytes {
     let mut f = Frame::new(vec![0u8; len]);
     f.seq = seq;
@@ -374,15 +333,8 @@ async fn hostile_references_are_an_error_per_message_and_the_subscriber_goes_on(
     let mut fake = FakePublisher::bind().await;
     let url = fake.url.clone();
     let sub = tokio::spawn(async move { subscriber(&url, RecvMode::View).await });
-    let id: SubscriberId = loop {
-        let m = within(fake.xpub.recv()).await.expect("recv");
-        if let Ok(s) = wire::parse_subscription(m.get(0).expect("part"))
-            && s.subscribe
-        {
-            break s.id;
-        }
-    };
-    let route = wire::route(&id, b"");
+    let _: (SubscriberId, String) = fake.accept_only().await;
+    let route = Bytes::new();
     let shm = Control::Shm {
         socket: server.name().to_owned(),
         segment: pool.segment_id(),
@@ -397,13 +349,8 @@ async fn hostile_references_are_an_error_per_message_and_the_subscriber_goes_on(
         peer_timeout_ms: 10_000,
         write_timeout_ms: 100,
     };
-    fake.send(vec![route.clone(), wire::encode_control(&shm)])
-        .await;
-    fake.send(vec![
-        route.clone(),
-        wire::encode_control(&Control::Welcome(welcome)),
-    ])
-    .await;
+    fake.control(shm).await;
+    fake.control(Control::Welcome(welcome)).await;
     let mut sub = within(sub).await.expect("subscriber task");
     assert_eq!(sub.shm_status(), Some(Ok(())));
     match fake.upstream().await {
@@ -571,4 +518,26 @@ async fn an_shm_pool_publisher_copies_a_zmq_view() {
     assert_eq!(sp.free_slots(), 1, "the copy is in a slot of its own");
     // The zmq view went with the copy: its slot is back.
     wait_free(&zp, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_zeromq_subscriber_of_an_shm_pool_publisher_gets_payloads_inline() {
+    let mut p = publisher("slots=2&slot_size=1MiB", Policy::Block).await;
+    let addr = common::addr(&p);
+    let mut plain = common::RawPeer::connect(&addr, "SUB", &[]).await;
+    plain.send(vec![wire::subscription("", true)]).await;
+    within(p.wait_for_subscribers(1, T)).await.expect("counted");
+    for i in 0..4u64 {
+        within(p.send(Frame::new(pattern::make(i, 5000)).with_topic("cam")))
+            .await
+            .expect("send");
+        // No control, no reference: the three parts of plain ZeroMQ.
+        let m = plain.recv_msg().await;
+        assert_eq!(m.len(), 3, "{m:?}");
+        let f = wire::decode_envelope(&m[1], m[2].len() as u64, 1 << 20).expect("envelope");
+        assert_eq!((f.seq, f.topic.as_str()), (i, "cam"));
+        assert!(pattern::check(i, &m[2]));
+    }
+    // It never holds a slot: all of them come back.
+    wait_free(&p, 2).await;
 }
