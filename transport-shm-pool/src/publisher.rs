@@ -182,6 +182,31 @@ impl Out {
         self.queue.push_back(o);
     }
 
+    /// Queues FORGET of segment index `index`, coalesced with what is still
+    /// queued for that index: a SEGMENT of it not yet written is removed
+    /// instead (the subscriber never learns of that mapping, so there is
+    /// nothing to forget). So at most one FORGET and one SEGMENT per index
+    /// wait in the queue however often an index is reused while a
+    /// subscriber does not read, each holding a segment's fd and anchors.
+    /// The caller makes sure no queued descriptor uses the index.
+    fn forget(&mut self, index: u32) {
+        let queued = self
+            .queue
+            .iter()
+            .rposition(|o| matches!(o, Outgoing::Segment { index: i, .. } if *i == index));
+        match queued {
+            Some(pos) => {
+                self.queue.remove(pos);
+            }
+            None => self.queue.push_back(Outgoing::Forget(index)),
+        }
+    }
+
+    /// Messages queued and not yet serialized.
+    fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Removes a queued (unsent) descriptor, carrying its drop count to the
     /// next one. True if it was still queued.
     fn remove_desc(&mut self, index: u32, generation: u64) -> bool {
@@ -416,7 +441,7 @@ impl Shared {
             if let Some(Some(c)) = st.conns.get(b) {
                 // A connection that is gone (or lingers) sends nothing more.
                 if !c.dead.load(Ordering::Acquire) {
-                    lock(&c.out).queue.push_back(Outgoing::Forget(i as u32));
+                    lock(&c.out).forget(i as u32);
                     c.wake.notify_one();
                 }
             }
@@ -1448,6 +1473,20 @@ impl ShmPoolPublisher {
         lock(&self.shared.state).segs.iter().flatten().count()
     }
 
+    /// Messages (descriptors, SEGMENT, FORGET) queued for subscribers whose
+    /// sockets are full, all connections together. Bounded: at most one
+    /// descriptor per slot and forward slot, and one SEGMENT and one FORGET
+    /// per forwarded-segment index, per subscriber.
+    pub fn queued_messages(&self) -> usize {
+        let conns: Vec<Arc<Conn>> = lock(&self.shared.state)
+            .conns
+            .iter()
+            .flatten()
+            .cloned()
+            .collect();
+        conns.iter().map(|c| lock(&c.out).queued()).sum()
+    }
+
     fn check_len(&self, len: usize) -> Result<()> {
         let limit = self.shared.pool.slot_size();
         if len as u64 > limit {
@@ -1771,6 +1810,30 @@ mod tests {
         out.push_desc(desc(0, 2));
         assert_eq!(missed(&out.queue[1]), 2);
         assert_eq!(out.carry, 0);
+    }
+
+    #[test]
+    fn a_forget_cancels_the_queued_segment_of_its_index() {
+        let fd = sys::memfd("forget-test", 4096).unwrap();
+        let seg = Arc::new(crate::registry::SegFd::for_tests(fd));
+        let segment = |index| Outgoing::Segment {
+            index,
+            seg: seg.clone(),
+        };
+        let mut out = Out::default();
+        // Index 3 was sent long ago: its FORGET is queued.
+        out.forget(3);
+        for _ in 0..100 {
+            // Reused, then forgotten again, while nothing is written.
+            out.queue.push_back(segment(3));
+            out.forget(3);
+        }
+        out.queue.push_back(segment(3));
+        out.queue.push_back(segment(5));
+        assert_eq!(out.queued(), 3, "one FORGET and one SEGMENT of 3, SEGMENT of 5");
+        assert!(matches!(out.queue[0], Outgoing::Forget(3)));
+        out.forget(5);
+        assert_eq!(out.queued(), 2, "a SEGMENT never written needs no FORGET");
     }
 
     #[test]

@@ -75,6 +75,20 @@ impl SegFd {
     }
 }
 
+#[cfg(test)]
+impl SegFd {
+    /// A segment no mapping registered, for unit tests of the queues.
+    pub(crate) fn for_tests(fd: OwnedFd) -> SegFd {
+        SegFd {
+            fd,
+            inode: 0,
+            len: 0,
+            anchors: Vec::new(),
+            mapped: AtomicBool::new(false),
+        }
+    }
+}
+
 /// Mappings by start address.
 static REGISTRY: RwLock<BTreeMap<usize, Arc<SegFd>>> = RwLock::new(BTreeMap::new());
 

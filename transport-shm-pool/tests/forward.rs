@@ -465,3 +465,68 @@ async fn both_forwarders_forget_a_segment_once_it_is_unmapped() {
         );
     }
 }
+
+/// Descriptors of this process's open files.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// Upstream segments churn (a new upstream pool per frame, forwarded, then
+/// gone) while a subscriber downstream never reads, under `drop-oldest`:
+/// once its socket is full, what the forwarder queues for it stays bounded
+/// (a FORGET cancels the queued SEGMENT of the same index), and so do the
+/// descriptors (segment memfds and anchors) those queued messages hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_subscriber_behind_churning_segments_stays_bounded() {
+    let mut b = publisher(
+        "churn-b",
+        "slots=2&slot_size=64KiB",
+        Policy::DropOldest,
+        "b",
+    )
+    .await;
+    // Never reads.
+    let stalled = subscriber(&mut b, RecvMode::View).await;
+    // Fill its socket with B's own frames (big headers fill it fast).
+    let mut seq = 0u64;
+    while b.queued_messages() == 0 {
+        assert!(seq < 10_000, "the stalled subscriber's socket never filled");
+        let mut f = Frame::new(pattern::make(seq, 16));
+        f.metadata = Bytes::from(vec![7u8; 32 << 10]);
+        b.send(f).await.expect("send to the stalled subscriber");
+        seq += 1;
+    }
+    let queued_full = b.queued_messages();
+    let fds_full = open_fds();
+    let rounds = 120usize;
+    for i in 0..rounds {
+        let mut a = publisher("churn-a", "slots=1&slot_size=4KiB", Policy::Fail, "a").await;
+        let mut sub_a = subscriber(&mut a, RecvMode::View).await;
+        send_pattern(&mut a, i as u64, 1000).await;
+        let view = recv(&mut sub_a).await.expect("recv A");
+        b.send(view).await.expect("forward");
+        // The upstream pool, its subscriber and (once the forward is taken
+        // back) its last view go away: the forwarder forgets the segment.
+        drop((sub_a, a));
+    }
+    assert!(b.forwarded() as usize >= rounds - 2, "{}", b.forwarded());
+    // Forgotten as their mappings go (the sweep task), except those of
+    // frames still in flight (at most the two forward slots).
+    until("the churned segments forgotten", || b.forwarded_segments() <= 2).await;
+    let queued = b.queued_messages();
+    let fds = open_fds();
+    eprintln!(
+        "queued {queued_full} -> {queued} messages, {fds_full} -> {fds} fds after {rounds} segments"
+    );
+    // At most a descriptor per slot and forward slot, one FORGET and one
+    // SEGMENT per forwarded-segment index (16), and what was queued before.
+    assert!(
+        queued <= queued_full + 4 + 2 * 16,
+        "{queued} messages queued for a stalled subscriber after {rounds} segments"
+    );
+    assert!(
+        fds <= fds_full + 2 * 16 * 3 + 16,
+        "{fds} fds open after {rounds} segments ({fds_full} before)"
+    );
+    drop(stalled);
+}
