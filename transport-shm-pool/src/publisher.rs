@@ -288,6 +288,9 @@ pub(crate) struct Shared {
     fwd_free: ArrayQueue<u32>,
     /// Frames sent by forwarding a view, without a copy.
     forwarded: AtomicU64,
+    /// Most slots of one kind a subscriber may hold as views (`max_held`),
+    /// announced with HELLO.
+    max_held: usize,
     closed: AtomicBool,
 }
 
@@ -296,11 +299,11 @@ impl Shared {
         let g = self.pool.geometry();
         Hello {
             version: wire::VERSION,
-            flags: if self.policy == Policy::DropOldest {
+            flags: (if self.policy == Policy::DropOldest {
                 wire::HELLO_RECLAIMS
             } else {
                 0
-            },
+            }) | (self.max_held.min(0xffff) as u32) << wire::HELLO_MAX_HELD_SHIFT,
             segment: self.pool.segment_id(),
             slots: g.slots,
             slot_size: g.slot_size,
@@ -1416,6 +1419,7 @@ impl ShmPoolPublisher {
             stale_releases: AtomicU64::new(0),
             fwd_free,
             forwarded: AtomicU64::new(0),
+            max_held: cfg.max_held,
             closed: AtomicBool::new(false),
         });
         let accept = tokio::spawn(accept_loop(shared.clone(), listener));
@@ -1457,6 +1461,12 @@ impl ShmPoolPublisher {
     /// pool (see the crate docs, "Forwarding").
     pub fn forwarded(&self) -> u64 {
         self.shared.forwarded.load(Ordering::Relaxed)
+    }
+
+    /// Most slots (and most forward slots) one subscriber may hold as views
+    /// at once: the endpoint's `max_held`, announced to each subscriber.
+    pub fn max_held(&self) -> usize {
+        self.shared.max_held
     }
 
     /// Forward slots free now (as many as pool slots; each forwarded frame
@@ -1830,7 +1840,11 @@ mod tests {
         }
         out.queue.push_back(segment(3));
         out.queue.push_back(segment(5));
-        assert_eq!(out.queued(), 3, "one FORGET and one SEGMENT of 3, SEGMENT of 5");
+        assert_eq!(
+            out.queued(),
+            3,
+            "one FORGET and one SEGMENT of 3, SEGMENT of 5"
+        );
         assert!(matches!(out.queue[0], Outgoing::Forget(3)));
         out.forget(5);
         assert_eq!(out.queued(), 2, "a SEGMENT never written needs no FORGET");

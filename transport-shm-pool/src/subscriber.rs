@@ -4,6 +4,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -80,7 +81,14 @@ struct Link {
     seg: SegmentMap,
     claims: ClaimTable,
     tx: mpsc::UnboundedSender<Ctl>,
+    /// Live views of pool slots and of forward slots (for `max_held`).
+    views: [AtomicUsize; 2],
 }
+
+/// Index into [`Link::views`] of pool-slot views.
+const POOL_VIEWS: usize = 0;
+/// Index into [`Link::views`] of forward-slot views.
+const FWD_VIEWS: usize = 1;
 
 impl Link {
     /// Sends a release from `recv` itself (owned mode, rejected descriptors):
@@ -143,6 +151,7 @@ impl AsRef<[u8]> for SlotView {
 
 impl Drop for SlotView {
     fn drop(&mut self) {
+        self.link.views[POOL_VIEWS].fetch_sub(1, Ordering::Relaxed);
         // Never blocks, never panics: a lock-free channel push. If the task is
         // gone (runtime shut down), the socket closes when the link does and
         // the publisher frees the slot on EOF.
@@ -178,6 +187,7 @@ impl AsRef<[u8]> for FwdView {
 
 impl Drop for FwdView {
     fn drop(&mut self) {
+        self.link.views[FWD_VIEWS].fetch_sub(1, Ordering::Relaxed);
         // As for `SlotView`: a lock-free push, never blocking or panicking.
         let _ = self.link.tx.send(Ctl::Release(self.index, self.generation));
     }
@@ -197,6 +207,12 @@ pub struct ShmPoolSubscriber {
     prefix: String,
     busy_poll: Option<Duration>,
     may_reclaim: bool,
+    /// The publisher's `max_held` (from HELLO): in view mode, a frame that
+    /// arrives while this many views of its kind are alive is released at
+    /// once and reported lost.
+    max_held: Option<usize>,
+    /// Frames released unread because of `max_held`.
+    over_max_held: AtomicU64,
     /// Segments the publisher forwards from, by the index it announced.
     fwd: Vec<Option<Arc<ForeignMap>>>,
     /// This subscriber's anchor at its publisher (see `wire`, "Anchors"):
@@ -366,6 +382,7 @@ impl ShmPoolSubscriber {
                 seg,
                 claims,
                 tx,
+                views: [AtomicUsize::new(0), AtomicUsize::new(0)],
             }),
             rx,
             name: cfg.name,
@@ -373,6 +390,8 @@ impl ShmPoolSubscriber {
             prefix: opts.topic_prefix.clone(),
             busy_poll: cfg.busy_poll,
             may_reclaim: hello.flags & wire::HELLO_RECLAIMS != 0,
+            max_held: wire::hello_max_held(hello.flags),
+            over_max_held: AtomicU64::new(0),
             anchor,
             fwd: (0..wire::MAX_FORWARD_SEGMENTS).map(|_| None).collect(),
             missed: 0,
@@ -390,6 +409,34 @@ impl ShmPoolSubscriber {
     /// Largest payload of a slot.
     pub fn slot_size(&self) -> u64 {
         self.link.seg.geometry().slot_size
+    }
+
+    /// The publisher's `max_held`: in view mode, at most this many views of
+    /// pool slots (and as many of forwarded frames) are alive at once; a
+    /// frame that arrives past it is given back unread and reported as lost
+    /// (`Error::Lagged`). `None` when the publisher set no limit.
+    pub fn max_held(&self) -> Option<usize> {
+        self.max_held
+    }
+
+    /// Frames given back unread because `max_held` views were alive.
+    pub fn dropped_over_max_held(&self) -> u64 {
+        self.over_max_held.load(Ordering::Relaxed)
+    }
+
+    /// In view mode, true (and the frame released, counted as lost) when
+    /// `max_held` views of `kind` are alive: the caller drops the frame.
+    fn over_max_held(&mut self, kind: usize, index: u32, generation: u64) -> bool {
+        let over = self.mode == RecvMode::View
+            && self
+                .max_held
+                .is_some_and(|cap| self.link.views[kind].load(Ordering::Relaxed) >= cap);
+        if over {
+            self.link.release_now(index, generation);
+            self.missed = self.missed.saturating_add(1);
+            self.over_max_held.fetch_add(1, Ordering::Relaxed);
+        }
+        over
     }
 
     /// Checks a descriptor, claims its slot and builds the frame. `None`
@@ -456,13 +503,19 @@ impl ShmPoolSubscriber {
             self.link.release_now(d.index, d.generation);
             return None;
         }
+        if self.over_max_held(POOL_VIEWS, d.index, d.generation) {
+            return None;
+        }
         let len = d.len as usize;
         frame.payload = match self.mode {
-            RecvMode::View => Bytes::from_owner(SlotView {
-                link: self.link.clone(),
-                index: d.index,
-                generation: d.generation,
-                len,
+            RecvMode::View => Bytes::from_owner({
+                self.link.views[POOL_VIEWS].fetch_add(1, Ordering::Relaxed);
+                SlotView {
+                    link: self.link.clone(),
+                    index: d.index,
+                    generation: d.generation,
+                    len,
+                }
             }),
             _ => {
                 // SAFETY: as in `SlotView::as_ref`: checked and claimed above,
@@ -614,15 +667,21 @@ impl ShmPoolSubscriber {
             self.link.release_now(d.index, d.generation);
             return None;
         }
+        if self.over_max_held(FWD_VIEWS, d.index, d.generation) {
+            return None;
+        }
         let len = d.len as usize;
         frame.payload = match self.mode {
-            RecvMode::View => Bytes::from_owner(FwdView {
-                link: self.link.clone(),
-                seg,
-                index: d.index,
-                generation: d.generation,
-                offset: d.offset,
-                len,
+            RecvMode::View => Bytes::from_owner({
+                self.link.views[FWD_VIEWS].fetch_add(1, Ordering::Relaxed);
+                FwdView {
+                    link: self.link.clone(),
+                    seg,
+                    index: d.index,
+                    generation: d.generation,
+                    offset: d.offset,
+                    len,
+                }
             }),
             _ => {
                 // SAFETY: as in `FwdView::as_ref`: checked and claimed above,

@@ -126,6 +126,19 @@ const K_FORGET: u8 = 0x87;
 /// descriptors that were not read yet, so a stale descriptor is a drop, not
 /// a forgery.
 pub const HELLO_RECLAIMS: u32 = 1;
+/// [`Hello::flags`] bits 16 to 31: the publisher's `max_held`, the most
+/// slots (and the most forward slots) the subscriber may hold as views at
+/// once; past it the subscriber releases a frame as soon as it reads its
+/// descriptor and reports it lost (`Error::Lagged`). 0: no limit.
+pub const HELLO_MAX_HELD_SHIFT: u32 = 16;
+
+/// The `max_held` a HELLO's flags announce (`None`: no limit).
+pub fn hello_max_held(flags: u32) -> Option<usize> {
+    match flags >> HELLO_MAX_HELD_SHIFT {
+        0 => None,
+        n => Some(n as usize),
+    }
+}
 
 /// The pool's shape, sent by the publisher with the read-only segment fd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

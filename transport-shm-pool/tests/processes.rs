@@ -256,7 +256,7 @@ fn killed_subscriber_gives_its_slots_back() {
     let name = unique("killsub");
     let shm_before = dev_shm(&name);
     let slots = 4usize;
-    let url = format!("shm-pool://{name}?slots={slots}&slot_size=256KiB");
+    let url = format!("shm-pool://{name}?slots={slots}&max_held={slots}&slot_size=256KiB");
     runtime().block_on(async {
         let mut publ = publisher(&url, transport_core::Policy::Fail).await;
         // A well-behaved subscriber in this process, reading owned copies.
@@ -332,7 +332,7 @@ fn killed_subscriber_gives_its_slots_back() {
 fn killed_publisher_disconnects_subscribers() {
     let name = unique("killpub");
     let shm_before = dev_shm(&name);
-    let url = format!("shm-pool://{name}?slots=4&slot_size=2MiB");
+    let url = format!("shm-pool://{name}?slots=4&max_held=4&slot_size=2MiB");
     let publ = Peer::spawn(&[
         "publish",
         &url,
@@ -428,8 +428,8 @@ fn publisher_and_subscriber_processes() {
 #[test]
 fn forwarding_across_processes() {
     let (up, down) = (unique("fwd-up"), unique("fwd-down"));
-    let up_url = format!("shm-pool://{up}?slots=4&slot_size=1MiB");
-    let down_url = format!("shm-pool://{down}?slots=4&slot_size=1MiB");
+    let up_url = format!("shm-pool://{up}?slots=4&max_held=4&slot_size=1MiB");
+    let down_url = format!("shm-pool://{down}?slots=4&max_held=4&slot_size=1MiB");
     runtime().block_on(async {
         let mut publ = publisher(&up_url, transport_core::Policy::Fail).await;
         let fwd = Peer::spawn(&["forward", &up_url, &down_url, "--frames", "3"]);
@@ -526,8 +526,8 @@ fn forwarding_across_processes() {
 #[test]
 fn killed_subscriber_behind_a_forwarder_releases_upstream() {
     let (up, down) = (unique("fwdk-up"), unique("fwdk-down"));
-    let up_url = format!("shm-pool://{up}?slots=4&slot_size=256KiB");
-    let down_url = format!("shm-pool://{down}?slots=4&slot_size=256KiB");
+    let up_url = format!("shm-pool://{up}?slots=4&max_held=4&slot_size=256KiB");
+    let down_url = format!("shm-pool://{down}?slots=4&max_held=4&slot_size=256KiB");
     runtime().block_on(async {
         let mut publ = publisher(&up_url, transport_core::Policy::Fail).await;
         let fwd = Peer::spawn(&["forward", &up_url, &down_url, "--frames", "4"]);
@@ -628,9 +628,9 @@ fn a_killed_forwarder_in_the_middle_of_a_chain() {
         unique("chain-mid"),
         unique("chain-down"),
     );
-    let up_url = format!("shm-pool://{up}?slots=4&slot_size=1MiB");
-    let mid_url = format!("shm-pool://{mid}?slots=4&slot_size=1MiB");
-    let down_url = format!("shm-pool://{down}?slots=4&slot_size=1MiB");
+    let up_url = format!("shm-pool://{up}?slots=4&max_held=4&slot_size=1MiB");
+    let mid_url = format!("shm-pool://{mid}?slots=4&max_held=4&slot_size=1MiB");
+    let down_url = format!("shm-pool://{down}?slots=4&max_held=4&slot_size=1MiB");
     runtime().block_on(async {
         let mut publ = publisher(&up_url, transport_core::Policy::Fail).await;
         let fwd = Peer::spawn(&["forward", &up_url, &mid_url, "--frames", "2"]);
