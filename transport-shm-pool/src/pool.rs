@@ -401,6 +401,11 @@ impl SegmentMap {
         })
     }
 
+    /// The registered segment (to set its forward marker).
+    pub(crate) fn registered(&self) -> &Arc<crate::registry::SegFd> {
+        self._reg.seg()
+    }
+
     pub(crate) fn id(&self) -> u64 {
         self.id
     }
@@ -490,6 +495,11 @@ impl ForeignMap {
     }
 
     /// Length of the mapping.
+    /// The registered segment (to set its forward marker).
+    pub(crate) fn registered(&self) -> &Arc<crate::registry::SegFd> {
+        self.reg.seg()
+    }
+
     pub(crate) fn len(&self) -> u64 {
         self.reg.seg().len()
     }

@@ -57,6 +57,9 @@ struct SlotAcct {
     seq: u64,
     /// Published and not yet free again.
     in_flight: bool,
+    /// Bit `k`: subscriber `k` said it forwards this frame (FORWARDED): if
+    /// it dies, the slot waits for its anchor; a slot it only took does not.
+    forwarded: u64,
 }
 
 /// What a forward slot holds besides its [`SlotAcct`].
@@ -270,7 +273,10 @@ struct Conn {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReadOutcome {
     Open,
+    /// End of stream or a socket error: the peer closed its socket or died.
     Closed,
+    /// The peer broke the protocol; it may still be alive, with views.
+    Violated,
 }
 
 pub(crate) struct Shared {
@@ -502,6 +508,28 @@ impl Shared {
         unlock(st);
     }
 
+    /// FORWARDED: `conn` is about to forward the frame it holds in slot
+    /// `index`. Ignored unless it holds that slot at that generation.
+    fn on_forwarded(&self, conn: &Arc<Conn>, index: u32, generation: u64) {
+        let mut st = lock(&self.state);
+        let bit = 1u64 << conn.bit;
+        let current = Self::conn_is_current(&st, conn);
+        match st.slots.get_mut(index as usize) {
+            Some(s)
+                if current && s.in_flight && s.generation == generation && s.holders & bit != 0 =>
+            {
+                s.forwarded |= bit;
+            }
+            _ => tracing::debug!(
+                pool = %self.name,
+                subscriber = conn.bit,
+                index,
+                generation,
+                "shm-pool: FORWARDED for a slot it does not hold; ignored"
+            ),
+        }
+    }
+
     fn on_unsubscribe(&self, conn: &Arc<Conn>) {
         let mut st = lock(&self.state);
         if !Self::conn_is_current(&st, conn) || !conn.active.swap(false, Ordering::AcqRel) {
@@ -531,12 +559,17 @@ impl Shared {
     }
 
     /// Forgets a connection whose socket closed (a killed subscriber ends
-    /// here). Descriptors it had not taken come back at once. Slots it took
-    /// come back at once too unless some process still holds its anchor (a
-    /// process it forwarded them to may be viewing them): those stay
-    /// reserved, and this returns true; the caller waits for the anchor's
-    /// end of file, then calls [`release_lingering`](Self::release_lingering).
-    fn drop_conn(&self, conn: &Arc<Conn>) -> bool {
+    /// here). Descriptors it had not taken come back at once, and so do the
+    /// slots it took without forwarding them (its views died with it, or
+    /// were all dropped when its socket closed). Slots it took and said it
+    /// forwarded (FORWARDED) come back at once too unless some process
+    /// still holds its anchor (a process it forwarded them to may be viewing
+    /// them): those stay reserved, and this returns true; the caller waits
+    /// for the anchor's end of file, then calls
+    /// [`release_lingering`](Self::release_lingering). After a protocol
+    /// violation (`violated`: the peer may still be alive, with views), every
+    /// slot it took waits for the anchor, as if forwarded.
+    fn drop_conn(&self, conn: &Arc<Conn>, violated: bool) -> bool {
         let mut st = lock(&self.state);
         if conn.dead.swap(true, Ordering::AcqRel) {
             return conn.lingering.load(Ordering::Acquire);
@@ -555,9 +588,12 @@ impl Shared {
             if !(s.in_flight && s.holders & bit != 0) {
                 continue;
             }
-            if anchored && !conn.claims.reclaim(index, s.generation) {
-                // Taken: viewed here, or forwarded to a process that still
-                // holds the anchor.
+            if anchored
+                && (violated || s.forwarded & bit != 0)
+                && !conn.claims.reclaim(index, s.generation)
+            {
+                // Taken and forwarded to a process that still holds the
+                // anchor (or a violating peer that may still view it).
                 kept += 1;
                 continue;
             }
@@ -680,15 +716,18 @@ impl Shared {
                     Ok(None) => break,
                     Err(e) => {
                         tracing::warn!(pool = %self.name, subscriber = conn.bit, "shm-pool: dropping subscriber: {e}");
-                        return ReadOutcome::Closed;
+                        return ReadOutcome::Violated;
                     }
                 };
                 match msg {
                     Msg::Release { index, generation } => self.on_release(conn, index, generation),
+                    Msg::Forwarded { index, generation } => {
+                        self.on_forwarded(conn, index, generation)
+                    }
                     Msg::Unsubscribe => self.on_unsubscribe(conn),
                     other => {
                         tracing::warn!(pool = %self.name, subscriber = conn.bit, "shm-pool: dropping subscriber: unexpected {other:?}");
-                        return ReadOutcome::Closed;
+                        return ReadOutcome::Violated;
                     }
                 }
             }
@@ -794,9 +833,10 @@ impl Shared {
             .cloned()
             .collect();
         for c in conns {
-            if self.read_conn(&c, false) == ReadOutcome::Closed {
+            let r = self.read_conn(&c, false);
+            if r != ReadOutcome::Open {
                 // Its task waits for the anchor, if need be.
-                self.drop_conn(&c);
+                self.drop_conn(&c, r == ReadOutcome::Violated);
                 c.wake.notify_one();
             }
         }
@@ -964,6 +1004,7 @@ impl Shared {
                 return;
             }
             s.holders = mask;
+            s.forwarded = 0;
             s.seq = seq;
             s.in_flight = true;
             *in_flight += 1;
@@ -1050,6 +1091,7 @@ impl Shared {
         }
         let s = &mut slots[index as usize];
         s.holders = mask;
+        s.forwarded = 0;
         s.seq = seq;
         s.in_flight = true;
         *in_flight += 1;
@@ -1075,6 +1117,7 @@ impl Shared {
 /// stay reserved until this subscriber's views of it drop.
 async fn conn_task(shared: Arc<Shared>, conn: Arc<Conn>) {
     let mut shut = false;
+    let mut violated = false;
     loop {
         if conn.dead.load(Ordering::Acquire) {
             break;
@@ -1099,8 +1142,13 @@ async fn conn_task(shared: Arc<Shared>, conn: Arc<Conn>) {
             r = conn.stream.ready(interest) => if r.is_err() { break },
             _ = conn.wake.notified() => {}
         }
-        if shared.read_conn(&conn, true) == ReadOutcome::Closed {
-            break;
+        match shared.read_conn(&conn, true) {
+            ReadOutcome::Open => {}
+            ReadOutcome::Closed => break,
+            ReadOutcome::Violated => {
+                violated = true;
+                break;
+            }
         }
         let r = {
             let mut out = lock(&conn.out);
@@ -1113,7 +1161,7 @@ async fn conn_task(shared: Arc<Shared>, conn: Arc<Conn>) {
             Err(_) => break,
         }
     }
-    if shared.drop_conn(&conn) {
+    if shared.drop_conn(&conn, violated) {
         shared.wait_unanchored(&conn).await;
         shared.release_lingering(&conn);
     }
@@ -1637,6 +1685,9 @@ impl Publisher for ShmPoolPublisher {
         // whose publisher has no anchors) or too many, and it is copied.
         if let Some((seg, offset)) = registry::lookup(frame.payload.as_ptr(), len)
             .filter(|(seg, _)| (1..=wire::MAX_ANCHORS as usize).contains(&seg.anchors().len()))
+            // The upstream publisher learns first that this frame's slot is
+            // forwarded (if it cannot be told at once, the frame is copied).
+            .filter(|(seg, offset)| seg.mark_forwarded(*offset, len as u64))
         {
             match self.forward(frame, seg, offset).await? {
                 None => return Ok(()),

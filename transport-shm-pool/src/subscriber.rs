@@ -4,12 +4,13 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use transport_core::codec::{self, PREFIX_LEN, Prefix};
@@ -21,6 +22,7 @@ use transport_core::{
 use crate::config::{self, Config};
 use crate::pool::{ForeignMap, SegmentMap};
 use crate::publisher::HANDSHAKE_TIMEOUT;
+use crate::registry::ForwardMark;
 use crate::sys;
 use crate::wire::{self, ClaimTable, Desc, FwdDesc, Msg, RecvBuf, Take};
 
@@ -83,6 +85,53 @@ struct Link {
     tx: mpsc::UnboundedSender<Ctl>,
     /// Live views of pool slots and of forward slots (for `max_held`).
     views: [AtomicUsize; 2],
+    /// Segments the publisher forwards from, by the index it announced.
+    /// Here rather than in the subscriber so that the hang-up watch can let
+    /// them (and the anchors they hold) go without waiting for `recv`.
+    fwd: Mutex<Vec<Option<Arc<ForeignMap>>>>,
+    /// What each forward slot's live view (if any) shows: the mapping (its
+    /// address), offset, length and generation; for FORWARDED.
+    fwd_ranges: Mutex<Vec<Option<(usize, u64, u64, u64)>>>,
+    /// The publisher's end of the socket is closed (it exited or was
+    /// killed): no FWD is taken any more, no SEGMENT mapped.
+    dead: AtomicBool,
+    /// Ends the hang-up watch when the link goes.
+    _watch_stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// Calls [`Link::hung_up`] as soon as the publisher's end of the socket
+/// closes (its process exited or was killed), whether or not the subscriber
+/// is inside `recv`: a killed forwarder's upstream slots then wait only for
+/// live views here, not for the next `recv`. Ends with the link.
+async fn hangup_task(
+    watch: AsyncFd<OwnedFd>,
+    link: Weak<Link>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    tokio::select! {
+        r = watch.readable() => {
+            if r.is_ok() && let Some(l) = link.upgrade() {
+                l.hung_up();
+            }
+        }
+        _ = stop => {}
+    }
+}
+
+/// Tells the publisher of a [`Link`] which of its slots a forward from one
+/// of this link's mappings uses (see `registry::ForwardMark`).
+struct Marker {
+    link: Weak<Link>,
+    /// `None`: the publisher's pool; `Some(address)`: a forwarded segment.
+    foreign: Option<usize>,
+}
+
+impl ForwardMark for Marker {
+    fn mark(&self, offset: u64, len: u64) -> bool {
+        self.link
+            .upgrade()
+            .is_some_and(|l| l.mark_forwarded(self.foreign, offset, len))
+    }
 }
 
 /// Index into [`Link::views`] of pool-slot views.
@@ -91,6 +140,75 @@ const POOL_VIEWS: usize = 0;
 const FWD_VIEWS: usize = 1;
 
 impl Link {
+    /// Writes FORWARDED for every slot of this publisher that holds bytes
+    /// `offset .. offset + len` of the pool (`foreign` `None`) or of the
+    /// forwarded segment mapped at `foreign`, and is held by a view here.
+    /// True once written; false (the caller copies) when none is held or
+    /// the socket cannot take it at once.
+    fn mark_forwarded(&self, foreign: Option<usize>, offset: u64, len: u64) -> bool {
+        if self.dead.load(Ordering::Acquire) {
+            return false;
+        }
+        let geo = self.seg.geometry();
+        let mut held: Vec<(u32, u64)> = Vec::new();
+        match foreign {
+            None => {
+                let Some(rel) = offset.checked_sub(geo.data_offset) else {
+                    return false;
+                };
+                let (k, within) = (rel / geo.stride, rel % geo.stride);
+                if k >= u64::from(geo.slots) || within.saturating_add(len) > geo.slot_size {
+                    return false;
+                }
+                match self.claims.taken_generation(k as u32) {
+                    Some(g) => held.push((k as u32, g)),
+                    None => return false,
+                }
+            }
+            Some(map) => {
+                let ranges = lock(&self.fwd_ranges);
+                for (k, r) in ranges.iter().enumerate() {
+                    let Some((m, off, l, g)) = *r else { continue };
+                    let index = geo.slots + k as u32;
+                    if m == map
+                        && off <= offset
+                        && offset.saturating_add(len) <= off.saturating_add(l)
+                        && self.claims.taken_generation(index) == Some(g)
+                    {
+                        held.push((index, g));
+                    }
+                }
+            }
+        }
+        if held.is_empty() {
+            return false;
+        }
+        {
+            let mut out = lock(&self.io.out);
+            for (index, generation) in held {
+                wire::encode(&Msg::Forwarded { index, generation }, &mut out);
+            }
+        }
+        match self.io.flush() {
+            Ok(()) => true,
+            Err(_) => {
+                // Written later by the task; this frame is copied.
+                let _ = self.tx.send(Ctl::Kick);
+                false
+            }
+        }
+    }
+
+    /// The publisher is gone (its end of the socket closed): no FWD still
+    /// in the socket will be taken, no SEGMENT mapped, and the forwarded
+    /// segments are let go now, so that their anchors close as soon as no
+    /// view holds them, whether or not anyone is in `recv`.
+    fn hung_up(&self) {
+        self.dead.store(true, Ordering::Release);
+        let gone: Vec<_> = lock(&self.fwd).iter_mut().map(Option::take).collect();
+        drop(gone);
+    }
+
     /// Sends a release from `recv` itself (owned mode, rejected descriptors):
     /// written at once when the socket has room, by the task otherwise.
     fn release_now(&self, index: u32, generation: u64) {
@@ -213,8 +331,6 @@ pub struct ShmPoolSubscriber {
     max_held: Option<usize>,
     /// Frames released unread because of `max_held`.
     over_max_held: AtomicU64,
-    /// Segments the publisher forwards from, by the index it announced.
-    fwd: Vec<Option<Arc<ForeignMap>>>,
     /// This subscriber's anchor at its publisher (see `wire`, "Anchors"):
     /// held by every mapping made through this connection.
     anchor: Arc<OwnedFd>,
@@ -376,14 +492,39 @@ impl ShmPoolSubscriber {
             out: Mutex::new(BytesMut::new()),
         });
         tokio::spawn(release_task(io.clone(), rx_ctl));
+        // A subscriber that cannot watch for the hang-up still works: its
+        // forwarded segments then go at `Disconnected`, as they always do.
+        let watch = sys::hangup_watch(io.stream.as_fd())
+            .and_then(|ep| {
+                // SAFETY: `ep` is an `OwnedFd`: its descriptor stays open,
+                // and `as_raw_fd` returns that same descriptor, for as long
+                // as the `AsyncFd` owns it.
+                unsafe { AsyncFd::register_with_interest(ep, Interest::READABLE) }
+                    .map_err(io::Error::from)
+            })
+            .map_err(|e| tracing::debug!("shm-pool: no hang-up watch: {e}"))
+            .ok();
+        let (watch_stop, stop) = tokio::sync::oneshot::channel();
+        let link = Arc::new(Link {
+            io,
+            seg,
+            claims,
+            tx,
+            views: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            fwd: Mutex::new((0..wire::MAX_FORWARD_SEGMENTS).map(|_| None).collect()),
+            fwd_ranges: Mutex::new(vec![None; hello.slots as usize]),
+            dead: AtomicBool::new(false),
+            _watch_stop: watch.is_some().then_some(watch_stop),
+        });
+        link.seg.registered().set_marker(Arc::new(Marker {
+            link: Arc::downgrade(&link),
+            foreign: None,
+        }));
+        if let Some(watch) = watch {
+            tokio::spawn(hangup_task(watch, Arc::downgrade(&link), stop));
+        }
         Ok(ShmPoolSubscriber {
-            link: Arc::new(Link {
-                io,
-                seg,
-                claims,
-                tx,
-                views: [AtomicUsize::new(0), AtomicUsize::new(0)],
-            }),
+            link,
             rx,
             name: cfg.name,
             mode,
@@ -393,7 +534,6 @@ impl ShmPoolSubscriber {
             max_held: wire::hello_max_held(hello.flags),
             over_max_held: AtomicU64::new(0),
             anchor,
-            fwd: (0..wire::MAX_FORWARD_SEGMENTS).map(|_| None).collect(),
             missed: 0,
             held: None,
             closed: None,
@@ -568,7 +708,14 @@ impl ShmPoolSubscriber {
             held.push(check_anchor(fd, "SEGMENT")?);
         }
         held.push(self.anchor.clone());
-        let Some(entry) = self.fwd.get_mut(index as usize) else {
+        if self.link.dead.load(Ordering::Acquire) {
+            // Its publisher is gone: nothing will be forwarded from it. Its
+            // fd and anchors (and any that came with it) are closed now.
+            while self.rx.take_fd().is_some() {}
+            return Ok(());
+        }
+        let mut table = lock(&self.link.fwd);
+        let Some(entry) = table.get_mut(index as usize) else {
             return Err(Error::Protocol(format!(
                 "SEGMENT index {index} is out of range (below {})",
                 wire::MAX_FORWARD_SEGMENTS
@@ -587,7 +734,12 @@ impl ShmPoolSubscriber {
             len,
             "shm-pool: mapped a forwarded segment"
         );
-        *entry = Some(Arc::new(map));
+        let map = Arc::new(map);
+        map.registered().set_marker(Arc::new(Marker {
+            link: Arc::downgrade(&self.link),
+            foreign: Some(Arc::as_ptr(&map) as usize),
+        }));
+        *entry = Some(map);
         Ok(())
     }
 
@@ -607,7 +759,15 @@ impl ShmPoolSubscriber {
                 d.index, self.name
             ))));
         }
-        let seg = self.fwd.get(d.segment as usize).and_then(Option::clone);
+        if self.link.dead.load(Ordering::Acquire) {
+            // Its publisher is gone and may have been killed: the upstream
+            // slot behind this frame is no longer reserved for it.
+            self.missed = self.missed.saturating_add(1);
+            return None;
+        }
+        let seg = lock(&self.link.fwd)
+            .get(d.segment as usize)
+            .and_then(Option::clone);
         let bad = match &seg {
             None => Some(format!(
                 "descriptor names forwarded segment {}, which the publisher of `{}` never sent",
@@ -674,6 +834,9 @@ impl ShmPoolSubscriber {
         frame.payload = match self.mode {
             RecvMode::View => Bytes::from_owner({
                 self.link.views[FWD_VIEWS].fetch_add(1, Ordering::Relaxed);
+                if let Some(r) = lock(&self.link.fwd_ranges).get_mut((d.index - first) as usize) {
+                    *r = Some((Arc::as_ptr(&seg) as usize, d.offset, d.len, d.generation));
+                }
                 FwdView {
                     link: self.link.clone(),
                     seg,
@@ -779,7 +942,7 @@ impl Subscriber for ShmPoolSubscriber {
                     }
                     Ok(Msg::Forget { index }) => {
                         // Views made from it keep their mapping.
-                        if let Some(entry) = self.fwd.get_mut(index as usize) {
+                        if let Some(entry) = lock(&self.link.fwd).get_mut(index as usize) {
                             *entry = None;
                         }
                     }
@@ -799,7 +962,7 @@ impl Subscriber for ShmPoolSubscriber {
             if let Some(reason) = &self.closed {
                 // No FWD can name a forwarded segment any more: let the
                 // mappings (and the anchors they hold) go with their last view.
-                self.fwd.iter_mut().for_each(|e| *e = None);
+                self.link.hung_up();
                 return Err(Error::Disconnected(reason.clone()));
             }
             self.read_more().await;
@@ -820,5 +983,9 @@ impl Drop for ShmPoolSubscriber {
         // Descriptors not taken yet go back at once; views still alive keep
         // their slots (and the socket) until they drop.
         let _ = self.link.tx.send(Ctl::Unsubscribe);
+        // No FWD will be read any more: the forwarded segments (and their
+        // anchors) stay only as long as views of them.
+        let gone: Vec<_> = lock(&self.link.fwd).iter_mut().map(Option::take).collect();
+        drop(gone);
     }
 }
