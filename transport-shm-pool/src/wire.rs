@@ -55,10 +55,16 @@
 //! publisher it received the segment from), so every process that can view
 //! a slot holds the anchor of every hop the slot's reservation goes through.
 //!
+//! Before it forwards a frame, a subscriber's process sends FORWARDED for
+//! the claim(s) the frame lies in, and only once that message is in the
+//! socket does it send the FWD downstream (otherwise it copies the frame).
 //! When a subscriber's socket closes, the publisher takes back what the
-//! subscriber had not taken yet, but a slot the subscriber *had* taken
-//! (claim word [`TAKEN`]: it may be viewing it, or may have forwarded it)
-//! stays reserved until the subscriber's anchor reaches end of file. For a
+//! subscriber had not taken yet and what it took without a FORWARDED (its
+//! views died with it), but a slot the subscriber took *and forwarded*
+//! stays reserved until the subscriber's anchor reaches end of file.
+//! Downstream, a subscriber drops its forwarded segments (and so its copies
+//! of their anchors, once no view holds them) as soon as its publisher's
+//! end of the socket closes, without waiting for `recv`. For a
 //! subscriber that exits or is killed and forwarded nothing, that is at once
 //! (its process held the only copy); for a forwarding process killed while
 //! its own subscribers still view what it forwarded, it is when the last of
