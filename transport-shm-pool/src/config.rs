@@ -55,11 +55,13 @@ pub struct Config {
     pub max_held: usize,
 }
 
-/// The `max_held` of a pool of `slots` slots without `max_held=`: half the
-/// pool (rounded up), so one subscriber's views never take every slot of a
-/// pool of two or more.
+/// The `max_held` of a pool of `slots` slots without `max_held=`: all but
+/// one slot, so that one subscriber's views never take every slot of a pool
+/// of two or more, while a pipeline that keeps several frames in flight
+/// (a forwarder's views stay held until its subscribers release them) is
+/// not cut short.
 pub fn default_max_held(slots: usize) -> usize {
-    slots.div_ceil(2).max(1)
+    slots.saturating_sub(1).max(1)
 }
 
 impl Config {
@@ -182,9 +184,9 @@ mod tests {
             (8, 32 << 20, Policy::Block)
         );
         assert_eq!(c.busy_poll, None);
-        assert_eq!(c.max_held, 4, "half the pool");
+        assert_eq!(c.max_held, 7, "all but one slot");
         assert_eq!(cfg("shm-pool://cam0?slots=1").unwrap().max_held, 1);
-        assert_eq!(cfg("shm-pool://cam0?slots=5").unwrap().max_held, 3);
+        assert_eq!(cfg("shm-pool://cam0?slots=2").unwrap().max_held, 1);
         assert_eq!(cfg("shm-pool://cam0?max_held=8").unwrap().max_held, 8);
         let c = cfg("shm-pool://cam0?slots=3&slot_size=64MiB&policy=fail&recv=view&busy_poll=50us")
             .unwrap();

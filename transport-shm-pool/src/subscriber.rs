@@ -91,7 +91,7 @@ struct Link {
     fwd: Mutex<Vec<Option<Arc<ForeignMap>>>>,
     /// What each forward slot's live view (if any) shows: the mapping (its
     /// address), offset, length and generation; for FORWARDED.
-    fwd_ranges: Mutex<Vec<Option<(usize, u64, u64, u64)>>>,
+    fwd_ranges: Mutex<Vec<Option<FwdRange>>>,
     /// The publisher's end of the socket is closed (it exited or was
     /// killed): no FWD is taken any more, no SEGMENT mapped.
     dead: AtomicBool,
@@ -117,6 +117,10 @@ async fn hangup_task(
         _ = stop => {}
     }
 }
+
+/// What a forward slot's view shows: (mapping address, offset, length,
+/// generation).
+type FwdRange = (usize, u64, u64, u64);
 
 /// Tells the publisher of a [`Link`] which of its slots a forward from one
 /// of this link's mappings uses (see `registry::ForwardMark`).

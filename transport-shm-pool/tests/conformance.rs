@@ -19,7 +19,7 @@ impl Harness for ShmPool {
     /// largest frames fit; `depth` is the number of slots (8 when not given:
     /// some tests send 5 frames before anyone reads). `max_held` is the
     /// whole pool: `views_are_not_copies` checks that one subscriber's views
-    /// fill the pool, which the default `max_held` (half the pool) is there
+    /// fill the pool, which the default `max_held` (all but one slot) is there
     /// to prevent (`tests/max_held.rs` tests the default).
     fn endpoint(&self, depth: Option<usize>) -> Endpoint {
         static N: AtomicUsize = AtomicUsize::new(0);
