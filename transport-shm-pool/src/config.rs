@@ -21,12 +21,13 @@ pub const MAX_BUSY_POLL: Duration = Duration::from_secs(1);
 pub const MAX_NAME: usize = 64;
 
 /// Every URL parameter an `shm-pool://` endpoint accepts.
-pub const PARAMS: [&str; 5] = [
+pub const PARAMS: [&str; 6] = [
     COMMON_PARAMS[0],
     COMMON_PARAMS[1],
     "slots",
     "slot_size",
     "busy_poll",
+    "max_held",
 ];
 
 /// The options of an `shm-pool://NAME?...` endpoint, parsed and checked.
@@ -34,7 +35,8 @@ pub const PARAMS: [&str; 5] = [
 /// `slots` and `slot_size` shape the pool the publisher creates; a subscriber
 /// takes the real geometry from the publisher it connects to and ignores them.
 /// `busy_poll` is the subscriber's: spin this long on shared memory before
-/// parking on the socket.
+/// parking on the socket. `max_held` is the publisher's: how many slots one
+/// subscriber may hold as views (of pool slots, and of forward slots).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Config {
@@ -48,6 +50,18 @@ pub struct Config {
     pub policy: Policy,
     /// The subscriber's `busy_poll=` spin, if any.
     pub busy_poll: Option<Duration>,
+    /// Most slots (and most forward slots) one subscriber may hold as views
+    /// at once (`max_held=`, 1 to `slots`; default [`default_max_held`]).
+    pub max_held: usize,
+}
+
+/// The `max_held` of a pool of `slots` slots without `max_held=`: all but
+/// one slot, so that one subscriber's views never take every slot of a pool
+/// of two or more, while a pipeline that keeps several frames in flight
+/// (a forwarder's views stay held until its subscribers release them) is
+/// not cut short.
+pub fn default_max_held(slots: usize) -> usize {
+    slots.saturating_sub(1).max(1)
 }
 
 impl Config {
@@ -105,12 +119,24 @@ impl Config {
                 reason: format!("{d:?} is longer than the limit of {MAX_BUSY_POLL:?}; spin less"),
             });
         }
+        let max_held = endpoint
+            .parse_param::<usize>("max_held")?
+            .unwrap_or_else(|| default_max_held(slots));
+        if max_held == 0 || max_held > slots {
+            return Err(Error::InvalidOption {
+                option: "max_held".into(),
+                reason: format!(
+                    "{max_held} slots held by one subscriber; give 1 to `slots` ({slots})"
+                ),
+            });
+        }
         Ok(Config {
             name: name.to_owned(),
             slots,
             slot_size,
             policy,
             busy_poll,
+            max_held,
         })
     }
 }
@@ -158,6 +184,10 @@ mod tests {
             (8, 32 << 20, Policy::Block)
         );
         assert_eq!(c.busy_poll, None);
+        assert_eq!(c.max_held, 7, "all but one slot");
+        assert_eq!(cfg("shm-pool://cam0?slots=1").unwrap().max_held, 1);
+        assert_eq!(cfg("shm-pool://cam0?slots=2").unwrap().max_held, 1);
+        assert_eq!(cfg("shm-pool://cam0?max_held=8").unwrap().max_held, 8);
         let c = cfg("shm-pool://cam0?slots=3&slot_size=64MiB&policy=fail&recv=view&busy_poll=50us")
             .unwrap();
         assert_eq!(
@@ -171,7 +201,7 @@ mod tests {
     fn bad_input_says_what_is_accepted() {
         let msg = cfg("shm-pool://cam0?queue=3").unwrap_err().to_string();
         assert!(
-            msg.contains("queue") && msg.contains("slots, slot_size, busy_poll"),
+            msg.contains("queue") && msg.contains("slots, slot_size, busy_poll, max_held"),
             "{msg}"
         );
         assert!(cfg("shm-pool://cam0?slots=0").is_err());
@@ -180,6 +210,12 @@ mod tests {
         assert!(cfg("shm-pool://cam0?slot_size=12parsecs").is_err());
         assert!(cfg("shm-pool://cam0?slots=4096&slot_size=1GiB").is_err());
         assert!(cfg("shm-pool://cam0?busy_poll=2s").is_err());
+        for bad in ["max_held=0", "max_held=9", "max_held=-1", "max_held=half"] {
+            let msg = cfg(&format!("shm-pool://cam0?{bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains("max_held"), "{bad}: {msg}");
+        }
         assert!(cfg("shm-pool://cam0?policy=sometimes").is_err());
         assert!(cfg("shm-pool://../etc").is_err());
         assert!(cfg("shm-pool://a/b").is_err());

@@ -354,9 +354,10 @@ async fn with_fake_subscriber(test: &str) -> (Endpoint, crate::ShmPoolPublisher,
 }
 
 /// A subscriber whose socket closes while a copy of its anchor lives on (as
-/// in a process it forwarded to): what it had only been offered comes back,
-/// the slot it took stays reserved until the last copy of the anchor is
-/// closed. Bytes written into the anchor change nothing.
+/// in a process it forwarded to): a slot it took without forwarding it
+/// comes back at once, the slot it took and said it forwarded (FORWARDED)
+/// stays reserved until the last copy of the anchor is closed. Bytes written
+/// into the anchor change nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn taken_slots_wait_for_the_anchor() {
     let (endpoint, mut publ, mut fake) = with_fake_subscriber("anchor").await;
@@ -367,17 +368,34 @@ async fn taken_slots_wait_for_the_anchor() {
     }
     let taken = fake.next_desc().await;
     let offered = fake.next_desc().await;
-    assert_eq!(
-        fake.claims.take(taken.index, taken.generation, false),
-        Take::Taken
-    );
+    for d in [&taken, &offered] {
+        assert_eq!(fake.claims.take(d.index, d.generation, false), Take::Taken);
+    }
+    // Only the first is forwarded; a FORWARDED at a wrong generation is
+    // ignored.
+    for (index, generation) in [
+        (offered.index, offered.generation + 1),
+        (taken.index, taken.generation),
+    ] {
+        wire::send(
+            &fake.stream,
+            &Msg::Forwarded { index, generation },
+            None,
+            "FORWARDED",
+        )
+        .await
+        .expect("FORWARDED");
+    }
     let anchor = fake.anchor.clone();
     // Fill the pipe: the publisher must not be kept busy reading it.
     let junk = [0xa5u8; 4096];
     while rustix::io::write(&*anchor, &junk).is_ok() {}
     drop(fake);
     until("the subscriber gone", || publ.subscriber_count() == Some(0)).await;
-    until("the offered slot back", || publ.free_slots() == 1).await;
+    until("the slot taken and not forwarded back", || {
+        publ.free_slots() == 1
+    })
+    .await;
     for _ in 0..30 {
         assert_eq!(publ.free_slots(), 1, "the taken slot stays reserved");
         tokio::time::sleep(Duration::from_millis(2)).await;

@@ -514,6 +514,11 @@ impl SegmentMap {
         })
     }
 
+    /// The registered segment (to set its forward marker).
+    pub(crate) fn registered(&self) -> &Arc<crate::registry::SegFd> {
+        self._reg.seg()
+    }
+
     pub(crate) fn id(&self) -> u64 {
         self.id
     }
@@ -689,6 +694,11 @@ impl ForeignMap {
     }
 
     /// Length of the mapping.
+    /// The registered segment (to set its forward marker).
+    pub(crate) fn registered(&self) -> &Arc<crate::registry::SegFd> {
+        self.reg.seg()
+    }
+
     pub(crate) fn len(&self) -> u64 {
         self.reg.seg().len()
     }

@@ -56,6 +56,9 @@ struct SlotAcct {
     seq: u64,
     /// Published and not yet free again.
     in_flight: bool,
+    /// Bit `k`: subscriber `k` said it forwards this frame (FORWARDED): if
+    /// it dies, the slot waits for its anchor; a slot it only took does not.
+    forwarded: u64,
 }
 
 /// What a forward slot holds besides its [`SlotAcct`].
@@ -181,6 +184,31 @@ impl Out {
         self.queue.push_back(o);
     }
 
+    /// Queues FORGET of segment index `index`, coalesced with what is still
+    /// queued for that index: a SEGMENT of it not yet written is removed
+    /// instead (the subscriber never learns of that mapping, so there is
+    /// nothing to forget). So at most one FORGET and one SEGMENT per index
+    /// wait in the queue however often an index is reused while a
+    /// subscriber does not read, each holding a segment's fd and anchors.
+    /// The caller makes sure no queued descriptor uses the index.
+    fn forget(&mut self, index: u32) {
+        let queued = self
+            .queue
+            .iter()
+            .rposition(|o| matches!(o, Outgoing::Segment { index: i, .. } if *i == index));
+        match queued {
+            Some(pos) => {
+                self.queue.remove(pos);
+            }
+            None => self.queue.push_back(Outgoing::Forget(index)),
+        }
+    }
+
+    /// Messages queued and not yet serialized.
+    fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Removes a queued (unsent) descriptor, carrying its drop count to the
     /// next one. True if it was still queued.
     fn remove_desc(&mut self, index: u32, generation: u64) -> bool {
@@ -244,7 +272,10 @@ struct Conn {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReadOutcome {
     Open,
+    /// End of stream or a socket error: the peer closed its socket or died.
     Closed,
+    /// The peer broke the protocol; it may still be alive, with views.
+    Violated,
 }
 
 pub(crate) struct Shared {
@@ -262,6 +293,9 @@ pub(crate) struct Shared {
     fwd_free: FreeList,
     /// Frames sent by forwarding a view, without a copy.
     forwarded: AtomicU64,
+    /// Most slots of one kind a subscriber may hold as views (`max_held`),
+    /// announced with HELLO.
+    max_held: usize,
     closed: AtomicBool,
 }
 
@@ -270,11 +304,11 @@ impl Shared {
         let g = self.pool.geometry();
         Hello {
             version: wire::VERSION,
-            flags: if self.policy == Policy::DropOldest {
+            flags: (if self.policy == Policy::DropOldest {
                 wire::HELLO_RECLAIMS
             } else {
                 0
-            },
+            }) | (self.max_held.min(0xffff) as u32) << wire::HELLO_MAX_HELD_SHIFT,
             segment: self.pool.segment_id(),
             slots: g.slots,
             slot_size: g.slot_size,
@@ -416,7 +450,7 @@ impl Shared {
             if let Some(Some(c)) = st.conns.get(b) {
                 // A connection that is gone (or lingers) sends nothing more.
                 if !c.dead.load(Ordering::Acquire) {
-                    lock(&c.out).queue.push_back(Outgoing::Forget(i as u32));
+                    lock(&c.out).forget(i as u32);
                     c.wake.notify_one();
                 }
             }
@@ -474,6 +508,28 @@ impl Shared {
         unlock(st);
     }
 
+    /// FORWARDED: `conn` is about to forward the frame it holds in slot
+    /// `index`. Ignored unless it holds that slot at that generation.
+    fn on_forwarded(&self, conn: &Arc<Conn>, index: u32, generation: u64) {
+        let mut st = lock(&self.state);
+        let bit = 1u64 << conn.bit;
+        let current = Self::conn_is_current(&st, conn);
+        match st.slots.get_mut(index as usize) {
+            Some(s)
+                if current && s.in_flight && s.generation == generation && s.holders & bit != 0 =>
+            {
+                s.forwarded |= bit;
+            }
+            _ => tracing::debug!(
+                pool = %self.name,
+                subscriber = conn.bit,
+                index,
+                generation,
+                "shm-pool: FORWARDED for a slot it does not hold; ignored"
+            ),
+        }
+    }
+
     fn on_unsubscribe(&self, conn: &Arc<Conn>) {
         let mut st = lock(&self.state);
         if !Self::conn_is_current(&st, conn) || !conn.active.swap(false, Ordering::AcqRel) {
@@ -503,12 +559,17 @@ impl Shared {
     }
 
     /// Forgets a connection whose socket closed (a killed subscriber ends
-    /// here). Descriptors it had not taken come back at once. Slots it took
-    /// come back at once too unless some process still holds its anchor (a
-    /// process it forwarded them to may be viewing them): those stay
-    /// reserved, and this returns true; the caller waits for the anchor's
-    /// end of file, then calls [`release_lingering`](Self::release_lingering).
-    fn drop_conn(&self, conn: &Arc<Conn>) -> bool {
+    /// here). Descriptors it had not taken come back at once, and so do the
+    /// slots it took without forwarding them (its views died with it, or
+    /// were all dropped when its socket closed). Slots it took and said it
+    /// forwarded (FORWARDED) come back at once too unless some process
+    /// still holds its anchor (a process it forwarded them to may be viewing
+    /// them): those stay reserved, and this returns true; the caller waits
+    /// for the anchor's end of file, then calls
+    /// [`release_lingering`](Self::release_lingering). After a protocol
+    /// violation (`violated`: the peer may still be alive, with views), every
+    /// slot it took waits for the anchor, as if forwarded.
+    fn drop_conn(&self, conn: &Arc<Conn>, violated: bool) -> bool {
         let mut st = lock(&self.state);
         if conn.dead.swap(true, Ordering::AcqRel) {
             return conn.lingering.load(Ordering::Acquire);
@@ -527,9 +588,12 @@ impl Shared {
             if !(s.in_flight && s.holders & bit != 0) {
                 continue;
             }
-            if anchored && !conn.claims.reclaim(index, s.generation) {
-                // Taken: viewed here, or forwarded to a process that still
-                // holds the anchor.
+            if anchored
+                && (violated || s.forwarded & bit != 0)
+                && !conn.claims.reclaim(index, s.generation)
+            {
+                // Taken and forwarded to a process that still holds the
+                // anchor (or a violating peer that may still view it).
                 kept += 1;
                 continue;
             }
@@ -652,15 +716,18 @@ impl Shared {
                     Ok(None) => break,
                     Err(e) => {
                         tracing::warn!(pool = %self.name, subscriber = conn.bit, "shm-pool: dropping subscriber: {e}");
-                        return ReadOutcome::Closed;
+                        return ReadOutcome::Violated;
                     }
                 };
                 match msg {
                     Msg::Release { index, generation } => self.on_release(conn, index, generation),
+                    Msg::Forwarded { index, generation } => {
+                        self.on_forwarded(conn, index, generation)
+                    }
                     Msg::Unsubscribe => self.on_unsubscribe(conn),
                     other => {
                         tracing::warn!(pool = %self.name, subscriber = conn.bit, "shm-pool: dropping subscriber: unexpected {other:?}");
-                        return ReadOutcome::Closed;
+                        return ReadOutcome::Violated;
                     }
                 }
             }
@@ -766,9 +833,10 @@ impl Shared {
             .cloned()
             .collect();
         for c in conns {
-            if self.read_conn(&c, false) == ReadOutcome::Closed {
+            let r = self.read_conn(&c, false);
+            if r != ReadOutcome::Open {
                 // Its task waits for the anchor, if need be.
-                self.drop_conn(&c);
+                self.drop_conn(&c, r == ReadOutcome::Violated);
                 c.wake.notify_one();
             }
         }
@@ -936,6 +1004,7 @@ impl Shared {
                 return;
             }
             s.holders = mask;
+            s.forwarded = 0;
             s.seq = seq;
             s.in_flight = true;
             *in_flight += 1;
@@ -1022,6 +1091,7 @@ impl Shared {
         }
         let s = &mut slots[index as usize];
         s.holders = mask;
+        s.forwarded = 0;
         s.seq = seq;
         s.in_flight = true;
         *in_flight += 1;
@@ -1047,6 +1117,7 @@ impl Shared {
 /// stay reserved until this subscriber's views of it drop.
 async fn conn_task(shared: Arc<Shared>, conn: Arc<Conn>) {
     let mut shut = false;
+    let mut violated = false;
     loop {
         if conn.dead.load(Ordering::Acquire) {
             break;
@@ -1071,8 +1142,13 @@ async fn conn_task(shared: Arc<Shared>, conn: Arc<Conn>) {
             r = conn.stream.ready(interest) => if r.is_err() { break },
             _ = conn.wake.notified() => {}
         }
-        if shared.read_conn(&conn, true) == ReadOutcome::Closed {
-            break;
+        match shared.read_conn(&conn, true) {
+            ReadOutcome::Open => {}
+            ReadOutcome::Closed => break,
+            ReadOutcome::Violated => {
+                violated = true;
+                break;
+            }
         }
         let r = {
             let mut out = lock(&conn.out);
@@ -1085,7 +1161,7 @@ async fn conn_task(shared: Arc<Shared>, conn: Arc<Conn>) {
             Err(_) => break,
         }
     }
-    if shared.drop_conn(&conn) {
+    if shared.drop_conn(&conn, violated) {
         shared.wait_unanchored(&conn).await;
         shared.release_lingering(&conn);
     }
@@ -1417,6 +1493,7 @@ impl ShmPoolPublisher {
             stale_releases: AtomicU64::new(0),
             fwd_free,
             forwarded: AtomicU64::new(0),
+            max_held: cfg.max_held,
             closed: AtomicBool::new(false),
         });
         let accept = tokio::spawn(accept_loop(shared.clone(), listener));
@@ -1467,6 +1544,12 @@ impl ShmPoolPublisher {
         self.shared.forwarded.load(Ordering::Relaxed)
     }
 
+    /// Most slots (and most forward slots) one subscriber may hold as views
+    /// at once: the endpoint's `max_held`, announced to each subscriber.
+    pub fn max_held(&self) -> usize {
+        self.shared.max_held
+    }
+
     /// Forward slots free now (as many as pool slots; each forwarded frame
     /// holds one until every subscriber has released it).
     pub fn free_forward_slots(&self) -> usize {
@@ -1479,6 +1562,20 @@ impl ShmPoolPublisher {
     /// forgotten (FORGET) as soon as its last mapping here goes away.
     pub fn forwarded_segments(&self) -> usize {
         lock(&self.shared.state).segs.iter().flatten().count()
+    }
+
+    /// Messages (descriptors, SEGMENT, FORGET) queued for subscribers whose
+    /// sockets are full, all connections together. Bounded: at most one
+    /// descriptor per slot and forward slot, and one SEGMENT and one FORGET
+    /// per forwarded-segment index, per subscriber.
+    pub fn queued_messages(&self) -> usize {
+        let conns: Vec<Arc<Conn>> = lock(&self.shared.state)
+            .conns
+            .iter()
+            .flatten()
+            .cloned()
+            .collect();
+        conns.iter().map(|c| lock(&c.out).queued()).sum()
     }
 
     fn check_len(&self, len: usize) -> Result<()> {
@@ -1621,6 +1718,9 @@ impl Publisher for ShmPoolPublisher {
         // whose publisher has no anchors) or too many, and it is copied.
         if let Some((seg, offset)) = registry::lookup(frame.payload.as_ptr(), len)
             .filter(|(seg, _)| (1..=wire::MAX_ANCHORS as usize).contains(&seg.anchors().len()))
+            // The upstream publisher learns first that this frame's slot is
+            // forwarded (if it cannot be told at once, the frame is copied).
+            .filter(|(seg, offset)| seg.mark_forwarded(*offset, len as u64))
         {
             match self.forward(frame, seg, offset).await? {
                 None => return Ok(()),
@@ -1804,6 +1904,34 @@ mod tests {
         out.push_desc(desc(0, 2));
         assert_eq!(missed(&out.queue[1]), 2);
         assert_eq!(out.carry, 0);
+    }
+
+    #[test]
+    fn a_forget_cancels_the_queued_segment_of_its_index() {
+        let fd = sys::memfd("forget-test", 4096).unwrap();
+        let seg = Arc::new(crate::registry::SegFd::for_tests(fd));
+        let segment = |index| Outgoing::Segment {
+            index,
+            seg: seg.clone(),
+        };
+        let mut out = Out::default();
+        // Index 3 was sent long ago: its FORGET is queued.
+        out.forget(3);
+        for _ in 0..100 {
+            // Reused, then forgotten again, while nothing is written.
+            out.queue.push_back(segment(3));
+            out.forget(3);
+        }
+        out.queue.push_back(segment(3));
+        out.queue.push_back(segment(5));
+        assert_eq!(
+            out.queued(),
+            3,
+            "one FORGET and one SEGMENT of 3, SEGMENT of 5"
+        );
+        assert!(matches!(out.queue[0], Outgoing::Forget(3)));
+        out.forget(5);
+        assert_eq!(out.queued(), 2, "a SEGMENT never written needs no FORGET");
     }
 
     #[test]

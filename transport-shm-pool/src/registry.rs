@@ -21,7 +21,18 @@
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
+
+/// Tells the publisher a mapping's slots came from that the frame at
+/// `offset .. offset + len` of the segment is about to be forwarded (a
+/// FORWARDED message, see `wire`, "Anchors"), so that if this process dies
+/// that slot waits for its anchor. True only once the message is in the
+/// socket (written before the FWD that forwards it can be); false when it
+/// could not be sent at once, or no slot held here covers the range: the
+/// caller then copies instead of forwarding.
+pub(crate) trait ForwardMark: Send + Sync {
+    fn mark(&self, offset: u64, len: u64) -> bool;
+}
 
 /// A segment some mapping in this process shows: its read-only memfd, for
 /// passing on to subscribers with `SCM_RIGHTS`.
@@ -35,6 +46,9 @@ pub(crate) struct SegFd {
     anchors: Vec<Arc<OwnedFd>>,
     /// True while the mapping that registered it is mapped.
     mapped: AtomicBool,
+    /// Who tells the upstream publisher of a forward (set once by the
+    /// subscriber that made the mapping).
+    marker: OnceLock<Arc<dyn ForwardMark>>,
 }
 
 impl std::fmt::Debug for SegFd {
@@ -68,10 +82,37 @@ impl SegFd {
         &self.anchors
     }
 
+    /// Sets who tells the upstream publisher of forwards from this segment.
+    pub(crate) fn set_marker(&self, marker: Arc<dyn ForwardMark>) {
+        let _ = self.marker.set(marker);
+    }
+
+    /// Tells the upstream publisher that bytes `offset .. offset + len` are
+    /// about to be forwarded; see [`ForwardMark::mark`]. False (copy) for a
+    /// segment nobody set a marker for.
+    pub(crate) fn mark_forwarded(&self, offset: u64, len: u64) -> bool {
+        self.marker.get().is_some_and(|m| m.mark(offset, len))
+    }
+
     /// False once the mapping that registered it is gone: no payload can be
     /// found in it any more, so a publisher may forget it.
     pub(crate) fn is_mapped(&self) -> bool {
         self.mapped.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+impl SegFd {
+    /// A segment no mapping registered, for unit tests of the queues.
+    pub(crate) fn for_tests(fd: OwnedFd) -> SegFd {
+        SegFd {
+            fd,
+            inode: 0,
+            len: 0,
+            anchors: Vec::new(),
+            mapped: AtomicBool::new(false),
+            marker: OnceLock::new(),
+        }
     }
 }
 
@@ -127,6 +168,7 @@ pub(crate) fn register(
         len,
         anchors,
         mapped: AtomicBool::new(true),
+        marker: OnceLock::new(),
     });
     let base = base as usize;
     REGISTRY

@@ -4,11 +4,13 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use transport_core::codec::{self, PREFIX_LEN, Prefix};
@@ -20,6 +22,7 @@ use transport_core::{
 use crate::config::{self, Config};
 use crate::pool::{ForeignMap, SegmentMap};
 use crate::publisher::HANDSHAKE_TIMEOUT;
+use crate::registry::ForwardMark;
 use crate::sys;
 use crate::wire::{self, ClaimTable, Desc, FwdDesc, Msg, RecvBuf, Take};
 
@@ -80,9 +83,136 @@ struct Link {
     seg: SegmentMap,
     claims: ClaimTable,
     tx: mpsc::UnboundedSender<Ctl>,
+    /// Live views of pool slots and of forward slots (for `max_held`).
+    views: [AtomicUsize; 2],
+    /// Segments the publisher forwards from, by the index it announced.
+    /// Here rather than in the subscriber so that the hang-up watch can let
+    /// them (and the anchors they hold) go without waiting for `recv`.
+    fwd: Mutex<Vec<Option<Arc<ForeignMap>>>>,
+    /// What each forward slot's live view (if any) shows: the mapping (its
+    /// address), offset, length and generation; for FORWARDED.
+    fwd_ranges: Mutex<Vec<Option<FwdRange>>>,
+    /// The publisher's end of the socket is closed (it exited or was
+    /// killed): no FWD is taken any more, no SEGMENT mapped.
+    dead: AtomicBool,
+    /// Ends the hang-up watch when the link goes.
+    _watch_stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
+/// Calls [`Link::hung_up`] as soon as the publisher's end of the socket
+/// closes (its process exited or was killed), whether or not the subscriber
+/// is inside `recv`: a killed forwarder's upstream slots then wait only for
+/// live views here, not for the next `recv`. Ends with the link.
+async fn hangup_task(
+    watch: AsyncFd<OwnedFd>,
+    link: Weak<Link>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    tokio::select! {
+        r = watch.readable() => {
+            if r.is_ok() && let Some(l) = link.upgrade() {
+                l.hung_up();
+            }
+        }
+        _ = stop => {}
+    }
+}
+
+/// What a forward slot's view shows: (mapping address, offset, length,
+/// generation).
+type FwdRange = (usize, u64, u64, u64);
+
+/// Tells the publisher of a [`Link`] which of its slots a forward from one
+/// of this link's mappings uses (see `registry::ForwardMark`).
+struct Marker {
+    link: Weak<Link>,
+    /// `None`: the publisher's pool; `Some(address)`: a forwarded segment.
+    foreign: Option<usize>,
+}
+
+impl ForwardMark for Marker {
+    fn mark(&self, offset: u64, len: u64) -> bool {
+        self.link
+            .upgrade()
+            .is_some_and(|l| l.mark_forwarded(self.foreign, offset, len))
+    }
+}
+
+/// Index into [`Link::views`] of pool-slot views.
+const POOL_VIEWS: usize = 0;
+/// Index into [`Link::views`] of forward-slot views.
+const FWD_VIEWS: usize = 1;
+
 impl Link {
+    /// Writes FORWARDED for every slot of this publisher that holds bytes
+    /// `offset .. offset + len` of the pool (`foreign` `None`) or of the
+    /// forwarded segment mapped at `foreign`, and is held by a view here.
+    /// True once written; false (the caller copies) when none is held or
+    /// the socket cannot take it at once.
+    fn mark_forwarded(&self, foreign: Option<usize>, offset: u64, len: u64) -> bool {
+        if self.dead.load(Ordering::Acquire) {
+            return false;
+        }
+        let geo = self.seg.geometry();
+        let mut held: Vec<(u32, u64)> = Vec::new();
+        match foreign {
+            None => {
+                let Some(rel) = offset.checked_sub(geo.data_offset) else {
+                    return false;
+                };
+                let (k, within) = (rel / geo.stride, rel % geo.stride);
+                if k >= u64::from(geo.slots) || within.saturating_add(len) > geo.slot_size {
+                    return false;
+                }
+                match self.claims.taken_generation(k as u32) {
+                    Some(g) => held.push((k as u32, g)),
+                    None => return false,
+                }
+            }
+            Some(map) => {
+                let ranges = lock(&self.fwd_ranges);
+                for (k, r) in ranges.iter().enumerate() {
+                    let Some((m, off, l, g)) = *r else { continue };
+                    let index = geo.slots + k as u32;
+                    if m == map
+                        && off <= offset
+                        && offset.saturating_add(len) <= off.saturating_add(l)
+                        && self.claims.taken_generation(index) == Some(g)
+                    {
+                        held.push((index, g));
+                    }
+                }
+            }
+        }
+        if held.is_empty() {
+            return false;
+        }
+        {
+            let mut out = lock(&self.io.out);
+            for (index, generation) in held {
+                wire::encode(&Msg::Forwarded { index, generation }, &mut out);
+            }
+        }
+        match self.io.flush() {
+            Ok(()) => true,
+            Err(_) => {
+                // Written later by the task; this frame is copied.
+                let _ = self.tx.send(Ctl::Kick);
+                false
+            }
+        }
+    }
+
+    /// The publisher is gone (its end of the socket closed): no FWD still
+    /// in the socket will be taken, no SEGMENT mapped, and the forwarded
+    /// segments are let go now, so that their anchors close as soon as no
+    /// view holds them, whether or not anyone is in `recv`.
+    fn hung_up(&self) {
+        self.dead.store(true, Ordering::Release);
+        let gone: Vec<_> = lock(&self.fwd).iter_mut().map(Option::take).collect();
+        drop(gone);
+    }
+
     /// Sends a release from `recv` itself (owned mode, rejected descriptors):
     /// written at once when the socket has room, by the task otherwise.
     fn release_now(&self, index: u32, generation: u64) {
@@ -143,6 +273,7 @@ impl AsRef<[u8]> for SlotView {
 
 impl Drop for SlotView {
     fn drop(&mut self) {
+        self.link.views[POOL_VIEWS].fetch_sub(1, Ordering::Relaxed);
         // Never blocks, never panics: a lock-free channel push. If the task is
         // gone (runtime shut down), the socket closes when the link does and
         // the publisher frees the slot on EOF.
@@ -178,6 +309,7 @@ impl AsRef<[u8]> for FwdView {
 
 impl Drop for FwdView {
     fn drop(&mut self) {
+        self.link.views[FWD_VIEWS].fetch_sub(1, Ordering::Relaxed);
         // As for `SlotView`: a lock-free push, never blocking or panicking.
         let _ = self.link.tx.send(Ctl::Release(self.index, self.generation));
     }
@@ -197,8 +329,12 @@ pub struct ShmPoolSubscriber {
     prefix: String,
     busy_poll: Option<Duration>,
     may_reclaim: bool,
-    /// Segments the publisher forwards from, by the index it announced.
-    fwd: Vec<Option<Arc<ForeignMap>>>,
+    /// The publisher's `max_held` (from HELLO): in view mode, a frame that
+    /// arrives while this many views of its kind are alive is released at
+    /// once and reported lost.
+    max_held: Option<usize>,
+    /// Frames released unread because of `max_held`.
+    over_max_held: AtomicU64,
     /// This subscriber's anchor at its publisher (see `wire`, "Anchors"):
     /// held by every mapping made through this connection.
     anchor: Arc<OwnedFd>,
@@ -369,21 +505,48 @@ impl ShmPoolSubscriber {
             out: Mutex::new(BytesMut::new()),
         });
         tokio::spawn(release_task(io.clone(), rx_ctl));
+        // A subscriber that cannot watch for the hang-up still works: its
+        // forwarded segments then go at `Disconnected`, as they always do.
+        let watch = sys::hangup_watch(io.stream.as_fd())
+            .and_then(|ep| {
+                // SAFETY: `ep` is an `OwnedFd`: its descriptor stays open,
+                // and `as_raw_fd` returns that same descriptor, for as long
+                // as the `AsyncFd` owns it.
+                unsafe { AsyncFd::register_with_interest(ep, Interest::READABLE) }
+                    .map_err(io::Error::from)
+            })
+            .map_err(|e| tracing::debug!("shm-pool: no hang-up watch: {e}"))
+            .ok();
+        let (watch_stop, stop) = tokio::sync::oneshot::channel();
+        let link = Arc::new(Link {
+            io,
+            seg,
+            claims,
+            tx,
+            views: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            fwd: Mutex::new((0..wire::MAX_FORWARD_SEGMENTS).map(|_| None).collect()),
+            fwd_ranges: Mutex::new(vec![None; hello.slots as usize]),
+            dead: AtomicBool::new(false),
+            _watch_stop: watch.is_some().then_some(watch_stop),
+        });
+        link.seg.registered().set_marker(Arc::new(Marker {
+            link: Arc::downgrade(&link),
+            foreign: None,
+        }));
+        if let Some(watch) = watch {
+            tokio::spawn(hangup_task(watch, Arc::downgrade(&link), stop));
+        }
         Ok(ShmPoolSubscriber {
-            link: Arc::new(Link {
-                io,
-                seg,
-                claims,
-                tx,
-            }),
+            link,
             rx,
             name: cfg.name,
             mode,
             prefix: opts.topic_prefix.clone(),
             busy_poll: cfg.busy_poll,
             may_reclaim: hello.flags & wire::HELLO_RECLAIMS != 0,
+            max_held: wire::hello_max_held(hello.flags),
+            over_max_held: AtomicU64::new(0),
             anchor,
-            fwd: (0..wire::MAX_FORWARD_SEGMENTS).map(|_| None).collect(),
             missed: 0,
             held: None,
             closed: None,
@@ -399,6 +562,34 @@ impl ShmPoolSubscriber {
     /// Largest payload of a slot.
     pub fn slot_size(&self) -> u64 {
         self.link.seg.geometry().slot_size
+    }
+
+    /// The publisher's `max_held`: in view mode, at most this many views of
+    /// pool slots (and as many of forwarded frames) are alive at once; a
+    /// frame that arrives past it is given back unread and reported as lost
+    /// (`Error::Lagged`). `None` when the publisher set no limit.
+    pub fn max_held(&self) -> Option<usize> {
+        self.max_held
+    }
+
+    /// Frames given back unread because `max_held` views were alive.
+    pub fn dropped_over_max_held(&self) -> u64 {
+        self.over_max_held.load(Ordering::Relaxed)
+    }
+
+    /// In view mode, true (and the frame released, counted as lost) when
+    /// `max_held` views of `kind` are alive: the caller drops the frame.
+    fn over_max_held(&mut self, kind: usize, index: u32, generation: u64) -> bool {
+        let over = self.mode == RecvMode::View
+            && self
+                .max_held
+                .is_some_and(|cap| self.link.views[kind].load(Ordering::Relaxed) >= cap);
+        if over {
+            self.link.release_now(index, generation);
+            self.missed = self.missed.saturating_add(1);
+            self.over_max_held.fetch_add(1, Ordering::Relaxed);
+        }
+        over
     }
 
     /// Checks a descriptor, claims its slot and builds the frame. `None`
@@ -465,13 +656,19 @@ impl ShmPoolSubscriber {
             self.link.release_now(d.index, d.generation);
             return None;
         }
+        if self.over_max_held(POOL_VIEWS, d.index, d.generation) {
+            return None;
+        }
         let len = d.len as usize;
         frame.payload = match self.mode {
-            RecvMode::View => Bytes::from_owner(SlotView {
-                link: self.link.clone(),
-                index: d.index,
-                generation: d.generation,
-                len,
+            RecvMode::View => Bytes::from_owner({
+                self.link.views[POOL_VIEWS].fetch_add(1, Ordering::Relaxed);
+                SlotView {
+                    link: self.link.clone(),
+                    index: d.index,
+                    generation: d.generation,
+                    len,
+                }
             }),
             _ => {
                 // SAFETY: as in `SlotView::as_ref`: checked and claimed above,
@@ -524,7 +721,14 @@ impl ShmPoolSubscriber {
             held.push(check_anchor(fd, "SEGMENT")?);
         }
         held.push(self.anchor.clone());
-        let Some(entry) = self.fwd.get_mut(index as usize) else {
+        if self.link.dead.load(Ordering::Acquire) {
+            // Its publisher is gone: nothing will be forwarded from it. Its
+            // fd and anchors (and any that came with it) are closed now.
+            while self.rx.take_fd().is_some() {}
+            return Ok(());
+        }
+        let mut table = lock(&self.link.fwd);
+        let Some(entry) = table.get_mut(index as usize) else {
             return Err(Error::Protocol(format!(
                 "SEGMENT index {index} is out of range (below {})",
                 wire::MAX_FORWARD_SEGMENTS
@@ -545,7 +749,12 @@ impl ShmPoolSubscriber {
             len,
             "shm-pool: mapped a forwarded segment"
         );
-        *entry = Some(Arc::new(map));
+        let map = Arc::new(map);
+        map.registered().set_marker(Arc::new(Marker {
+            link: Arc::downgrade(&self.link),
+            foreign: Some(Arc::as_ptr(&map) as usize),
+        }));
+        *entry = Some(map);
         Ok(())
     }
 
@@ -565,7 +774,15 @@ impl ShmPoolSubscriber {
                 d.index, self.name
             ))));
         }
-        let seg = self.fwd.get(d.segment as usize).and_then(Option::clone);
+        if self.link.dead.load(Ordering::Acquire) {
+            // Its publisher is gone and may have been killed: the upstream
+            // slot behind this frame is no longer reserved for it.
+            self.missed = self.missed.saturating_add(1);
+            return None;
+        }
+        let seg = lock(&self.link.fwd)
+            .get(d.segment as usize)
+            .and_then(Option::clone);
         let bad = match &seg {
             None => Some(format!(
                 "descriptor names forwarded segment {}, which the publisher of `{}` never sent",
@@ -625,15 +842,24 @@ impl ShmPoolSubscriber {
             self.link.release_now(d.index, d.generation);
             return None;
         }
+        if self.over_max_held(FWD_VIEWS, d.index, d.generation) {
+            return None;
+        }
         let len = d.len as usize;
         frame.payload = match self.mode {
-            RecvMode::View => Bytes::from_owner(FwdView {
-                link: self.link.clone(),
-                seg,
-                index: d.index,
-                generation: d.generation,
-                offset: d.offset,
-                len,
+            RecvMode::View => Bytes::from_owner({
+                self.link.views[FWD_VIEWS].fetch_add(1, Ordering::Relaxed);
+                if let Some(r) = lock(&self.link.fwd_ranges).get_mut((d.index - first) as usize) {
+                    *r = Some((Arc::as_ptr(&seg) as usize, d.offset, d.len, d.generation));
+                }
+                FwdView {
+                    link: self.link.clone(),
+                    seg,
+                    index: d.index,
+                    generation: d.generation,
+                    offset: d.offset,
+                    len,
+                }
             }),
             _ => {
                 // SAFETY: as in `FwdView::as_ref`: checked and claimed above,
@@ -731,7 +957,7 @@ impl Subscriber for ShmPoolSubscriber {
                     }
                     Ok(Msg::Forget { index }) => {
                         // Views made from it keep their mapping.
-                        if let Some(entry) = self.fwd.get_mut(index as usize) {
+                        if let Some(entry) = lock(&self.link.fwd).get_mut(index as usize) {
                             *entry = None;
                         }
                     }
@@ -751,7 +977,7 @@ impl Subscriber for ShmPoolSubscriber {
             if let Some(reason) = &self.closed {
                 // No FWD can name a forwarded segment any more: let the
                 // mappings (and the anchors they hold) go with their last view.
-                self.fwd.iter_mut().for_each(|e| *e = None);
+                self.link.hung_up();
                 return Err(Error::Disconnected(reason.clone()));
             }
             self.read_more().await;
@@ -772,5 +998,9 @@ impl Drop for ShmPoolSubscriber {
         // Descriptors not taken yet go back at once; views still alive keep
         // their slots (and the socket) until they drop.
         let _ = self.link.tx.send(Ctl::Unsubscribe);
+        // No FWD will be read any more: the forwarded segments (and their
+        // anchors) stay only as long as views of them.
+        let gone: Vec<_> = lock(&self.link.fwd).iter_mut().map(Option::take).collect();
+        drop(gone);
     }
 }

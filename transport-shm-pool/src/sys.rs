@@ -360,3 +360,20 @@ pub(crate) async fn recv_some(
         }
     }
 }
+
+/// An epoll instance watching `fd` for nothing but its hang-up (and
+/// errors, which epoll always reports): the returned descriptor becomes
+/// readable, and stays so, once the peer of the socket `fd` has closed its
+/// end entirely (it exited or was killed). A peer that only shut down its
+/// writing side (`shutdown(SHUT_WR)`) does not count.
+pub(crate) fn hangup_watch(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    use rustix::event::epoll;
+    let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+    epoll::add(
+        &ep,
+        fd,
+        epoll::EventData::new_u64(0),
+        epoll::EventFlags::empty(),
+    )?;
+    Ok(ep)
+}

@@ -22,6 +22,7 @@
 //!                                        <-    FWD(index, claim, generation, offset, len, missed, frame header) ...
 //!                                        <-    FORGET(index)
 //!   RELEASE(claim, generation) ...       ->
+//!   FORWARDED(claim, generation) ...     ->    (before forwarding a frame of that slot)
 //!   UNSUBSCRIBE                          ->    (when the subscriber is dropped)
 //! ```
 //!
@@ -54,10 +55,16 @@
 //! publisher it received the segment from), so every process that can view
 //! a slot holds the anchor of every hop the slot's reservation goes through.
 //!
+//! Before it forwards a frame, a subscriber's process sends FORWARDED for
+//! the claim(s) the frame lies in, and only once that message is in the
+//! socket does it send the FWD downstream (otherwise it copies the frame).
 //! When a subscriber's socket closes, the publisher takes back what the
-//! subscriber had not taken yet, but a slot the subscriber *had* taken
-//! (claim word [`TAKEN`]: it may be viewing it, or may have forwarded it)
-//! stays reserved until the subscriber's anchor reaches end of file. For a
+//! subscriber had not taken yet and what it took without a FORWARDED (its
+//! views died with it), but a slot the subscriber took *and forwarded*
+//! stays reserved until the subscriber's anchor reaches end of file.
+//! Downstream, a subscriber drops its forwarded segments (and so its copies
+//! of their anchors, once no view holds them) as soon as its publisher's
+//! end of the socket closes, without waiting for `recv`. For a
 //! subscriber that exits or is killed and forwarded nothing, that is at once
 //! (its process held the only copy); for a forwarding process killed while
 //! its own subscribers still view what it forwarded, it is when the last of
@@ -95,8 +102,10 @@ use crate::sys;
 /// Version of this protocol; peers with another version are refused.
 /// Version 2 added forwarding (SEGMENT, FWD, FORGET; a claim word per
 /// forward slot); version 3 added anchors (a pipe's write end with HELLO,
-/// the anchors of a forwarded segment with SEGMENT).
-pub const VERSION: u16 = 3;
+/// the anchors of a forwarded segment with SEGMENT); version 4 added
+/// FORWARDED (which taken slots a subscriber forwarded) and `max_held` in
+/// HELLO's flags.
+pub const VERSION: u16 = 4;
 /// Most forwarded segments a publisher announces to one subscriber at once
 /// (SEGMENT indices are below this).
 pub const MAX_FORWARD_SEGMENTS: u32 = 16;
@@ -114,6 +123,7 @@ const K_SUBSCRIBE: u8 = 0x01;
 const K_CLAIMS: u8 = 0x02;
 const K_RELEASE: u8 = 0x03;
 const K_UNSUBSCRIBE: u8 = 0x04;
+const K_FORWARDED: u8 = 0x05;
 const K_HELLO: u8 = 0x81;
 const K_READY: u8 = 0x82;
 const K_REJECT: u8 = 0x83;
@@ -126,6 +136,19 @@ const K_FORGET: u8 = 0x87;
 /// descriptors that were not read yet, so a stale descriptor is a drop, not
 /// a forgery.
 pub const HELLO_RECLAIMS: u32 = 1;
+/// [`Hello::flags`] bits 16 to 31: the publisher's `max_held`, the most
+/// slots (and the most forward slots) the subscriber may hold as views at
+/// once; past it the subscriber releases a frame as soon as it reads its
+/// descriptor and reports it lost (`Error::Lagged`). 0: no limit.
+pub const HELLO_MAX_HELD_SHIFT: u32 = 16;
+
+/// The `max_held` a HELLO's flags announce (`None`: no limit).
+pub fn hello_max_held(flags: u32) -> Option<usize> {
+    match flags >> HELLO_MAX_HELD_SHIFT {
+        0 => None,
+        n => Some(n as usize),
+    }
+}
 
 /// The pool's shape, sent by the publisher with the read-only segment fd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,6 +274,15 @@ pub enum Msg {
     },
     /// Subscriber -> publisher: send no more frames; slots not yet taken go back.
     Unsubscribe,
+    /// Subscriber -> publisher, before the subscriber's process forwards a
+    /// frame of a slot it holds (see "Anchors"): if the subscriber dies,
+    /// that slot waits for its anchor; slots it took and never forwarded do not.
+    Forwarded {
+        /// The claim index (a pool slot, or `slots +` a forward slot).
+        index: u32,
+        /// Its generation in the descriptor.
+        generation: u64,
+    },
 }
 
 fn bad(what: impl Into<String>) -> Error {
@@ -332,6 +364,11 @@ pub fn encode(msg: &Msg, out: &mut BytesMut) {
             out.put_u64_le(*generation);
         }
         Msg::Unsubscribe => out.put_u8(K_UNSUBSCRIBE),
+        Msg::Forwarded { index, generation } => {
+            out.put_u8(K_FORWARDED);
+            out.put_u32_le(*index);
+            out.put_u64_le(*generation);
+        }
     }
     let len = (out.len() - start - 4) as u32;
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
@@ -452,6 +489,13 @@ pub fn decode(mut body: Bytes) -> Result<Msg> {
         K_UNSUBSCRIBE => {
             need(&body, 0, "UNSUBSCRIBE")?;
             Msg::Unsubscribe
+        }
+        K_FORWARDED => {
+            need(&body, 12, "FORWARDED")?;
+            Msg::Forwarded {
+                index: body.get_u32_le(),
+                generation: body.get_u64_le(),
+            }
         }
         k => return Err(bad(format!("unknown message kind {k:#04x}"))),
     })
@@ -707,6 +751,14 @@ impl ClaimTable {
         })
     }
 
+    /// Subscriber: the generation of the claim on `index` it has taken and
+    /// not yet seen re-offered (`None` if the word is not `TAKEN`). While a
+    /// view of that slot is alive this is the view's generation.
+    pub(crate) fn taken_generation(&self, index: u32) -> Option<u64> {
+        let w = self.word(index)?.load(Ordering::Acquire);
+        (w & 3 == TAKEN).then_some(w >> 2)
+    }
+
     /// Subscriber: claims the descriptor before reading the slot.
     pub(crate) fn take(&self, index: u32, generation: u64, may_reclaim: bool) -> Take {
         let Some(w) = self.word(index) else {
@@ -817,6 +869,10 @@ mod tests {
             generation: 9,
         });
         round_trip(Msg::Unsubscribe);
+        round_trip(Msg::Forwarded {
+            index: 5,
+            generation: 2,
+        });
     }
 
     #[test]

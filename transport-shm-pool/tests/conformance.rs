@@ -17,13 +17,16 @@ impl Harness for ShmPool {
 
     /// A fresh pool name per endpoint; slots of 64 MiB so that the suite's
     /// largest frames fit; `depth` is the number of slots (8 when not given:
-    /// some tests send 5 frames before anyone reads).
+    /// some tests send 5 frames before anyone reads). `max_held` is the
+    /// whole pool: `views_are_not_copies` checks that one subscriber's views
+    /// fill the pool, which the default `max_held` (all but one slot) is there
+    /// to prevent (`tests/max_held.rs` tests the default).
     fn endpoint(&self, depth: Option<usize>) -> Endpoint {
         static N: AtomicUsize = AtomicUsize::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
         let slots = depth.unwrap_or(8);
         Endpoint::parse(&format!(
-            "shm-pool://conformance-{}-{n}?slots={slots}&slot_size=64MiB",
+            "shm-pool://conformance-{}-{n}?slots={slots}&max_held={slots}&slot_size=64MiB",
             std::process::id()
         ))
         .expect("a valid endpoint")

@@ -228,9 +228,21 @@ async fn forward_twice() {
 /// the copying path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owned_and_heap_payloads_are_copied() {
-    let mut a = publisher("owned-a", "slots=2&slot_size=64KiB", Policy::Fail, "a").await;
+    let mut a = publisher(
+        "owned-a",
+        "slots=2&max_held=2&slot_size=64KiB",
+        Policy::Fail,
+        "a",
+    )
+    .await;
     let mut sub_a = subscriber(&mut a, RecvMode::Owned).await;
-    let mut b = publisher("owned-b", "slots=2&slot_size=64KiB", Policy::Fail, "b").await;
+    let mut b = publisher(
+        "owned-b",
+        "slots=2&max_held=2&slot_size=64KiB",
+        Policy::Fail,
+        "b",
+    )
+    .await;
     let mut c = subscriber(&mut b, RecvMode::View).await;
     send_pattern(&mut a, 0, 60_000).await;
     let fa = recv(&mut sub_a).await.expect("recv A");
@@ -276,7 +288,13 @@ async fn a_slice_of_a_view_is_forwarded() {
 /// slots are untouched throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forward_slots_follow_the_policy() {
-    let mut a = publisher("pol-a", "slots=9&slot_size=64KiB", Policy::Fail, "a").await;
+    let mut a = publisher(
+        "pol-a",
+        "slots=9&max_held=9&slot_size=64KiB",
+        Policy::Fail,
+        "a",
+    )
+    .await;
     let mut sub_a = subscriber(&mut a, RecvMode::View).await;
     let mut views = Vec::new();
     for seq in 0..9 {
@@ -287,7 +305,13 @@ async fn forward_slots_follow_the_policy() {
     let mut next = move || views.pop().expect("a view left");
 
     // fail
-    let mut b = publisher("pol-fail", "slots=2&slot_size=64KiB", Policy::Fail, "b").await;
+    let mut b = publisher(
+        "pol-fail",
+        "slots=2&max_held=2&slot_size=64KiB",
+        Policy::Fail,
+        "b",
+    )
+    .await;
     let mut c = subscriber(&mut b, RecvMode::View).await;
     b.send(next()).await.expect("forward 0");
     b.send(next()).await.expect("forward 1");
@@ -310,7 +334,13 @@ async fn forward_slots_follow_the_policy() {
     drop((b, c));
 
     // block
-    let mut b = publisher("pol-block", "slots=2&slot_size=64KiB", Policy::Block, "b").await;
+    let mut b = publisher(
+        "pol-block",
+        "slots=2&max_held=2&slot_size=64KiB",
+        Policy::Block,
+        "b",
+    )
+    .await;
     let mut c = subscriber(&mut b, RecvMode::View).await;
     b.send(next()).await.expect("forward 3");
     b.send(next()).await.expect("forward 4");
@@ -331,7 +361,7 @@ async fn forward_slots_follow_the_policy() {
     // drop-oldest: C has taken nothing yet, so the oldest is taken back.
     let mut b = publisher(
         "pol-drop",
-        "slots=2&slot_size=64KiB",
+        "slots=2&max_held=2&slot_size=64KiB",
         Policy::DropOldest,
         "b",
     )
@@ -364,9 +394,21 @@ async fn forward_slots_follow_the_policy() {
 /// its views after unsubscribing gives the upstream slot back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downstream_leaving_releases_upstream() {
-    let mut a = publisher("leave-a", "slots=2&slot_size=64KiB", Policy::Fail, "a").await;
+    let mut a = publisher(
+        "leave-a",
+        "slots=2&max_held=2&slot_size=64KiB",
+        Policy::Fail,
+        "a",
+    )
+    .await;
     let mut sub_a = subscriber(&mut a, RecvMode::View).await;
-    let mut b = publisher("leave-b", "slots=2&slot_size=64KiB", Policy::Fail, "b").await;
+    let mut b = publisher(
+        "leave-b",
+        "slots=2&max_held=2&slot_size=64KiB",
+        Policy::Fail,
+        "b",
+    )
+    .await;
     let mut c = subscriber(&mut b, RecvMode::View).await;
     for seq in 0..2 {
         send_pattern(&mut a, seq, 50_000).await;
@@ -391,9 +433,21 @@ async fn downstream_leaving_releases_upstream() {
 /// until that view drops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarder_dropped_under_a_view() {
-    let mut a = publisher("fdrop-a", "slots=2&slot_size=64KiB", Policy::Block, "a").await;
+    let mut a = publisher(
+        "fdrop-a",
+        "slots=2&max_held=2&slot_size=64KiB",
+        Policy::Block,
+        "a",
+    )
+    .await;
     let mut sub_a = subscriber(&mut a, RecvMode::View).await;
-    let mut b = publisher("fdrop-b", "slots=2&slot_size=64KiB", Policy::Fail, "b").await;
+    let mut b = publisher(
+        "fdrop-b",
+        "slots=2&max_held=2&slot_size=64KiB",
+        Policy::Fail,
+        "b",
+    )
+    .await;
     let mut c = subscriber(&mut b, RecvMode::View).await;
     send_pattern(&mut a, 0, 50_000).await;
     let f = recv(&mut sub_a).await.expect("recv A");
@@ -464,4 +518,72 @@ async fn both_forwarders_forget_a_segment_once_it_is_unmapped() {
                 .is_err()
         );
     }
+}
+
+/// Descriptors of this process's open files.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+/// Upstream segments churn (a new upstream pool per frame, forwarded, then
+/// gone) while a subscriber downstream never reads, under `drop-oldest`:
+/// once its socket is full, what the forwarder queues for it stays bounded
+/// (a FORGET cancels the queued SEGMENT of the same index), and so do the
+/// descriptors (segment memfds and anchors) those queued messages hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_subscriber_behind_churning_segments_stays_bounded() {
+    let mut b = publisher(
+        "churn-b",
+        "slots=2&slot_size=64KiB",
+        Policy::DropOldest,
+        "b",
+    )
+    .await;
+    // Never reads.
+    let stalled = subscriber(&mut b, RecvMode::View).await;
+    // Fill its socket with B's own frames (big headers fill it fast).
+    let mut seq = 0u64;
+    while b.queued_messages() == 0 {
+        assert!(seq < 10_000, "the stalled subscriber's socket never filled");
+        let mut f = Frame::new(pattern::make(seq, 16));
+        f.metadata = Bytes::from(vec![7u8; 32 << 10]);
+        b.send(f).await.expect("send to the stalled subscriber");
+        seq += 1;
+    }
+    let queued_full = b.queued_messages();
+    let fds_full = open_fds();
+    let rounds = 120usize;
+    for i in 0..rounds {
+        let mut a = publisher("churn-a", "slots=1&slot_size=4KiB", Policy::Fail, "a").await;
+        let mut sub_a = subscriber(&mut a, RecvMode::View).await;
+        send_pattern(&mut a, i as u64, 1000).await;
+        let view = recv(&mut sub_a).await.expect("recv A");
+        b.send(view).await.expect("forward");
+        // The upstream pool, its subscriber and (once the forward is taken
+        // back) its last view go away: the forwarder forgets the segment.
+        drop((sub_a, a));
+    }
+    assert!(b.forwarded() as usize >= rounds - 2, "{}", b.forwarded());
+    // Forgotten as their mappings go (the sweep task), except those of
+    // frames still in flight (at most the two forward slots).
+    until("the churned segments forgotten", || {
+        b.forwarded_segments() <= 2
+    })
+    .await;
+    let queued = b.queued_messages();
+    let fds = open_fds();
+    eprintln!(
+        "queued {queued_full} -> {queued} messages, {fds_full} -> {fds} fds after {rounds} segments"
+    );
+    // At most a descriptor per slot and forward slot, one FORGET and one
+    // SEGMENT per forwarded-segment index (16), and what was queued before.
+    assert!(
+        queued <= queued_full + 4 + 2 * 16,
+        "{queued} messages queued for a stalled subscriber after {rounds} segments"
+    );
+    assert!(
+        fds <= fds_full + 2 * 16 * 3 + 16,
+        "{fds} fds open after {rounds} segments ({fds_full} before)"
+    );
+    drop(stalled);
 }

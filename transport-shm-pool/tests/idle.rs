@@ -47,7 +47,7 @@ fn idle_subscribers_and_a_blocked_publisher_use_no_cpu() {
         .expect("runtime");
     rt.block_on(async {
         let url = format!(
-            "shm-pool://idle-{}?slots=2&slot_size=64KiB",
+            "shm-pool://idle-{}?slots=2&max_held=2&slot_size=64KiB",
             std::process::id()
         );
         let ep = Endpoint::parse(&url).expect("endpoint");

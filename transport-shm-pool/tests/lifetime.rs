@@ -68,7 +68,7 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) {
 /// learns how many frames it lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_oldest_never_reclaims_a_viewed_slot() {
-    let ep = url("dropview", "slots=2&slot_size=64KiB");
+    let ep = url("dropview", "slots=2&max_held=2&slot_size=64KiB");
     let (mut publ, mut sub) = pair(&ep, Policy::DropOldest, RecvMode::View).await;
     publ.send(Frame::new(pattern::make(0, 50_000)))
         .await
@@ -105,7 +105,7 @@ async fn drop_oldest_never_reclaims_a_viewed_slot() {
 /// reclaim: the publisher waits for a release instead of reusing a viewed slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_oldest_waits_when_every_slot_is_viewed() {
-    let ep = url("dropall", "slots=2&slot_size=4KiB");
+    let ep = url("dropall", "slots=2&max_held=2&slot_size=4KiB");
     let (mut publ, mut sub) = pair(&ep, Policy::DropOldest, RecvMode::View).await;
     let mut views = Vec::new();
     for seq in 0..2 {
@@ -136,7 +136,7 @@ async fn drop_oldest_waits_when_every_slot_is_viewed() {
 /// come back at once, the viewed slot stays reserved until the view drops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_outlive_their_subscriber() {
-    let ep = url("outlive", "slots=3&slot_size=64KiB");
+    let ep = url("outlive", "slots=3&max_held=3&slot_size=64KiB");
     let (mut publ, mut sub) = pair(&ep, Policy::Fail, RecvMode::View).await;
     for seq in 0..3 {
         publ.send(Frame::new(pattern::make(seq, 60_000)))
@@ -172,7 +172,7 @@ async fn views_outlive_their_subscriber() {
 /// A send blocked on a full pool can be cancelled without losing a slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_blocked_send_leaks_nothing() {
-    let ep = url("cancel", "slots=2&slot_size=4KiB");
+    let ep = url("cancel", "slots=2&max_held=2&slot_size=4KiB");
     let (mut publ, mut sub) = pair(&ep, Policy::Block, RecvMode::View).await;
     let mut views = Vec::new();
     for seq in 0..2 {
@@ -336,7 +336,7 @@ async fn names_and_options() {
 /// read fill its socket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flush_does_not_wait_for_a_subscriber_that_left() {
-    let ep = url("flush-left", "slots=4&slot_size=4KiB");
+    let ep = url("flush-left", "slots=4&max_held=4&slot_size=4KiB");
     let (mut publ, mut sub) = pair(&ep, Policy::Block, RecvMode::View).await;
     publ.send(Frame::new(pattern::make(0, 100)))
         .await

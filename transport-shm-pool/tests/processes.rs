@@ -256,7 +256,7 @@ fn killed_subscriber_gives_its_slots_back() {
     let name = unique("killsub");
     let shm_before = dev_shm(&name);
     let slots = 4usize;
-    let url = format!("shm-pool://{name}?slots={slots}&slot_size=256KiB");
+    let url = format!("shm-pool://{name}?slots={slots}&max_held={slots}&slot_size=256KiB");
     runtime().block_on(async {
         let mut publ = publisher(&url, transport_core::Policy::Fail).await;
         // A well-behaved subscriber in this process, reading owned copies.
@@ -332,7 +332,7 @@ fn killed_subscriber_gives_its_slots_back() {
 fn killed_publisher_disconnects_subscribers() {
     let name = unique("killpub");
     let shm_before = dev_shm(&name);
-    let url = format!("shm-pool://{name}?slots=4&slot_size=2MiB");
+    let url = format!("shm-pool://{name}?slots=4&max_held=4&slot_size=2MiB");
     let publ = Peer::spawn(&[
         "publish",
         &url,
@@ -428,8 +428,8 @@ fn publisher_and_subscriber_processes() {
 #[test]
 fn forwarding_across_processes() {
     let (up, down) = (unique("fwd-up"), unique("fwd-down"));
-    let up_url = format!("shm-pool://{up}?slots=4&slot_size=1MiB");
-    let down_url = format!("shm-pool://{down}?slots=4&slot_size=1MiB");
+    let up_url = format!("shm-pool://{up}?slots=4&max_held=4&slot_size=1MiB");
+    let down_url = format!("shm-pool://{down}?slots=4&max_held=4&slot_size=1MiB");
     runtime().block_on(async {
         let mut publ = publisher(&up_url, transport_core::Policy::Fail).await;
         let fwd = Peer::spawn(&["forward", &up_url, &down_url, "--frames", "3"]);
@@ -526,8 +526,8 @@ fn forwarding_across_processes() {
 #[test]
 fn killed_subscriber_behind_a_forwarder_releases_upstream() {
     let (up, down) = (unique("fwdk-up"), unique("fwdk-down"));
-    let up_url = format!("shm-pool://{up}?slots=4&slot_size=256KiB");
-    let down_url = format!("shm-pool://{down}?slots=4&slot_size=256KiB");
+    let up_url = format!("shm-pool://{up}?slots=4&max_held=4&slot_size=256KiB");
+    let down_url = format!("shm-pool://{down}?slots=4&max_held=4&slot_size=256KiB");
     runtime().block_on(async {
         let mut publ = publisher(&up_url, transport_core::Policy::Fail).await;
         let fwd = Peer::spawn(&["forward", &up_url, &down_url, "--frames", "4"]);
@@ -628,9 +628,9 @@ fn a_killed_forwarder_in_the_middle_of_a_chain() {
         unique("chain-mid"),
         unique("chain-down"),
     );
-    let up_url = format!("shm-pool://{up}?slots=4&slot_size=1MiB");
-    let mid_url = format!("shm-pool://{mid}?slots=4&slot_size=1MiB");
-    let down_url = format!("shm-pool://{down}?slots=4&slot_size=1MiB");
+    let up_url = format!("shm-pool://{up}?slots=4&max_held=4&slot_size=1MiB");
+    let mid_url = format!("shm-pool://{mid}?slots=4&max_held=4&slot_size=1MiB");
+    let down_url = format!("shm-pool://{down}?slots=4&max_held=4&slot_size=1MiB");
     runtime().block_on(async {
         let mut publ = publisher(&up_url, transport_core::Policy::Fail).await;
         let fwd = Peer::spawn(&["forward", &up_url, &mid_url, "--frames", "2"]);
@@ -704,4 +704,140 @@ fn a_killed_forwarder_in_the_middle_of_a_chain() {
         assert_eq!(publ.stale_releases(), 0);
     });
     assert!(socket_released(&up));
+}
+
+/// P1 (here) -> P2 (a forwarder process) -> D (a subscriber process): P2
+/// forwards some frames and keeps one more as a view it never forwards; D
+/// reads what it was sent, keeps `hold` views, and then stays busy (it no
+/// longer calls `recv`). Returns the upstream publisher, both children and
+/// the upstream pool's name, once P2 has forwarded `forwards` frames and
+/// kept one more, and D has read 2.
+async fn killed_forwarder_setup(
+    test: &str,
+    forwards: u64,
+    hold: u64,
+) -> (ShmPoolPublisher, Peer, Peer, String) {
+    let (up, down) = (
+        unique(&format!("{test}-up")),
+        unique(&format!("{test}-down")),
+    );
+    let up_url = format!("shm-pool://{up}?slots=4&max_held=4&slot_size=256KiB");
+    let down_url = format!("shm-pool://{down}?slots=4&max_held=4&slot_size=256KiB");
+    let mut publ = publisher(&up_url, transport_core::Policy::Fail).await;
+    let fwd = Peer::spawn(&[
+        "forward",
+        &up_url,
+        &down_url,
+        "--frames",
+        &forwards.to_string(),
+        "--keep",
+        "1",
+    ]);
+    fwd.expect("listening");
+    let d = Peer::spawn(&[
+        "subscribe",
+        &down_url,
+        "--mode",
+        "view",
+        "--frames",
+        "2",
+        "--hold",
+        &hold.to_string(),
+    ]);
+    d.expect("subscribed");
+    fwd.expect("ready");
+    publ.wait_for_subscribers(1, WAIT)
+        .await
+        .expect("the forwarder");
+    for seq in 0..=forwards {
+        publ.send(Frame::new(pattern::make(seq, 100_000)))
+            .await
+            .expect("send");
+    }
+    fwd.expect(&format!("forwarded {forwards} {forwards}"));
+    fwd.expect("kept 1");
+    d.expect("done 2");
+    (publ, fwd, d, up)
+}
+
+/// Kills P2 and returns how long the upstream slots took to be `free`.
+async fn kill_and_wait(publ: &ShmPoolPublisher, fwd: &mut Peer, free: usize) -> Duration {
+    let killed = Instant::now();
+    fwd.kill();
+    until("the upstream slots after the kill", || {
+        publ.free_slots() == free
+    })
+    .await;
+    let took = killed.elapsed();
+    eprintln!("{free} slots free {took:?} after SIGKILL was sent");
+    took
+}
+
+/// A killed forwarder pins nothing that no live view references, though
+/// the process downstream holds its anchor and is not inside `recv`: the
+/// slot it kept without forwarding, the slots of frames it forwarded that
+/// were dropped downstream, and one it forwarded that was never read there
+/// all come back at once.
+#[test]
+fn a_killed_forwarder_pins_nothing_without_live_views() {
+    runtime().block_on(async {
+        let (publ, mut fwd, d, up) = killed_forwarder_setup("kfree", 3, 0).await;
+        // Frames 0 and 1 were read and dropped by D; 2 is unread there, 3
+        // kept by P2.
+        until("D's dropped views released upstream", || {
+            publ.free_slots() == 2
+        })
+        .await;
+        let took = kill_and_wait(&publ, &mut fwd, 4).await;
+        assert!(
+            took < Duration::from_secs(1),
+            "slots took {took:?} to come back (goal: well under 100 ms)"
+        );
+        assert_eq!(publ.stale_releases(), 0);
+        d.finish();
+        drop(publ);
+        assert!(socket_released(&up));
+    });
+}
+
+/// A killed forwarder under one live view downstream: the slot it kept
+/// without forwarding comes back at once; the one under the view stays
+/// reserved (frames published meanwhile never touch it: the view, checked
+/// when D exits, is intact) until D lets go.
+#[test]
+fn a_killed_forwarder_frees_what_it_did_not_forward() {
+    runtime().block_on(async {
+        let (mut publ, mut fwd, d, up) = killed_forwarder_setup("kheld", 2, 1).await;
+        // Frame 0 is viewed by D, 1 was dropped there, 2 is kept by P2.
+        until("D's dropped view released upstream", || {
+            publ.free_slots() == 2
+        })
+        .await;
+        let took = kill_and_wait(&publ, &mut fwd, 3).await;
+        assert!(
+            took < Duration::from_secs(1),
+            "the kept slot took {took:?} to come back (goal: well under 100 ms)"
+        );
+        let mut local = ShmPoolTransport::new()
+            .subscribe(publ.endpoint(), &SubscribeOptions::default())
+            .await
+            .expect("a local subscriber");
+        publ.wait_for_subscribers(1, WAIT)
+            .await
+            .expect("the local subscriber");
+        for seq in 10..30u64 {
+            until("a free slot", || publ.free_slots() > 0).await;
+            publ.send(Frame::new(pattern::make(seq, 100_000)))
+                .await
+                .expect("send");
+            let f = recv_frame(&mut local).await;
+            assert!(pattern::check(seq, &f.payload));
+            assert!(publ.free_slots() <= 3, "the slot under D's view is reused");
+        }
+        // D checks its view when it exits, then lets go.
+        d.finish();
+        until("every slot back", || publ.free_slots() == 4).await;
+        drop(publ);
+        assert!(socket_released(&up));
+    });
 }

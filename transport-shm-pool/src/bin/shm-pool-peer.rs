@@ -5,7 +5,7 @@
 //! ```text
 //! shm-pool-peer publish URL [--subscribers N] [--frames N] [--size BYTES] [--loan] [--no-fill]
 //! shm-pool-peer subscribe URL [--mode view|owned] [--frames N] [--hold N] [--no-check] [--quiet]
-//! shm-pool-peer forward UPSTREAM_URL DOWNSTREAM_URL [--subscribers N] [--frames N]
+//! shm-pool-peer forward UPSTREAM_URL DOWNSTREAM_URL [--subscribers N] [--frames N] [--keep N]
 //! shm-pool-peer probe NAME OWNER_UID [--as-uid UID]
 //! shm-pool-peer squat NAME OWNER_UID [--as-uid UID]
 //! ```
@@ -235,6 +235,7 @@ fn forward(mut args: Args) -> Result<(), String> {
     let down = args.positional("DOWNSTREAM_URL")?;
     let subscribers = args.num("--subscribers", 1)? as usize;
     let frames = args.num("--frames", 1)?;
+    let keep = args.num("--keep", 0)?;
     args.done()?;
     let up = Endpoint::parse(&up).map_err(|e| e.to_string())?;
     let down = Endpoint::parse(&down).map_err(|e| e.to_string())?;
@@ -267,10 +268,21 @@ fn forward(mut args: Args) -> Result<(), String> {
             .map_err(|_| "flush timed out".to_string())?
             .map_err(|e| e.to_string())?;
         say(&format!("forwarded {frames} {}", publ.forwarded()));
+        // Then views it keeps without forwarding them.
+        let mut kept = Vec::new();
+        for got in 0..keep {
+            match tokio::time::timeout(TIMEOUT, sub.recv()).await {
+                Err(_) => return Err(format!("no frame to keep after {got} within {TIMEOUT:?}")),
+                Ok(r) => kept.push(r.map_err(|e| format!("recv: {e}"))?),
+            }
+        }
+        if keep > 0 {
+            say(&format!("kept {keep}"));
+        }
         tokio::task::spawn_blocking(wait_for_stdin_eof)
             .await
             .map_err(|e| e.to_string())?;
-        drop((sub, publ));
+        drop((kept, sub, publ));
         Ok(())
     })
 }
