@@ -192,6 +192,12 @@ where
                  its host or the link may be down",
                 cfg.liveness
             ))),
+            // A publisher that goes away with bytes of ours (heartbeats)
+            // unread in its socket is reset rather than closed (tcp RST, or
+            // ECONNRESET on a unix socket): it left, as with EOF.
+            Err(Error::Io { source, .. }) if is_reset(&source) => Err(Error::Disconnected(
+                format!("the publisher reset the connection ({source}); it went away"),
+            )),
             Err(e) => Err(e),
         };
         let fatal = item.is_err();
@@ -199,6 +205,12 @@ where
             return;
         }
     }
+}
+
+/// True for the I/O errors of a connection its peer reset or dropped.
+fn is_reset(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
 }
 
 #[async_trait]

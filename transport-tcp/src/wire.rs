@@ -147,7 +147,11 @@ pub(crate) fn server_hello_fields(b: &[u8; SERVER_HELLO_LEN]) -> Result<(u64, u6
 
 /// How often to send a heartbeat when idle: a quarter of the shorter of the
 /// two sides' `liveness`, so that three may be late before the peer gives up.
+/// The peer's value comes off the wire: it counts as at least
+/// [`MIN_LIVENESS`](crate::MIN_LIVENESS), so that a peer announcing less
+/// (1 ms) cannot make this side send a heartbeat every millisecond.
 pub(crate) fn heartbeat_interval(ours: Duration, theirs: Duration) -> Duration {
+    let theirs = theirs.max(crate::MIN_LIVENESS);
     (ours.min(theirs) / 4).max(Duration::from_millis(1))
 }
 
@@ -492,6 +496,26 @@ mod tests {
         fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
             Poll::Ready(Ok(()))
         }
+    }
+
+    /// The peer's `liveness` comes off the wire: one below what this side
+    /// accepts for itself (a hostile or broken peer announcing 1 ms) must
+    /// not make us send a heartbeat every millisecond.
+    #[test]
+    fn a_peer_cannot_force_heartbeats_faster_than_min_liveness_allows() {
+        let ours = crate::DEFAULT_LIVENESS;
+        assert_eq!(
+            heartbeat_interval(ours, Duration::from_millis(1)),
+            crate::MIN_LIVENESS / 4
+        );
+        let theirs = liveness_field(1u32.to_le_bytes()).expect("1 ms parses");
+        assert!(heartbeat_interval(ours, theirs) >= crate::MIN_LIVENESS / 4);
+        // In range, the shorter of the two rules.
+        assert_eq!(
+            heartbeat_interval(ours, Duration::from_millis(400)),
+            Duration::from_millis(100)
+        );
+        assert_eq!(heartbeat_interval(ours, Duration::from_secs(60)), ours / 4);
     }
 
     /// `write_timeout` bounds the whole frame: a peer that takes a few bytes

@@ -239,3 +239,60 @@ fn liveness_is_validated_and_listed() {
     let ep = Endpoint::parse("unix:///tmp/x.sock?liveness=1s").unwrap();
     assert!(TcpTransport.capabilities(&ep).is_ok());
 }
+
+/// A publisher that goes away with our heartbeats still unread in its socket
+/// (dropped, or killed, before its watcher read them) makes the kernel reset
+/// the connection instead of closing it: tcp sends RST, a unix socket
+/// reports ECONNRESET. That is the publisher leaving, so `recv` says
+/// `Disconnected` (what reconnect follows), not an I/O error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_that_resets_the_connection_is_a_disconnect() {
+    async fn handshake<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut S) {
+        let mut hello = [0u8; 12];
+        s.read_exact(&mut hello).await.unwrap();
+        s.write_all(&server_hello(3000)).await.unwrap();
+    }
+    let path = std::env::temp_dir().join(format!("framewire-reset-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    /// Removes the socket file however the test ends.
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _remove = Remove(path.clone());
+    let unix = tokio::net::UnixListener::bind(&path).unwrap();
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let urls = [
+        format!("tcp://{}?liveness=100ms", tcp.local_addr().unwrap()),
+        format!("unix://{}?liveness=100ms", path.display()),
+    ];
+    for url in urls {
+        let ep = Endpoint::parse(&url).unwrap();
+        let publisher = async {
+            // Handshake, wait for a heartbeat to arrive, leave it unread, go.
+            if url.starts_with("unix") {
+                let (mut s, _) = unix.accept().await.unwrap();
+                handshake(&mut s).await;
+                // Drain until the socket would block (which clears tokio's
+                // readiness), then wait for a fresh heartbeat.
+                while s.try_read(&mut [0u8; 64]).is_ok() {}
+                s.readable().await.unwrap();
+            } else {
+                let (mut s, _) = tcp.accept().await.unwrap();
+                handshake(&mut s).await;
+                s.peek(&mut [0u8; 1]).await.unwrap();
+            }
+        };
+        let opts = SubscribeOptions::default();
+        let (sub, ()) = tokio::join!(
+            within(TcpTransport.subscribe(&ep, &opts)),
+            within(publisher)
+        );
+        let mut sub = sub.unwrap();
+        let e = within(sub.recv()).await.expect_err("the publisher is gone");
+        assert!(matches!(e, Error::Disconnected(_)), "{url}: {e:?}");
+        assert!(within(sub.recv()).await.unwrap_err().is_disconnect());
+    }
+}

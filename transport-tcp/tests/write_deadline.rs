@@ -88,7 +88,10 @@ async fn run(policy: Policy) {
                     assert!(pattern::check(f.seq, &f.payload));
                     got += 1;
                     if f.seq == n - 1 {
-                        return got;
+                        // The good subscriber stays connected (returned, not
+                        // dropped) until the trickler is cut off, so that the
+                        // count below falls to 1 for the trickler alone.
+                        return (got, s);
                     }
                 }
                 Err(transport_core::Error::Lagged { .. }) => {}
@@ -103,7 +106,7 @@ async fn run(policy: Policy) {
             .unwrap();
     }
     within(p.flush()).await.unwrap();
-    let got = within(reader).await.unwrap();
+    let (got, good) = within(reader).await.unwrap();
     assert!(got > 0);
     let cut = within(async {
         while p.subscriber_count() != Some(1) {
@@ -112,6 +115,7 @@ async fn run(policy: Policy) {
         start.elapsed()
     })
     .await;
+    drop(good);
     let read = total.load(Ordering::Relaxed);
     slow.abort();
     let _ = slow.await;
