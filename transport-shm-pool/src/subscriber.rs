@@ -657,7 +657,7 @@ impl ShmPoolSubscriber {
             return None;
         }
         if self.over_max_held(POOL_VIEWS, d.index, d.generation) {
-            return None;
+            return Some(Err(self.lagged_now()));
         }
         let len = d.len as usize;
         frame.payload = match self.mode {
@@ -681,6 +681,14 @@ impl ShmPoolSubscriber {
             }
         };
         self.deliver(frame)
+    }
+
+    /// The lag to report at once for a frame just dropped because of
+    /// `max_held` (so a caller does not wait for the next frame to hear of it).
+    fn lagged_now(&mut self) -> Error {
+        let missed = std::mem::take(&mut self.missed);
+        StatCounters::add(&self.stats.lagged, missed);
+        Error::Lagged { missed }
     }
 
     /// Stamps and counts a frame that arrived; reports the frames lost
@@ -843,7 +851,7 @@ impl ShmPoolSubscriber {
             return None;
         }
         if self.over_max_held(FWD_VIEWS, d.index, d.generation) {
-            return None;
+            return Some(Err(self.lagged_now()));
         }
         let len = d.len as usize;
         frame.payload = match self.mode {

@@ -94,7 +94,15 @@ async fn send_pattern(publ: &mut ShmPoolPublisher, seq: u64, len: usize) {
 /// C's last clone of the view is gone, then comes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chain_forwards_without_a_copy() {
-    let mut a = publisher("chain-a", "slots=4&slot_size=1MiB", Policy::Fail, "a").await;
+    // Every slot of A may be under a view of B's in flight (the releases
+    // travel C -> B -> A): `max_held` is the whole pool.
+    let mut a = publisher(
+        "chain-a",
+        "slots=4&slot_size=1MiB&max_held=4",
+        Policy::Fail,
+        "a",
+    )
+    .await;
     let mut sub_a = subscriber(&mut a, RecvMode::View).await;
     let mut b = publisher("chain-b", "slots=4&slot_size=1MiB", Policy::Fail, "b").await;
     let mut c = subscriber(&mut b, RecvMode::View).await;
