@@ -103,6 +103,26 @@ unsafe fn stream_avx2(dst: *mut u8, src: *const u8, len: usize) {
     unsafe { std::ptr::copy_nonoverlapping(src.add(i), dst.add(i), len - i) };
 }
 
+/// Orders every store before it before every store after it, streaming
+/// (non-temporal) stores included: a release fence plus, on x86-64, an
+/// `sfence`.
+///
+/// On x86, `fence(Release)` emits no instruction, and non-temporal stores
+/// (this module's streaming copy, glibc's `memcpy` of large buffers, an
+/// application's own code filling a loan) may become visible before earlier
+/// ordinary stores. A writer that marks shared memory as being rewritten (a
+/// seqlock's odd generation, a raised horizon) calls this between the mark
+/// and the new bytes, so a reader never sees new bytes without the mark.
+pub fn store_fence() {
+    std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `sfence` is part of SSE, which every x86-64 CPU has; it only
+    // orders stores.
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -151,7 +151,10 @@ impl Mapping {
     fn invalidate(&self, index: u32) {
         let (g, _) = self.slot_header(index);
         g.store(0, Ordering::Relaxed);
-        fence(Ordering::Release);
+        // Before any new byte of the slot, streaming stores included (a
+        // release fence alone emits nothing on x86, where non-temporal
+        // stores may pass the store above).
+        transport_core::copy::store_fence();
     }
 
     fn slot_ptr(&self, index: u32) -> *mut u8 {

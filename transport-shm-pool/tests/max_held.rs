@@ -143,7 +143,10 @@ async fn hog_is_capped(test: &str, params: &str, policy: Policy, max_held: usize
             Err(e) => panic!("hog: {e}"),
         }
     }
-    assert!(lagged >= dropped, "{lagged} reported < {dropped} given back");
+    assert!(
+        lagged >= dropped,
+        "{lagged} reported < {dropped} given back"
+    );
 }
 
 async fn until(what: &str, mut f: impl FnMut() -> bool) {

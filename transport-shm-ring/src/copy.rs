@@ -79,13 +79,7 @@ pub(crate) unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) {
 /// `transport_core::copy` also fence before they start; this one covers the
 /// bytes an application writes into a loan, with whatever instructions.)
 pub(crate) fn store_fence() {
-    std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: `sfence` is part of SSE, which every x86-64 CPU has; it only
-    // orders stores.
-    unsafe {
-        std::arch::x86_64::_mm_sfence()
-    };
+    transport_core::copy::store_fence();
 }
 
 /// The portable byte-wise atomic copy (used where there is no assembly
