@@ -35,7 +35,7 @@ pub const PARAMS: [&str; 9] = [
 ];
 
 /// Default of `queue=` (frames queued per subscriber).
-pub const DEFAULT_QUEUE: usize = 4;
+pub const DEFAULT_QUEUE: usize = 8;
 /// Default of `max_payload=`.
 pub const DEFAULT_MAX_PAYLOAD: u64 = 256 << 20;
 /// Default of `flush_timeout=`.
