@@ -6,8 +6,8 @@
 //! zenoh-router --config router.json5
 //! ```
 //!
-//! Prints `listening on LOCATOR` lines on stdout once it is up, then runs
-//! until SIGINT or SIGTERM.
+//! Prints `listening on LOCATOR` lines and `zid ID` on stdout once it is
+//! up, then runs until SIGINT or SIGTERM.
 
 use std::process::ExitCode;
 
@@ -37,6 +37,7 @@ async fn main() -> ExitCode {
     opts.config = args.config;
     opts.listen = args.listen;
     opts.connect = args.connect;
+    let listen = opts.listen.clone();
     let session = match start_router(&opts).await {
         Ok(s) => s,
         Err(e) => {
@@ -44,9 +45,14 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    for l in session.info().locators().await {
+    // Zenoh opens the listeners before `open` returns (exit_on_failure).
+    if listen.is_empty() {
+        println!("listening on the locators of the config (Zenoh's default: tcp/[::]:7447)");
+    }
+    for l in &listen {
         println!("listening on {l}");
     }
+    println!("zid {}", session.zid());
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(t) => t,
         Err(e) => {
