@@ -202,7 +202,12 @@ impl Drop for Proc {
 }
 
 fn router(ns: &str) -> Proc {
-    let r = Proc::spawn("zenoh-router", ns, ROUTER, &["--listen", "tcp/0.0.0.0:7447"]);
+    let r = Proc::spawn(
+        "zenoh-router",
+        ns,
+        ROUTER,
+        &["--listen", "tcp/0.0.0.0:7447"],
+    );
     r.wait_line("listening on", Duration::from_secs(30));
     r
 }
@@ -222,7 +227,9 @@ fn url(subnet: u8) -> String {
 
 #[test]
 fn frames_verified_through_a_router_host() {
-    let Some(mut net) = Net::new("e2e") else { return };
+    let Some(mut net) = Net::new("e2e") else {
+        return;
+    };
     let p = net.host("p", 1);
     let s = net.host("s", 2);
     let _router = router(&net.ns("r"));
@@ -235,7 +242,15 @@ fn frames_verified_through_a_router_host() {
         "subscriber",
         &s,
         SUBSCRIBER,
-        &["--endpoint", &url(2), "--count", &count, "--verify", "--timeout", "60"],
+        &[
+            "--endpoint",
+            &url(2),
+            "--count",
+            &count,
+            "--verify",
+            "--timeout",
+            "60",
+        ],
     );
     let publ = Proc::spawn(
         "publisher",
@@ -258,12 +273,15 @@ fn frames_verified_through_a_router_host() {
     eprintln!("publisher: {last}");
     let (ok, last, err) = sub.finish(limit);
     assert!(ok, "subscriber: {last}\n{err}");
+    eprintln!("subscriber: {last}");
     assert_eq!(last, format!("received={n} lost=0 corrupt=0"), "{err}");
 }
 
 #[test]
 fn router_killed_and_restarted_mid_stream() {
-    let Some(mut net) = Net::new("restart") else { return };
+    let Some(mut net) = Net::new("restart") else {
+        return;
+    };
     let p = net.host("p", 1);
     let s = net.host("s", 2);
     let r = net.ns("r");
@@ -272,7 +290,15 @@ fn router_killed_and_restarted_mid_stream() {
         "subscriber",
         &s,
         SUBSCRIBER,
-        &["--endpoint", &url(2), "--count", "300", "--verify", "--timeout", "60"],
+        &[
+            "--endpoint",
+            &url(2),
+            "--count",
+            "300",
+            "--verify",
+            "--timeout",
+            "60",
+        ],
     );
     let publ = Proc::spawn(
         "publisher",
@@ -304,6 +330,7 @@ fn router_killed_and_restarted_mid_stream() {
         field(&last, "lost"),
         field(&last, "corrupt"),
     );
+    eprintln!("subscriber across the restart: {last}");
     assert_eq!(corrupt, 0, "{last}");
     // Frames after the restart arrived (the last one too): the outage shows
     // as counted loss, never as corruption or a hang.
@@ -313,14 +340,25 @@ fn router_killed_and_restarted_mid_stream() {
 
 #[test]
 fn subscriber_host_that_appears_late() {
-    let Some(mut net) = Net::new("late") else { return };
+    let Some(mut net) = Net::new("late") else {
+        return;
+    };
     let p = net.host("p", 1);
     let _router = router(&net.ns("r"));
     let publ = Proc::spawn(
         "publisher",
         &p,
         PUBLISHER,
-        &["--endpoint", &url(1), "--size", "64KiB", "--count", "600", "--rate", "50"],
+        &[
+            "--endpoint",
+            &url(1),
+            "--size",
+            "64KiB",
+            "--count",
+            "600",
+            "--rate",
+            "50",
+        ],
     );
     std::thread::sleep(Duration::from_secs(2));
     // The subscriber host comes up while the stream runs.
@@ -329,7 +367,15 @@ fn subscriber_host_that_appears_late() {
         "subscriber",
         &s,
         SUBSCRIBER,
-        &["--endpoint", &url(2), "--count", "100", "--verify", "--timeout", "60"],
+        &[
+            "--endpoint",
+            &url(2),
+            "--count",
+            "100",
+            "--verify",
+            "--timeout",
+            "60",
+        ],
     );
     let (ok, last, err) = sub.finish(Duration::from_secs(90));
     assert!(ok, "subscriber: {last}\n{err}");

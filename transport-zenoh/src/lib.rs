@@ -312,18 +312,20 @@ pub(crate) fn close_session(s: zenoh::Session) {
 fn resolve_ephemeral(listen: &[String]) -> Result<Vec<String>> {
     listen
         .iter()
-        .map(|l| match l.strip_prefix("tcp/").and_then(|a| a.strip_suffix(":0")) {
-            Some(host) => {
-                let probe = std::net::TcpListener::bind((host.trim_matches(['[', ']']), 0))
-                    .map_err(|e| Error::io(format!("listen={l}: finding a free port"), e))?;
-                let port = probe
-                    .local_addr()
-                    .map_err(|e| Error::io(format!("listen={l}"), e))?
-                    .port();
-                Ok(format!("tcp/{host}:{port}"))
-            }
-            None => Ok(l.clone()),
-        })
+        .map(
+            |l| match l.strip_prefix("tcp/").and_then(|a| a.strip_suffix(":0")) {
+                Some(host) => {
+                    let probe = std::net::TcpListener::bind((host.trim_matches(['[', ']']), 0))
+                        .map_err(|e| Error::io(format!("listen={l}: finding a free port"), e))?;
+                    let port = probe
+                        .local_addr()
+                        .map_err(|e| Error::io(format!("listen={l}"), e))?
+                        .port();
+                    Ok(format!("tcp/{host}:{port}"))
+                }
+                None => Ok(l.clone()),
+            },
+        )
         .collect()
 }
 

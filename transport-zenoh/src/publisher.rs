@@ -180,13 +180,8 @@ impl ZenohPublisher {
 
     fn send_end(&self) -> Result<()> {
         let att = wire::end_attachment(self.pub_id);
-        blocking(|| {
-            self.publisher
-                .delete()
-                .attachment(ZBytes::from(att))
-                .wait()
-        })
-        .map_err(backend_err)
+        blocking(|| self.publisher.delete().attachment(ZBytes::from(att)).wait())
+            .map_err(backend_err)
     }
 }
 

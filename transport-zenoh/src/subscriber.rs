@@ -223,7 +223,11 @@ impl std::fmt::Debug for ZenohSubscriber {
     }
 }
 
-pub(crate) async fn open(cfg: Config, mode: RecvMode, topic_prefix: String) -> Result<ZenohSubscriber> {
+pub(crate) async fn open(
+    cfg: Config,
+    mode: RecvMode,
+    topic_prefix: String,
+) -> Result<ZenohSubscriber> {
     let (session, _) = cfg.open().await?;
     let sub_id = id_of(&session);
     let shared = Arc::new(Shared {

@@ -143,7 +143,10 @@ mod tests {
         f.seq = 7;
         let a = encode_attachment(&f, 42, Policy::DropOldest).unwrap();
         let h = decode_attachment(&a, 12, 1 << 20).unwrap();
-        assert_eq!((h.frame.seq, h.pub_id, h.policy), (7, 42, Policy::DropOldest));
+        assert_eq!(
+            (h.frame.seq, h.pub_id, h.policy),
+            (7, 42, Policy::DropOldest)
+        );
         assert_eq!(h.frame.topic, "cam/0");
         // Without the trailer (a plain Zenoh peer may omit it).
         let h = decode_attachment(&a[..a.len() - TRAILER_LEN], 12, 1 << 20).unwrap();

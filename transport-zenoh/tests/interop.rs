@@ -5,9 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use transport_core::{
-    Endpoint, Error, Frame, Publisher, Subscriber, Transport, pattern,
-};
+use transport_core::{Endpoint, Error, Frame, Publisher, Subscriber, Transport, pattern};
 use transport_zenoh::ZenohTransport;
 
 const N: u64 = 20;
@@ -84,7 +82,11 @@ async fn python_subscriber_reads_framewire_frames() {
         .publish(&ep, &Default::default())
         .await
         .expect("publisher");
-    let locator = publ.endpoint().param("connect").expect("connect=").to_owned();
+    let locator = publ
+        .endpoint()
+        .param("connect")
+        .expect("connect=")
+        .to_owned();
     let mut child = spawn("sub", &locator, &key);
     publ.wait_for_subscribers(1, Duration::from_secs(30))
         .await

@@ -44,7 +44,9 @@ async fn many_publishers_and_a_wildcard_subscriber() {
     let port = free_port();
     let mut sub = ZenohTransport
         .subscribe(
-            &ep(&format!("zenoh://m2m/{pid}/*/rgb?listen=tcp/127.0.0.1:{port}")),
+            &ep(&format!(
+                "zenoh://m2m/{pid}/*/rgb?listen=tcp/127.0.0.1:{port}"
+            )),
             &Default::default(),
         )
         .await
@@ -95,14 +97,18 @@ async fn stalled_subscriber_under_drop_oldest_keeps_memory_bounded() {
     let port = free_port();
     let mut sub = ZenohTransport
         .subscribe(
-            &ep(&format!("zenoh://stall/{pid}/drop?listen=tcp/127.0.0.1:{port}&queue=2")),
+            &ep(&format!(
+                "zenoh://stall/{pid}/drop?listen=tcp/127.0.0.1:{port}&queue=2"
+            )),
             &Default::default(),
         )
         .await
         .expect("subscriber");
     let mut publ = ZenohTransport
         .publish(
-            &ep(&format!("zenoh://stall/{pid}/drop?connect=tcp/127.0.0.1:{port}")),
+            &ep(&format!(
+                "zenoh://stall/{pid}/drop?connect=tcp/127.0.0.1:{port}"
+            )),
             &PublishOptions::default().policy(Policy::DropOldest),
         )
         .await
@@ -147,14 +153,18 @@ async fn stalled_subscriber_under_block_holds_the_publisher() {
     let port = free_port();
     let mut sub = ZenohTransport
         .subscribe(
-            &ep(&format!("zenoh://stall/{pid}/block?listen=tcp/127.0.0.1:{port}&queue=2")),
+            &ep(&format!(
+                "zenoh://stall/{pid}/block?listen=tcp/127.0.0.1:{port}&queue=2"
+            )),
             &Default::default(),
         )
         .await
         .expect("subscriber");
     let mut publ = ZenohTransport
         .publish(
-            &ep(&format!("zenoh://stall/{pid}/block?connect=tcp/127.0.0.1:{port}")),
+            &ep(&format!(
+                "zenoh://stall/{pid}/block?connect=tcp/127.0.0.1:{port}"
+            )),
             &PublishOptions::default().policy(Policy::Block),
         )
         .await
@@ -174,14 +184,20 @@ async fn stalled_subscriber_under_block_holds_the_publisher() {
     // Stalled for 3 s (well inside Zenoh's 10 s lease): the sender is held.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let grown = rss_bytes().saturating_sub(before);
-    assert!(!sender.is_finished(), "100 MiB accepted by a stalled subscriber");
+    assert!(
+        !sender.is_finished(),
+        "100 MiB accepted by a stalled subscriber"
+    );
     assert!(grown < 80 << 20, "RSS grew by {} MiB", grown >> 20);
     for i in 0..n {
         let f = recv(&mut sub).await.expect("block loses nothing");
         assert_eq!(f.seq, i);
         assert!(pattern::check(i, &f.payload));
     }
-    let publ = tokio::time::timeout(T, sender).await.expect("sender ends").unwrap();
+    let publ = tokio::time::timeout(T, sender)
+        .await
+        .expect("sender ends")
+        .unwrap();
     assert_eq!(publ.stats().frames_sent, n);
     assert_eq!(sub.stats().lagged, 0);
 }
@@ -198,10 +214,14 @@ async fn zero_configuration_on_one_host() {
         .await
         .expect("publisher");
     assert_eq!(publ.endpoint().url(), url);
-    publ.wait_for_subscribers(1, T).await.expect("found without configuration");
+    publ.wait_for_subscribers(1, T)
+        .await
+        .expect("found without configuration");
     // Fewer frames than `queue`: `close` returns before the subscriber reads.
     for i in 0..5 {
-        publ.send(Frame::new(pattern::make(i, 100_000))).await.unwrap();
+        publ.send(Frame::new(pattern::make(i, 100_000)))
+            .await
+            .unwrap();
     }
     publ.close().await.unwrap();
     for i in 0..5 {
@@ -212,13 +232,28 @@ async fn zero_configuration_on_one_host() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_options_are_clear_errors() {
     let t = ZenohTransport;
-    let err = t.capabilities(&ep("zenoh://k?bogus=1")).unwrap_err().to_string();
-    assert!(err.contains("bogus") && err.contains("connect") && err.contains("mode"), "{err}");
-    let err = t.capabilities(&ep("zenoh://k?mode=router")).unwrap_err().to_string();
+    let err = t
+        .capabilities(&ep("zenoh://k?bogus=1"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("bogus") && err.contains("connect") && err.contains("mode"),
+        "{err}"
+    );
+    let err = t
+        .capabilities(&ep("zenoh://k?mode=router"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("peer, client"), "{err}");
-    let err = t.capabilities(&ep("zenoh://k?mode=client")).unwrap_err().to_string();
+    let err = t
+        .capabilities(&ep("zenoh://k?mode=client"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("connect"), "{err}");
-    let err = t.capabilities(&ep("zenoh://k?connect=nonsense")).unwrap_err().to_string();
+    let err = t
+        .capabilities(&ep("zenoh://k?connect=nonsense"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("connect"), "{err}");
     let err = t.capabilities(&ep("zenoh://a//b")).unwrap_err().to_string();
     assert!(err.contains("key expression"), "{err}");
@@ -229,7 +264,10 @@ async fn bad_options_are_clear_errors() {
         .to_string();
     assert!(err.contains("block, drop-oldest"), "{err}");
     let err = t
-        .subscribe(&ep("zenoh://k?config=/nonexistent.json5"), &Default::default())
+        .subscribe(
+            &ep("zenoh://k?config=/nonexistent.json5"),
+            &Default::default(),
+        )
         .await
         .unwrap_err()
         .to_string();
