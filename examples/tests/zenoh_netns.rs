@@ -108,9 +108,13 @@ struct Proc {
 
 impl Proc {
     fn spawn(name: &'static str, ns: &str, exe: &str, args: &[&str]) -> Proc {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns, exe])
-            .args(args)
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, exe]).args(args);
+        Proc::from_command(name, c)
+    }
+
+    fn from_command(name: &'static str, mut c: Command) -> Proc {
+        let mut child = c
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -382,4 +386,61 @@ fn subscriber_host_that_appears_late() {
     assert_eq!(field(&last, "received"), 100, "{last}");
     assert_eq!(field(&last, "corrupt"), 0, "{last}");
     publ.kill();
+}
+
+/// A publisher killed outright (no end-of-stream DELETE) ends its
+/// subscribers' stream once its liveliness token stays away `gone_after`,
+/// long before their idle timeout. Loopback, no namespaces needed.
+#[test]
+fn killed_publisher_ends_the_stream_after_gone_after() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let key = format!("fw/killed/{}", std::process::id());
+    let pub_url = format!("zenoh://{key}?listen=tcp/127.0.0.1:{port}");
+    let sub_url = format!("zenoh://{key}?connect=tcp/127.0.0.1:{port}&gone_after=2s");
+    let spawn = |name, exe: &str, args: &[&str]| {
+        let mut c = Command::new(exe);
+        c.args(args);
+        Proc::from_command(name, c)
+    };
+    let publ = spawn(
+        "publisher",
+        PUBLISHER,
+        &[
+            "--endpoint",
+            &pub_url,
+            "--size",
+            "64KiB",
+            "--count",
+            "100000",
+            "--rate",
+            "100",
+        ],
+    );
+    let sub = spawn(
+        "subscriber",
+        SUBSCRIBER,
+        &[
+            "--endpoint",
+            &sub_url,
+            "--count",
+            "100000",
+            "--verify",
+            "--timeout",
+            "90",
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    publ.kill();
+    let start = Instant::now();
+    let (ok, last, err) = sub.finish(Duration::from_secs(60));
+    eprintln!("subscriber after the kill: {last} ({:?})", start.elapsed());
+    assert!(ok, "subscriber: {last}\n{err}");
+    assert!(field(&last, "received") > 0, "{last}\n{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(45),
+        "the subscriber waited for its idle timeout, not for gone_after"
+    );
 }

@@ -22,7 +22,7 @@ pub use publisher::ZenohPublisher;
 pub use subscriber::ZenohSubscriber;
 
 /// Endpoint parameters this backend accepts.
-pub const PARAMS: [&str; 9] = [
+pub const PARAMS: [&str; 10] = [
     COMMON_PARAMS[0],
     COMMON_PARAMS[1],
     "mode",
@@ -32,6 +32,7 @@ pub const PARAMS: [&str; 9] = [
     "queue",
     "max_payload",
     "flush_timeout",
+    "gone_after",
 ];
 
 /// Default of `queue=` (frames queued per subscriber).
@@ -40,12 +41,16 @@ pub const DEFAULT_QUEUE: usize = 8;
 pub const DEFAULT_MAX_PAYLOAD: u64 = 256 << 20;
 /// Default of `flush_timeout=`.
 pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default of `gone_after=`.
+pub const DEFAULT_GONE_AFTER: Duration = Duration::from_secs(10);
 /// The well-known local locator of zero-configuration peers (see the README).
 pub const LOCAL_HUB: &str = "tcp/127.0.0.1:17447";
 const LOCAL_HUB_ADDR: &str = "127.0.0.1:17447";
 
 /// Key prefix of the queryables subscribers answer flushes on.
 pub(crate) const FLUSH_PREFIX: &str = "@framewire/flush";
+/// Key prefix of the liveliness tokens publishers declare.
+pub(crate) const PUB_PREFIX: &str = "@framewire/pub";
 /// Key prefix of the liveliness tokens subscribers declare.
 pub(crate) const SUB_PREFIX: &str = "@framewire/sub";
 
@@ -74,6 +79,7 @@ pub(crate) struct Config {
     pub(crate) queue: usize,
     pub(crate) max_payload: u64,
     pub(crate) flush_timeout: Duration,
+    pub(crate) gone_after: Duration,
 }
 
 fn locators(e: &Endpoint, key: &str) -> Result<Vec<String>> {
@@ -158,6 +164,7 @@ impl Config {
             flush_timeout: e
                 .duration("flush_timeout")?
                 .unwrap_or(DEFAULT_FLUSH_TIMEOUT),
+            gone_after: e.duration("gone_after")?.unwrap_or(DEFAULT_GONE_AFTER),
         })
     }
 

@@ -17,7 +17,7 @@ use zenoh::qos::CongestionControl;
 use zenoh::query::{ConsolidationMode, QueryTarget};
 use zenoh::sample::SampleKind;
 
-use crate::{Config, FLUSH_PREFIX, SUB_PREFIX, backend_err, close_session, wire};
+use crate::{Config, FLUSH_PREFIX, PUB_PREFIX, SUB_PREFIX, backend_err, close_session, wire};
 
 /// Subscribers seen through their liveliness tokens.
 #[derive(Default)]
@@ -40,6 +40,7 @@ pub struct ZenohPublisher {
     stats: Arc<StatCounters>,
     subs: Arc<SubSet>,
     _watch: zenoh::pubsub::Subscriber<()>,
+    _token: zenoh::liveliness::LivelinessToken,
     lost: HashMap<u64, u64>,
     ended: bool,
 }
@@ -152,6 +153,13 @@ pub(crate) async fn open(
     };
     let public = public_endpoint(endpoint, &cfg, &locators)?;
     let pub_id = id_of(&session);
+    // Subscribers end this publisher's stream when the token is gone for
+    // longer than their `gone_after` (the process died without its DELETE).
+    let token = session
+        .liveliness()
+        .declare_token(format!("{PUB_PREFIX}/{pub_id:016x}/{}", cfg.key))
+        .await
+        .map_err(backend_err)?;
     let session = Some(session);
     tracing::debug!(endpoint = %public, pub_id, "zenoh publisher ready");
     Ok(ZenohPublisher {
@@ -166,6 +174,7 @@ pub(crate) async fn open(
         stats,
         subs,
         _watch: watch,
+        _token: token,
         lost: HashMap::new(),
         ended: false,
     })
@@ -300,8 +309,15 @@ impl Publisher for ZenohPublisher {
 
 impl Drop for ZenohPublisher {
     fn drop(&mut self) {
+        // Never blocks behind a stalled subscriber: congestion control Drop
+        // (if it is dropped, subscribers still see the liveliness token go).
         if !self.ended
-            && let Err(e) = self.send_end()
+            && let Some(s) = &self.session
+            && let Err(e) = s
+                .delete(self.cfg.key.clone())
+                .congestion_control(CongestionControl::Drop)
+                .attachment(ZBytes::from(wire::end_attachment(self.pub_id)))
+                .wait()
         {
             tracing::debug!("zenoh publisher: end of stream not sent: {e}");
         }

@@ -13,7 +13,7 @@ use zenoh::bytes::ZBytes;
 use zenoh::sample::{Sample, SampleKind};
 
 use crate::publisher::{blocking, id_of};
-use crate::{Config, FLUSH_PREFIX, SUB_PREFIX, backend_err, close_session, wire};
+use crate::{Config, FLUSH_PREFIX, PUB_PREFIX, SUB_PREFIX, backend_err, close_session, wire};
 
 enum Item {
     Frame {
@@ -28,6 +28,8 @@ enum Item {
 
 #[derive(Default)]
 struct PubState {
+    /// When the publisher's liveliness token went away (not back since).
+    token_lost: Option<std::time::Instant>,
     last_arrived: Option<u64>,
     pending_lost: u64,
     lost_total: u64,
@@ -46,6 +48,7 @@ struct Shared {
     room: Condvar,
     ready: Notify,
     depth: usize,
+    gone_after: std::time::Duration,
     max_payload: u64,
     topic_prefix: String,
     stats: Arc<StatCounters>,
@@ -188,6 +191,25 @@ fn on_sample(sh: &Shared, sample: Sample) {
     sh.ready.notify_one();
 }
 
+fn on_token(sh: &Shared, sample: Sample) {
+    let id = sample
+        .key_expr()
+        .as_str()
+        .strip_prefix(PUB_PREFIX)
+        .and_then(|r| r.strip_prefix('/'))
+        .and_then(|r| r.split_once('/'))
+        .and_then(|(id, _)| u64::from_str_radix(id, 16).ok());
+    let Some(id) = id else { return };
+    let mut st = sh.lock();
+    let ps = st.pubs.entry(id).or_default();
+    match sample.kind() {
+        SampleKind::Put => ps.token_lost = None,
+        SampleKind::Delete => ps.token_lost = Some(std::time::Instant::now()),
+    }
+    drop(st);
+    sh.ready.notify_one();
+}
+
 fn on_flush(sh: &Shared, sub_id: u64, query: zenoh::query::Query) {
     let k = query.key_expr().as_str();
     let pub_id = k
@@ -211,6 +233,7 @@ pub struct ZenohSubscriber {
     _sub: zenoh::pubsub::Subscriber<()>,
     _flush: zenoh::query::Queryable<()>,
     _token: zenoh::liveliness::LivelinessToken,
+    _pubs: zenoh::pubsub::Subscriber<()>,
     mode: RecvMode,
     pending: Option<Frame>,
 }
@@ -240,6 +263,7 @@ pub(crate) async fn open(
         room: Condvar::new(),
         ready: Notify::new(),
         depth: cfg.queue,
+        gone_after: cfg.gone_after,
         max_payload: cfg.max_payload,
         topic_prefix,
         stats: Arc::new(StatCounters::default()),
@@ -261,7 +285,16 @@ pub(crate) async fn open(
         .declare_token(format!("{SUB_PREFIX}/{sub_id:016x}/{}", cfg.key))
         .await
         .map_err(backend_err)?;
+    let sh = shared.clone();
+    let pubs = session
+        .liveliness()
+        .declare_subscriber(format!("{PUB_PREFIX}/*/{}", cfg.key))
+        .history(true)
+        .callback(move |s| on_token(&sh, s))
+        .await
+        .map_err(backend_err)?;
     Ok(ZenohSubscriber {
+        _pubs: pubs,
         shared,
         session: Some(session),
         _sub: sub,
@@ -281,48 +314,86 @@ impl ZenohSubscriber {
     }
 }
 
+enum Poll {
+    Ready(Result<Frame>),
+    /// Nothing yet; wake up at this instant (a `gone_after` deadline) or when notified.
+    Pending(Option<std::time::Instant>),
+}
+
+impl ZenohSubscriber {
+    fn poll_queue(&mut self) -> Poll {
+        let mut st = self.shared.lock();
+        loop {
+            let Some(item) = st.queue.pop_front() else {
+                break;
+            };
+            match item {
+                Item::Frame {
+                    frame, lost_before, ..
+                } => {
+                    st.frames -= 1;
+                    drop(st);
+                    self.shared.room.notify_all();
+                    if lost_before > 0 {
+                        StatCounters::add(&self.shared.stats.lagged, lost_before);
+                        self.pending = Some(frame);
+                        return Poll::Ready(Err(Error::Lagged {
+                            missed: lost_before,
+                        }));
+                    }
+                    return Poll::Ready(Ok(self.deliver(frame)));
+                }
+                Item::End(id) => st.pubs.entry(id).or_default().ended = true,
+            }
+        }
+        // A publisher whose token stayed away `gone_after` has ended (its
+        // process died, or its host is unreachable).
+        let gone_after = self.shared.gone_after;
+        let mut wake: Option<std::time::Instant> = None;
+        for p in st.pubs.values_mut() {
+            if let Some(t) = p.token_lost {
+                if t.elapsed() >= gone_after {
+                    p.ended = true;
+                    p.token_lost = None;
+                } else if !p.ended {
+                    let at = t + gone_after;
+                    wake = Some(wake.map_or(at, |w| w.min(at)));
+                }
+            }
+        }
+        if !st.pubs.is_empty() && st.pubs.values().all(|p| p.ended) {
+            return Poll::Ready(Err(Error::Disconnected(
+                "every zenoh publisher seen on this key expression has ended".into(),
+            )));
+        }
+        Poll::Pending(wake)
+    }
+}
+
 #[async_trait]
 impl Subscriber for ZenohSubscriber {
     async fn recv(&mut self) -> Result<Frame> {
         if let Some(f) = self.pending.take() {
             return Ok(self.deliver(f));
         }
+        let shared = self.shared.clone();
         loop {
-            let notified = self.shared.ready.notified();
+            let notified = shared.ready.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                let mut st = self.shared.lock();
-                if let Some(item) = st.queue.pop_front() {
-                    match item {
-                        Item::Frame {
-                            frame, lost_before, ..
-                        } => {
-                            st.frames -= 1;
-                            drop(st);
-                            self.shared.room.notify_all();
-                            if lost_before > 0 {
-                                StatCounters::add(&self.shared.stats.lagged, lost_before);
-                                self.pending = Some(frame);
-                                return Err(Error::Lagged {
-                                    missed: lost_before,
-                                });
-                            }
-                            return Ok(self.deliver(frame));
-                        }
-                        Item::End(id) => {
-                            st.pubs.entry(id).or_default().ended = true;
-                            continue;
-                        }
+            let wake = match self.poll_queue() {
+                Poll::Ready(r) => return r,
+                Poll::Pending(w) => w,
+            };
+            match wake {
+                Some(at) => {
+                    tokio::select! {
+                        _ = &mut notified => {}
+                        _ = tokio::time::sleep_until(at.into()) => {}
                     }
                 }
-                if !st.pubs.is_empty() && st.pubs.values().all(|p| p.ended) {
-                    return Err(Error::Disconnected(
-                        "every zenoh publisher seen on this key expression has ended".into(),
-                    ));
-                }
+                None => notified.await,
             }
-            notified.await;
         }
     }
 
