@@ -256,25 +256,41 @@ impl Config {
             let mut cfg = self.clone();
             cfg.listen = resolve_ephemeral(&self.listen)?;
             let c = cfg.zenoh_config(false)?;
-            let s = zenoh::open(c).await.map_err(|e| open_err(self, e))?;
+            let s = open_session(c).await.map_err(|e| open_err(self, e))?;
             return Ok((s, cfg.listen));
         }
         // Zero configuration: the first session on the host listens on the
         // hub locator, the others connect to it (and gossip finds the rest).
         for _ in 0..3 {
             let hub = std::net::TcpListener::bind(LOCAL_HUB_ADDR).is_ok();
-            match zenoh::open(self.zenoh_config(hub)?).await {
+            match open_session(self.zenoh_config(hub)?).await {
                 Ok(s) => return Ok((s, Vec::new())),
                 // Another session took the hub between the probe and the open.
                 Err(_) if hub => continue,
                 Err(e) => return Err(open_err(self, e)),
             }
         }
-        let s = zenoh::open(self.zenoh_config(false)?)
+        let s = open_session(self.zenoh_config(false)?)
             .await
             .map_err(|e| open_err(self, e))?;
         Ok((s, Vec::new()))
     }
+}
+
+/// Opens a session from a thread of its own: Zenoh's `open` blocks in place,
+/// which it refuses to do (it panics) on a current-thread tokio runtime.
+pub(crate) async fn open_session(c: zenoh::Config) -> zenoh::Result<zenoh::Session> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("zenoh-open".into())
+        .spawn(move || {
+            let _ = tx.send(zenoh::open(c).wait());
+        })
+        .map_err(|e| -> zenoh::Error {
+            format!("cannot start a thread to open a zenoh session: {e}").into()
+        })?;
+    rx.await
+        .map_err(|_| -> zenoh::Error { "the thread opening a zenoh session ended".into() })?
 }
 
 fn open_err(cfg: &Config, e: zenoh::Error) -> Error {

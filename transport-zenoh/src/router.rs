@@ -83,7 +83,7 @@ pub async fn start_router(opts: &RouterOptions) -> Result<zenoh::Session> {
         c.insert_json5("connect/endpoints", &json_list(&opts.connect))
             .map_err(bad("--connect"))?;
     }
-    zenoh::open(c).await.map_err(|e| Error::Backend {
+    crate::open_session(c).await.map_err(|e| Error::Backend {
         backend: "zenoh",
         source: format!("starting the router (check --listen, --config): {e}").into(),
     })

@@ -273,3 +273,35 @@ async fn bad_options_are_clear_errors() {
         .to_string();
     assert!(err.contains("config"), "{err}");
 }
+
+/// Zenoh panics when it blocks in place on a current-thread runtime (in
+/// `open` and `close`); the backend opens and closes sessions off it.
+#[tokio::test]
+async fn works_on_a_current_thread_runtime() {
+    let port = free_port();
+    let key = format!("ct/{}", std::process::id());
+    let mut sub = ZenohTransport
+        .subscribe(
+            &ep(&format!("zenoh://{key}?listen=tcp/127.0.0.1:{port}")),
+            &Default::default(),
+        )
+        .await
+        .expect("subscriber");
+    let mut publ = ZenohTransport
+        .publish(
+            &ep(&format!("zenoh://{key}?connect=tcp/127.0.0.1:{port}")),
+            &Default::default(),
+        )
+        .await
+        .expect("publisher");
+    publ.wait_for_subscribers(1, T)
+        .await
+        .expect("subscriber seen");
+    publ.send(Frame::new(pattern::make(0, 1000)))
+        .await
+        .expect("send");
+    publ.close().await.expect("close");
+    assert_eq!(recv(&mut sub).await.expect("frame").seq, 0);
+    drop(publ);
+    assert!(matches!(recv(&mut sub).await, Err(Error::Disconnected(_))));
+}
