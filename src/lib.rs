@@ -20,14 +20,18 @@ pub use transport_zmq as zmq;
 #[cfg(feature = "shm-ring")]
 pub use transport_shm_ring as shm_ring;
 
+#[cfg(feature = "zenoh")]
+pub use transport_zenoh as zenoh;
+
 /// Schemes framewire knows, with the cargo feature that compiles their backend in.
-pub const KNOWN_SCHEMES: [(&str, &str); 6] = [
+pub const KNOWN_SCHEMES: [(&str, &str); 7] = [
     ("tcp", "tcp"),
     ("unix", "tcp"),
     ("zmq+tcp", "zmq"),
     ("zmq+ipc", "zmq"),
     ("shm-ring", "shm-ring"),
     ("shm-pool", "shm-pool"),
+    ("zenoh", "zenoh"),
 ];
 
 /// Routes endpoint URLs to backends by scheme.
@@ -69,6 +73,8 @@ impl Registry {
         #[cfg(feature = "shm-ring")]
         r.backends
             .push(Arc::new(transport_shm_ring::ShmRingTransport));
+        #[cfg(feature = "zenoh")]
+        r.backends.push(Arc::new(transport_zenoh::ZenohTransport));
         r
     }
 

@@ -100,7 +100,7 @@ struct SweepArgs {
 
 #[derive(Args, Clone)]
 struct PipelineArgs {
-    /// Transport: tcp, unix, zmq, shm-ring, shm-pool.
+    /// Transport: tcp, unix, zmq, shm-ring, shm-pool, zenoh (with the `zenoh` feature).
     #[arg(long)]
     transport: String,
     /// Filters between source and sink.

@@ -3,12 +3,13 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Transport names the harness knows: (name, scheme, cargo feature).
-pub const KNOWN: [(&str, &str, &str); 5] = [
+pub const KNOWN: [(&str, &str, &str); 6] = [
     ("tcp", "tcp", "tcp"),
     ("unix", "unix", "tcp"),
     ("zmq", "zmq+tcp", "zmq"),
     ("shm-ring", "shm-ring", "shm-ring"),
     ("shm-pool", "shm-pool", "shm-pool"),
+    ("zenoh", "zenoh", "zenoh"),
 ];
 
 /// Names of the transports compiled into this build, baseline (tcp) first.
@@ -59,7 +60,7 @@ pub fn url_with(name: &str, size: u64, extra: &str) -> Result<String, String> {
 /// How to let `name` carry larger payloads, for an error message.
 pub fn raise_hint(name: &str) -> &'static str {
     match name {
-        "tcp" | "unix" => "raise it with `--options max_payload=SIZE`",
+        "tcp" | "unix" | "zenoh" => "raise it with `--options max_payload=SIZE`",
         "zmq" => {
             "raise it with `--options max_payload=SIZE` (with `shm=pool`, `slot_size=SIZE` too)"
         }
@@ -138,6 +139,12 @@ pub fn url(name: &str, size: u64) -> Result<String, String> {
         // Keep in step with `shared_bytes`.
         "shm-ring" => format!("shm-ring://{tag}?capacity={}MiB", 4 * mib + 4),
         "shm-pool" => format!("shm-pool://{tag}?slots=8&slot_size={}MiB", mib + 1),
+        // Peer to peer on loopback: the publisher listens on a free port and
+        // hands subscribers `connect=` (its endpoint()).
+        "zenoh" => format!(
+            "zenoh://fwb/{tag}?listen=tcp/127.0.0.1:0&max_payload={}MiB",
+            mib.max(256)
+        ),
         other => return Err(format!("unknown transport `{other}`")),
     })
 }

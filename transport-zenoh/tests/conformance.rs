@@ -1,0 +1,32 @@
+//! The shared conformance suite over Zenoh (peer to peer on loopback).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use transport_core::Endpoint;
+use transport_core::testkit::Harness;
+use transport_zenoh::ZenohTransport;
+
+struct Zenoh;
+
+impl Harness for Zenoh {
+    type T = ZenohTransport;
+    fn transport(&self) -> ZenohTransport {
+        ZenohTransport
+    }
+    fn endpoint(&self, depth: Option<usize>) -> Endpoint {
+        static N: AtomicU32 = AtomicU32::new(0);
+        // Port 0: the publisher hands out `connect=` with the port it got.
+        let url = format!(
+            "zenoh://fwtest/{}/{}?listen=tcp/127.0.0.1:0",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let e = Endpoint::parse(&url).expect("valid test endpoint");
+        match depth {
+            Some(d) => e.with_param("queue", d),
+            None => e,
+        }
+    }
+}
+
+transport_core::conformance_tests!(Zenoh);
