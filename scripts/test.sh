@@ -14,8 +14,9 @@ echo "== cargo test --workspace --all-features"
 cargo test --workspace --all-features
 
 echo "== build and install the Python package (python3 -m pip install ./python)"
+# --force-reinstall: rebuild even when the version did not change; the
+# dependency (numpy) comes with the test requirements above.
 python3 -m pip install -q --force-reinstall --no-deps ./python
-python3 -m pip install -q ./python
 
 echo "== pytest python/tests"
 python3 -m pytest python/tests -q

@@ -2,11 +2,11 @@
 //!
 //! Built on [`framewire::blocking`]: every call that waits, copies or sends
 //! runs with the GIL released ([`Python::detach`]). A blocking `recv` waits in
-//! slices of [`SLICE`] and checks for signals between them, so Ctrl-C
+//! slices of 50 ms and checks for signals between them, so Ctrl-C
 //! interrupts it within a fraction of a second.
 //!
 //! Memory handed to numpy never outlives what backs it:
-//! - a received payload is exposed through [`Memory`] objects (the
+//! - a received payload is exposed through `Memory` objects (the
 //!   `__array_interface__` protocol, so the wheel stays abi3 for Python 3.9),
 //!   each holding a clone of the payload's `Bytes`; numpy keeps the `Memory`
 //!   as the array's `base`, so the shared slot is held until the last array
@@ -42,7 +42,8 @@ const SLICE: Duration = Duration::from_millis(50);
 fn exc_class<'py>(py: Python<'py>, name: &'static str) -> PyResult<Bound<'py, PyType>> {
     static MODULE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let m = MODULE.get_or_try_init(py, || {
-        py.import("framewire._errors").map(|m| m.into_any().unbind())
+        py.import("framewire._errors")
+            .map(|m| m.into_any().unbind())
     })?;
     Ok(m.bind(py).getattr(name)?.cast_into::<PyType>()?)
 }
@@ -59,7 +60,9 @@ fn make_exc(py: Python<'_>, name: &'static str, msg: String, attrs: &[(&str, Py<
 }
 
 fn py_int(py: Python<'_>, n: u64) -> Py<PyAny> {
-    n.into_pyobject(py).map(|o| o.into_any().unbind()).unwrap_or_else(|_| py.None())
+    n.into_pyobject(py)
+        .map(|o| o.into_any().unbind())
+        .unwrap_or_else(|_| py.None())
 }
 
 fn py_str(py: Python<'_>, s: &str) -> Py<PyAny> {
@@ -92,9 +95,12 @@ fn to_py(py: Python<'_>, e: framewire::Error) -> PyErr {
         framewire::Error::InvalidEndpoint { .. } | framewire::Error::UnknownScheme { .. } => {
             make_exc(py, "InvalidOption", msg, &[("option", py_str(py, "url"))])
         }
-        framewire::Error::InvalidLayout(_) => {
-            make_exc(py, "InvalidOption", msg, &[("option", py_str(py, "layout"))])
-        }
+        framewire::Error::InvalidLayout(_) => make_exc(
+            py,
+            "InvalidOption",
+            msg,
+            &[("option", py_str(py, "layout"))],
+        ),
         framewire::Error::Full { option, .. } => {
             make_exc(py, "Full", msg, &[("option", py_str(py, option))])
         }
@@ -133,8 +139,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn secs(py: Python<'_>, option: &str, s: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(s)
-        .map_err(|_| invalid(py, option, format!("{s} is not a duration in seconds (>= 0)")))
+    Duration::try_from_secs_f64(s).map_err(|_| {
+        invalid(
+            py,
+            option,
+            format!("{s} is not a duration in seconds (>= 0)"),
+        )
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -365,10 +376,11 @@ fn source<'py>(py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Source<'py
     let np = numpy(py)?;
     let ndarray = np.getattr("ndarray")?;
     let is_array = data.is_instance(&ndarray)?;
-    let array = if is_array {
-        data.clone()
-    } else {
-        let mv = py
+    let array =
+        if is_array {
+            data.clone()
+        } else {
+            let mv = py
             .import("builtins")?
             .getattr("memoryview")?
             .call1((data,))
@@ -379,8 +391,8 @@ fn source<'py>(py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Source<'py
                     data.get_type().name().map(|n| n.to_string()).unwrap_or_default()
                 ))
             })?;
-        np.call_method1("asarray", (mv,))?
-    };
+            np.call_method1("asarray", (mv,))?
+        };
     let contiguous: bool = array.getattr("flags")?.getattr("c_contiguous")?.extract()?;
     if !contiguous {
         return Err(invalid(
@@ -404,7 +416,10 @@ fn source<'py>(py: Python<'py>, data: &Bound<'py, PyAny>) -> PyResult<Source<'py
                     "numpy dtype {} has no framewire tensor type (accepted: bool, int8..int64, \
                      uint8..uint64, float16, float32, float64); pass layout=framewire.Layout.raw() \
                      to send its bytes",
-                    array.getattr("dtype").map(|d| d.to_string()).unwrap_or_default()
+                    array
+                        .getattr("dtype")
+                        .map(|d| d.to_string())
+                        .unwrap_or_default()
                 ),
             )
         })?;
@@ -674,7 +689,10 @@ impl Frame {
     /// The payload as a read-only memoryview (zero-copy).
     #[getter]
     fn payload<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let arr = array_over(py, self.memory("|u1", vec![self.inner.payload.len() as u64]))?;
+        let arr = array_over(
+            py,
+            self.memory("|u1", vec![self.inner.payload.len() as u64]),
+        )?;
         py.import("builtins")?.getattr("memoryview")?.call1((arr,))
     }
 
@@ -821,7 +839,10 @@ impl Loan {
                 vec![self.len as u64 / d.size()]
             }
         };
-        let layout = Layout::Tensor { dtype: d, shape: shape.clone() };
+        let layout = Layout::Tensor {
+            dtype: d,
+            shape: shape.clone(),
+        };
         if layout.expected_len().ok().flatten() != Some(self.len as u64) {
             return Err(invalid(
                 py,
@@ -884,7 +905,11 @@ impl Loan {
             }
         });
         drop(src);
-        if ok { Ok(()) } else { Err(Self::sent_error(py)) }
+        if ok {
+            Ok(())
+        } else {
+            Err(Self::sent_error(py))
+        }
     }
 
     fn __repr__(&self) -> String {
@@ -919,7 +944,10 @@ fn parse_metadata(py: Python<'_>, metadata: Option<&Bound<'_, PyAny>>) -> PyResu
     let src = source(py, m).map_err(|_| {
         PyTypeError::new_err(format!(
             "metadata must be bytes-like or str, not {}",
-            m.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+            m.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
         ))
     })?;
     let mut v = vec![0u8; src.len];
@@ -936,7 +964,10 @@ fn parse_layout(layout: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Layout>> {
             Err(_) => Err(PyTypeError::new_err(format!(
                 "layout must be a framewire.Layout (Layout.raw(), .image(), .tensor(), \
                  .parts()), not {}",
-                l.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                l.get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
             ))),
         },
     }
@@ -990,7 +1021,11 @@ impl Publisher {
             let src = &frame.get().inner;
             let out = framewire::Frame {
                 topic: topic.unwrap_or_else(|| src.topic.clone()),
-                metadata: if has_metadata { metadata } else { src.metadata.clone() },
+                metadata: if has_metadata {
+                    metadata
+                } else {
+                    src.metadata.clone()
+                },
                 layout: layout.unwrap_or_else(|| src.layout.clone()),
                 trace: src.trace.clone(),
                 payload: src.payload.clone(),
@@ -1061,7 +1096,10 @@ impl Publisher {
         let loan = loan.cast::<Loan>().map_err(|_| {
             PyTypeError::new_err(format!(
                 "send_loan takes the framewire.Loan made by pub.loan(nbytes), not {}",
-                loan.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+                loan.get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
             ))
         })?;
         let loan = loan.get();
@@ -1143,12 +1181,17 @@ impl Publisher {
     /// Subscribers connected now (None where the backend cannot tell).
     #[getter]
     fn subscriber_count(&self) -> Option<usize> {
-        lock(&self.inner).as_ref().and_then(|p| p.subscriber_count())
+        lock(&self.inner)
+            .as_ref()
+            .and_then(|p| p.subscriber_count())
     }
 
     /// Counters, as a dict.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = lock(&self.inner).as_ref().map(|p| p.stats()).unwrap_or_default();
+        let s = lock(&self.inner)
+            .as_ref()
+            .map(|p| p.stats())
+            .unwrap_or_default();
         stats_dict(py, s)
     }
 
@@ -1324,7 +1367,10 @@ impl RawSubscriber {
 
     /// Counters, as a dict.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = lock(&self.inner).as_ref().map(|s| s.stats()).unwrap_or_default();
+        let s = lock(&self.inner)
+            .as_ref()
+            .map(|s| s.stats())
+            .unwrap_or_default();
         stats_dict(py, s)
     }
 }
@@ -1349,7 +1395,9 @@ fn subscribe(
         opts = opts.topic_prefix(t);
     }
     let owned_url = url.to_owned();
-    let s = py.detach(move || blocking::subscribe(&owned_url, opts)).or_py(py)?;
+    let s = py
+        .detach(move || blocking::subscribe(&owned_url, opts))
+        .or_py(py)?;
     Ok(RawSubscriber {
         closer: s.closer(),
         inner: Mutex::new(Some(s)),
@@ -1379,7 +1427,11 @@ fn pattern_fill(py: Python<'_>, loan: &Bound<'_, Loan>, seq: u64) -> PyResult<()
         }
         None => false,
     });
-    if ok { Ok(()) } else { Err(Loan::sent_error(py)) }
+    if ok {
+        Ok(())
+    } else {
+        Err(Loan::sent_error(py))
+    }
 }
 
 /// True if `data` (a buffer or a Frame) holds the pattern of `seq`.
