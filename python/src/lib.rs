@@ -1167,8 +1167,10 @@ impl Publisher {
 
     /// True once closed.
     #[getter]
-    fn closed(&self) -> bool {
-        lock(&self.inner).is_none()
+    fn closed(&self, py: Python<'_>) -> bool {
+        // Every lock of `inner` is taken with the GIL released: a send
+        // blocked under policy=block holds it.
+        py.detach(|| lock(&self.inner).is_none())
     }
 
     /// The URL subscribers should connect to (with the port or name the
@@ -1180,18 +1182,22 @@ impl Publisher {
 
     /// Subscribers connected now (None where the backend cannot tell).
     #[getter]
-    fn subscriber_count(&self) -> Option<usize> {
-        lock(&self.inner)
-            .as_ref()
-            .and_then(|p| p.subscriber_count())
+    fn subscriber_count(&self, py: Python<'_>) -> Option<usize> {
+        py.detach(|| {
+            lock(&self.inner)
+                .as_ref()
+                .and_then(|p| p.subscriber_count())
+        })
     }
 
     /// Counters, as a dict.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = lock(&self.inner)
-            .as_ref()
-            .map(|p| p.stats())
-            .unwrap_or_default();
+        let s = py.detach(|| {
+            lock(&self.inner)
+                .as_ref()
+                .map(|p| p.stats())
+                .unwrap_or_default()
+        });
         stats_dict(py, s)
     }
 
@@ -1210,8 +1216,8 @@ impl Publisher {
         Ok(false)
     }
 
-    fn __repr__(&self) -> String {
-        format!("Publisher(url={:?}, closed={})", self.url, self.closed())
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!("Publisher(url={:?}, closed={})", self.url, self.closed(py))
     }
 }
 
@@ -1352,8 +1358,8 @@ impl RawSubscriber {
 
     /// `"owned"` or `"view"`.
     #[getter]
-    fn recv_mode(&self) -> &'static str {
-        match lock(&self.inner).as_ref().map(|s| s.recv_mode()) {
+    fn recv_mode(&self, py: Python<'_>) -> &'static str {
+        match py.detach(|| lock(&self.inner).as_ref().map(|s| s.recv_mode())) {
             Some(RecvMode::View) => "view",
             _ => "owned",
         }
@@ -1367,10 +1373,12 @@ impl RawSubscriber {
 
     /// Counters, as a dict.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = lock(&self.inner)
-            .as_ref()
-            .map(|s| s.stats())
-            .unwrap_or_default();
+        let s = py.detach(|| {
+            lock(&self.inner)
+                .as_ref()
+                .map(|s| s.stats())
+                .unwrap_or_default()
+        });
         stats_dict(py, s)
     }
 }
