@@ -20,7 +20,7 @@ fn python_zenoh() -> bool {
         .is_ok_and(|s| s.success());
     if !ok {
         eprintln!(
-            "interop: skipped: python3 cannot `import zenoh`; install it with `python3 -m pip install -r .ci/requirements.txt`"
+            "interop: skipped: python3 cannot `import zenoh`; install it with `python3 -m pip install -r python/requirements-test.txt`"
         );
     }
     ok
