@@ -27,6 +27,18 @@ impl Harness for Zenoh {
             None => e,
         }
     }
+    /// The replacement listens where the first publisher listened (its
+    /// endpoint says `connect=` with the port the system picked), so a
+    /// subscriber holding that endpoint finds it again.
+    fn restart_endpoint(&self, published: &Endpoint) -> Option<Endpoint> {
+        let at = published.param("connect")?.to_owned();
+        Some(
+            published
+                .clone()
+                .without_params(&["connect", "listen"])
+                .with_param("listen", at),
+        )
+    }
 }
 
 transport_core::conformance_tests!(Zenoh);
