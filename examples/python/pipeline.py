@@ -100,8 +100,8 @@ def main():
         return {"source": source, "filter": filter_, "sink": sink}[args.role](args) or 0
 
     tag = f"fwpipe-{__import__('os').getpid()}"
-    a = f"shm-pool://{tag}-a?slots=4&slot_size=24MiB"
-    b = f"shm-pool://{tag}-b?slots=4&slot_size=24MiB"
+    a = f"shm-pool://{tag}-a?slots=4&slot_size=24MiB&max_held=4"
+    b = f"shm-pool://{tag}-b?slots=4&slot_size=24MiB&max_held=4"
     common = [sys.executable, __file__, "--frames", str(args.frames), "--rate", str(args.rate), "--a", a, "--b", b]
     if args.drop_odd:
         common.append("--drop-odd")

@@ -35,7 +35,7 @@ def backend_url(kind, tmp_path):
     if kind == "shm-ring":
         return f"shm-ring://{unique('pyring')}?capacity=8MiB"
     if kind == "shm-pool":
-        return f"shm-pool://{unique('pypool')}?slots=4&slot_size=4MiB"
+        return f"shm-pool://{unique('pypool')}?slots=4&slot_size=4MiB&max_held=4"
     raise ValueError(kind)
 
 

@@ -106,7 +106,7 @@ def test_a_view_outlives_its_subscriber_and_publisher(tmp_path):
 
 def test_a_view_holds_its_slot_until_the_last_reference(tmp_path):
     # Two slots, policy=fail: a third frame is refused while two views are held.
-    url = f"shm-pool://{tmp_path.name}-hold?slots=2&slot_size=64KiB&policy=fail"
+    url = f"shm-pool://{tmp_path.name}-hold?slots=2&slot_size=64KiB&policy=fail&max_held=2"
     with framewire.publish(url) as pub, framewire.subscribe(pub.url, recv="view") as sub:
         connect(pub)
         pub.send(b"a" * 1000)

@@ -55,13 +55,17 @@ pub struct Config {
     pub max_held: usize,
 }
 
-/// The `max_held` of a pool of `slots` slots without `max_held=`: all but
-/// one slot, so that one subscriber's views never take every slot of a pool
-/// of two or more, while a pipeline that keeps several frames in flight
-/// (a forwarder's views stay held until its subscribers release them) is
-/// not cut short.
+/// The `max_held` of a pool of `slots` slots without `max_held=`: the whole
+/// pool, i.e. no cap unless one is asked for.
+///
+/// A cap below the pool by default (all but one slot) cut pipelines short:
+/// a forwarder's views stay held until its own subscribers release them, so
+/// `framewire-bench pipeline --hops 2` and the Python pipeline lost frames to
+/// it. Until a forwarded view stops counting against its forwarder, set
+/// `max_held=` on endpoints whose subscribers must not be able to hold the
+/// pool hostage.
 pub fn default_max_held(slots: usize) -> usize {
-    slots.saturating_sub(1).max(1)
+    slots.max(1)
 }
 
 impl Config {
@@ -184,9 +188,9 @@ mod tests {
             (8, 32 << 20, Policy::Block)
         );
         assert_eq!(c.busy_poll, None);
-        assert_eq!(c.max_held, 7, "all but one slot");
+        assert_eq!(c.max_held, 8, "no cap by default");
         assert_eq!(cfg("shm-pool://cam0?slots=1").unwrap().max_held, 1);
-        assert_eq!(cfg("shm-pool://cam0?slots=2").unwrap().max_held, 1);
+        assert_eq!(cfg("shm-pool://cam0?slots=2").unwrap().max_held, 2);
         assert_eq!(cfg("shm-pool://cam0?max_held=8").unwrap().max_held, 8);
         let c = cfg("shm-pool://cam0?slots=3&slot_size=64MiB&policy=fail&recv=view&busy_poll=50us")
             .unwrap();

@@ -60,13 +60,20 @@ fn hog(mut sub: ShmPoolSubscriber) -> Hog {
     let s = stop.clone();
     let task = tokio::spawn(async move {
         let (mut kept, mut lagged) = (Vec::new(), 0);
-        while !s.load(Ordering::Relaxed) {
-            match tokio::time::timeout(Duration::from_millis(20), sub.recv()).await {
+        // Until told to stop, then until nothing more arrives for 100 ms:
+        // descriptors left unread would hold slots of their own (each frame
+        // given back is its own `recv`, returning `Lagged`).
+        let mut stopping = false;
+        loop {
+            let wait = if stopping { 100 } else { 20 };
+            match tokio::time::timeout(Duration::from_millis(wait), sub.recv()).await {
+                Err(_) if stopping => break,
                 Err(_) => {}
                 Ok(Ok(f)) => kept.push(f),
                 Ok(Err(Error::Lagged { missed })) => lagged += missed,
                 Ok(Err(e)) => panic!("hog: {e}"),
             }
+            stopping = stopping || s.load(Ordering::Relaxed);
         }
         (kept, lagged, sub)
     });
@@ -160,10 +167,16 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// `drop-oldest` with the default `max_held` (all but one of 4 slots).
+/// `drop-oldest` with `max_held` below the pool (the default is the whole pool).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_oldest_caps_the_hog() {
-    hog_is_capped("drop", "slots=4&slot_size=64KiB", Policy::DropOldest, 3).await;
+    hog_is_capped(
+        "drop",
+        "slots=4&max_held=3&slot_size=64KiB",
+        Policy::DropOldest,
+        3,
+    )
+    .await;
 }
 
 /// `block`: nothing waits for the hog (it gives frames back as it reads them).
