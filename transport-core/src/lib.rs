@@ -29,11 +29,13 @@
 #[cfg(feature = "ndarray")]
 pub mod array;
 pub mod codec;
+pub mod contract;
 // Streaming stores for large copies into shared memory need intrinsics.
 #[allow(unsafe_code)]
 pub mod copy;
 pub mod endpoint;
 mod error;
+pub mod fanout;
 mod frame;
 pub mod pattern;
 pub mod reconnect;

@@ -3,7 +3,6 @@
 
 pub mod config;
 mod conn;
-mod lag_queue;
 mod publisher;
 mod subscriber;
 pub mod wire;

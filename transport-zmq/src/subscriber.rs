@@ -4,7 +4,9 @@
 //! task sends what goes upstream.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,8 +26,8 @@ use crate::zmtp::{self, Incoming, Limits, ZmtpError};
 type Att = Arc<Attached>;
 #[cfg(not(feature = "shm"))]
 type Att = std::convert::Infallible;
-use crate::lag_queue::LagQueue;
 use crate::wire::{self, Control, Downstream, SubscriberId, Welcome};
+use transport_core::fanout::LagQueue;
 
 /// Errors kept for `recv` to report; more are logged and counted away.
 const MAX_PENDING_ERRORS: usize = 64;
@@ -72,8 +74,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Inbox> {
-        // Critical sections are a few queue operations; a poisoned lock is still consistent.
-        self.inbox.lock().unwrap_or_else(|p| p.into_inner())
+        self.inbox.lock()
     }
 
     fn error(&self, e: Error) {

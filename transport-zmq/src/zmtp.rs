@@ -20,7 +20,9 @@
 //! - Nothing here panics on input: garbage is an error for the connection.
 
 use std::io::IoSlice;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -260,7 +262,7 @@ impl Drop for Pooled {
     fn drop(&mut self) {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pool = self.pool.lock();
         if pool.len() < POOL_BUFFERS {
             pool.push(buf);
         }
@@ -348,7 +350,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             return Ok(self.buf.split_to(size).freeze());
         }
         let reused = {
-            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pool = self.pool.lock();
             pool.iter()
                 .position(|b| b.capacity() >= size)
                 .map(|i| pool.swap_remove(i))
