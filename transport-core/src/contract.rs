@@ -32,7 +32,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::{Error, Frame, Loan, Result, StatCounters, codec};
+use crate::{
+    COMMON_PARAMS, Endpoint, Error, Frame, Loan, Policy, RecvMode, Result, SeqTracker,
+    StatCounters, Stats, codec,
+};
 
 /// The largest payload an endpoint accepts, and the URL option that sets it
 /// (named in the error, so that a user knows what to change).
@@ -84,6 +87,44 @@ impl PayloadLimit {
     }
 }
 
+/// Checks an endpoint's parameters: only [`COMMON_PARAMS`] and `params` are
+/// accepted (an unknown one is an error that lists them), and the common
+/// `policy=` and `recv=` must parse, so that a bad value is refused on both
+/// ends.
+pub fn check_params(endpoint: &Endpoint, params: &[&str]) -> Result<()> {
+    let accepted: Vec<&str> = COMMON_PARAMS.iter().chain(params).copied().collect();
+    endpoint.check_params(&accepted)?;
+    endpoint.parse_param::<Policy>("policy")?;
+    endpoint.parse_param::<RecvMode>("recv")?;
+    Ok(())
+}
+
+/// The `queue=N` option (frames queued per subscriber): `default` when
+/// absent, at least 1.
+pub fn queue_param(endpoint: &Endpoint, default: usize) -> Result<usize> {
+    let queue = endpoint.parse_param::<usize>("queue")?.unwrap_or(default);
+    if queue == 0 {
+        return Err(Error::InvalidOption {
+            option: "queue".into(),
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(queue)
+}
+
+/// The `max_payload=SIZE` option: `default` when absent, at most what the
+/// envelope can carry ([`codec::MAX_PAYLOAD`]).
+pub fn max_payload_param(endpoint: &Endpoint, default: u64) -> Result<PayloadLimit> {
+    let max_payload = endpoint.size("max_payload")?.unwrap_or(default);
+    if max_payload > codec::MAX_PAYLOAD {
+        return Err(Error::InvalidOption {
+            option: "max_payload".into(),
+            reason: format!("at most {}", codec::MAX_PAYLOAD),
+        });
+    }
+    Ok(PayloadLimit::new(max_payload))
+}
+
 /// Whether a frame on `topic` goes to a subscriber of `prefix` (a plain byte
 /// prefix, as in ZeroMQ; the empty prefix takes everything).
 pub fn topic_matches(prefix: &str, topic: &str) -> bool {
@@ -112,6 +153,90 @@ pub fn count_received(stats: &StatCounters, frame: &mut Frame) {
     frame.stamp_received();
     StatCounters::add(&stats.frames_received, 1);
     StatCounters::add(&stats.bytes_received, frame.payload.len() as u64);
+}
+
+/// What a subscriber does with each frame it takes off its queue, in the
+/// order the contract needs: an owned copy where the mode asks for one (for
+/// wanted frames only), sequence tracking (every frame, wanted or not, so
+/// that skipped topics are not taken for lag), the topic filter, then the
+/// receive stamp and counters.
+///
+/// Synchronous and holding no future, so a `recv` built on it stays
+/// cancellation-safe as long as its only `.await` is the one that takes a
+/// frame off the queue:
+///
+/// ```ignore
+/// loop {
+///     if let Some(f) = self.delivery.take_pending() {
+///         return Ok(f);
+///     }
+///     let (frame, private) = self.queue.next().await?;
+///     if let Some(f) = self.delivery.accept(frame, private)? {
+///         return Ok(f);
+///     }
+/// }
+/// ```
+#[derive(Debug)]
+pub struct Delivery {
+    topic_prefix: String,
+    mode: RecvMode,
+    tracker: SeqTracker,
+    stats: Arc<StatCounters>,
+}
+
+impl Delivery {
+    /// Delivery of frames on topics under `topic_prefix` in `mode`; `first_seq`
+    /// is the sequence number the subscriber's stream starts at, when known
+    /// (so frames lost before the first one read count as lag too).
+    pub fn new(topic_prefix: String, mode: RecvMode, first_seq: Option<u64>) -> Delivery {
+        let stats = Arc::new(StatCounters::default());
+        let mut tracker = SeqTracker::new(stats.clone());
+        if let Some(seq) = first_seq {
+            tracker.expect_next(seq);
+        }
+        Delivery {
+            topic_prefix,
+            mode,
+            tracker,
+            stats,
+        }
+    }
+
+    /// The receive mode in force.
+    pub fn mode(&self) -> RecvMode {
+        self.mode
+    }
+
+    /// The subscriber's counters.
+    pub fn stats(&self) -> Stats {
+        self.stats.snapshot()
+    }
+
+    /// The frame held back by the last [`Error::Lagged`], if it is wanted;
+    /// return it before taking another.
+    pub fn take_pending(&mut self) -> Option<Frame> {
+        let f = self.tracker.take_pending()?;
+        self.finish(f)
+    }
+
+    /// A frame taken off the queue (`private`: its payload pins nobody
+    /// else's memory): `Ok(Some)` to return, `Ok(None)` for another topic,
+    /// [`Error::Lagged`] when frames were lost before it (it is then pending).
+    pub fn accept(&mut self, mut frame: Frame, private: bool) -> Result<Option<Frame>> {
+        if self.mode == RecvMode::Owned && topic_matches(&self.topic_prefix, &frame.topic) {
+            make_owned(&mut frame, private);
+        }
+        let f = self.tracker.accept(frame)?;
+        Ok(self.finish(f))
+    }
+
+    fn finish(&self, mut frame: Frame) -> Option<Frame> {
+        if !topic_matches(&self.topic_prefix, &frame.topic) {
+            return None;
+        }
+        count_received(&self.stats, &mut frame);
+        Some(frame)
+    }
 }
 
 /// The number of connected subscribers, kept by a publisher, that
@@ -203,6 +328,30 @@ mod tests {
     }
 
     #[test]
+    fn common_options_are_checked_once() {
+        let e = |q: &str| Endpoint::parse(&format!("x://a?{q}")).expect("url");
+        assert!(check_params(&e("queue=2&policy=fail&recv=view"), &["queue"]).is_ok());
+        let unknown = check_params(&e("slots=2"), &["queue"]).expect_err("unknown");
+        assert!(
+            unknown.to_string().contains("policy, recv, queue"),
+            "{unknown}"
+        );
+        assert!(check_params(&e("policy=sometimes"), &[]).is_err());
+        assert!(check_params(&e("recv=maybe"), &[]).is_err());
+        assert_eq!(queue_param(&e("queue=3"), 16).expect("queue"), 3);
+        assert_eq!(queue_param(&e("x=1"), 16).expect("default"), 16);
+        assert!(queue_param(&e("queue=0"), 16).is_err());
+        let big = format!("max_payload={}", codec::MAX_PAYLOAD + 1);
+        assert!(max_payload_param(&e(&big), 1).is_err());
+        assert_eq!(
+            max_payload_param(&e("max_payload=2KiB"), 1)
+                .expect("size")
+                .limit,
+            2048
+        );
+    }
+
+    #[test]
     fn prefixes_match_bytewise() {
         assert!(topic_matches("", "anything"));
         assert!(topic_matches("cam/", "cam/0"));
@@ -220,6 +369,47 @@ mod tests {
         let mut g = Frame::new(keep.clone());
         make_owned(&mut g, true);
         assert_eq!(g.payload.as_ptr(), keep.as_ptr());
+    }
+
+    #[test]
+    fn delivery_copies_tracks_filters_and_counts() {
+        let frame = |seq: u64, topic: &str, payload: &Bytes| {
+            let mut f = Frame::new(payload.clone()).with_topic(topic);
+            f.seq = seq;
+            f
+        };
+        let kept = Bytes::from(vec![7u8; 4]);
+        let mut d = Delivery::new("cam/".into(), RecvMode::Owned, Some(5));
+        let a = d.accept(frame(5, "cam/0", &kept), false).expect("in order");
+        let a = a.expect("wanted");
+        assert_ne!(a.payload.as_ptr(), kept.as_ptr(), "owned: a copy");
+        assert!(
+            d.accept(frame(6, "mic/0", &kept), false)
+                .expect("ok")
+                .is_none()
+        );
+        // 7 and 8 lost: one lag report, then the frame.
+        match d.accept(frame(9, "cam/1", &kept), true) {
+            Err(Error::Lagged { missed: 2 }) => {}
+            other => panic!("expected a lag of 2, got {other:?}"),
+        }
+        let b = d.take_pending().expect("the held frame");
+        assert_eq!(
+            (b.seq, b.payload.as_ptr()),
+            (9, kept.as_ptr()),
+            "private: shared"
+        );
+        assert!(d.take_pending().is_none());
+        let s = d.stats();
+        assert_eq!((s.frames_received, s.bytes_received, s.lagged), (2, 8, 2));
+        // Frames lost before the first one read count too.
+        let mut late = Delivery::new(String::new(), RecvMode::View, Some(3));
+        assert!(matches!(
+            late.accept(frame(4, "x", &kept), false),
+            Err(Error::Lagged { missed: 1 })
+        ));
+        let v = late.take_pending().expect("pending");
+        assert_eq!(v.payload.as_ptr(), kept.as_ptr(), "view: never a copy");
     }
 
     #[tokio::test]

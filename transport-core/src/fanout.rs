@@ -165,6 +165,8 @@ struct State<T> {
     next_id: u64,
     next_seq: u64,
     closed: bool,
+    /// A producer claimed this fanout ([`Fanout::claim_producer`]).
+    claimed: bool,
 }
 
 impl<T> State<T> {
@@ -207,6 +209,7 @@ impl<T: Clone> Fanout<T> {
                 next_id: 0,
                 next_seq: 0,
                 closed: false,
+                claimed: false,
             }),
             room: Notify::new(),
             members: SubscriberWatch::new(stats.clone()),
@@ -249,6 +252,13 @@ impl<T: Clone> Fanout<T> {
     /// Whether [`Fanout::close`] was called.
     pub fn is_closed(&self) -> bool {
         self.state.lock().closed
+    }
+
+    /// Claims the one producer's place: true the first time, false after
+    /// (another publisher owns this fanout) or once closed.
+    pub fn claim_producer(&self) -> bool {
+        let mut st = self.state.lock();
+        !st.closed && !std::mem::replace(&mut st.claimed, true)
     }
 
     /// Adds a member that receives every item pushed from now on; `None` once
@@ -352,26 +362,21 @@ impl<T: Clone> Fanout<T> {
     }
 
     /// Waits until every queue is empty and no item is in flight (or its
-    /// member left), or fails with [`Error::Timeout`] (`what` says what was
-    /// waited for). Cancellation-safe.
-    pub async fn drained(&self, timeout: Duration, what: &'static str) -> Result<()> {
-        let wait = async {
-            loop {
-                let room = self.room.notified();
-                tokio::pin!(room);
-                room.as_mut().enable();
-                {
-                    let st = self.state.lock();
-                    if st.queues.iter().all(|q| q.items.is_empty() && !q.in_flight) {
-                        return;
-                    }
+    /// member left). Cancellation-safe; wrap it in a timeout where a member
+    /// may never read.
+    pub async fn drained(&self) {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let st = self.state.lock();
+                if st.queues.iter().all(|q| q.items.is_empty() && !q.in_flight) {
+                    return;
                 }
-                room.await;
             }
-        };
-        tokio::time::timeout(timeout, wait)
-            .await
-            .map_err(|_| Error::Timeout(timeout, what))
+            room.await;
+        }
     }
 
     /// Waits until at least `n` members have joined.
@@ -637,6 +642,7 @@ mod tests {
         assert_eq!(m.recv().await, Some((0, 2)));
         assert_eq!(m.recv().await, None);
         assert!(f.join("after").is_none(), "no one joins a closed fanout");
+        assert!(!f.claim_producer(), "nor produces for it");
         assert_eq!(f.push(3), 0);
         assert_eq!(f.next_seq(), 2);
     }
@@ -646,17 +652,23 @@ mod tests {
         let f = fanout(2);
         let m = f.join("m").expect("open");
         f.push(1);
-        let err = f.drained(Duration::from_millis(20), "test").await;
-        assert!(matches!(err, Err(Error::Timeout(..))), "{err:?}");
+        let wait = Duration::from_millis(20);
+        assert!(tokio::time::timeout(wait, f.drained()).await.is_err());
         assert_eq!(m.recv_in_flight().await, Some((0, 1)));
-        assert!(f.drained(Duration::from_millis(20), "test").await.is_err());
+        assert!(tokio::time::timeout(wait, f.drained()).await.is_err());
+        let waiter = tokio::spawn({
+            let f = f.clone();
+            async move { f.drained().await }
+        });
+        tokio::time::sleep(wait).await;
         m.done();
-        f.drained(Duration::from_millis(20), "test")
+        tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
-            .expect("drained");
+            .expect("woken by done")
+            .expect("join");
         f.push(2);
         drop(m);
-        f.drained(Duration::from_millis(20), "test")
+        tokio::time::timeout(wait, f.drained())
             .await
             .expect("a member that left holds nothing");
     }
@@ -668,6 +680,8 @@ mod tests {
         f.push(1);
         let m = f.join("m").expect("open");
         assert_eq!(m.first_seq(), 2);
+        assert!(f.claim_producer());
+        assert!(!f.claim_producer(), "one producer");
         assert_eq!(f.watch().count(), 1);
         f.set_depth(3);
         for i in 2..5 {

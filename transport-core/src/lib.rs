@@ -58,3 +58,7 @@ pub use transport::{
 /// Re-exported so that backends and users name the same versions.
 pub use async_trait::async_trait;
 pub use bytes;
+/// Locks without poisoning (no lock in framewire is held where a panic could
+/// leave its data half-updated), re-exported for backends that depend on
+/// this crate alone.
+pub use parking_lot;

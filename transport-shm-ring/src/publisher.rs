@@ -5,19 +5,21 @@
 use std::any::Any;
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use parking_lot::{Mutex, MutexGuard};
 use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
 use tokio::task::{AbortHandle, JoinHandle};
+use transport_core::contract::{PayloadLimit, SubscriberWatch};
 use transport_core::{
     Endpoint, Error, Frame, Loan, LoanBuffer, Policy, Publisher, Result, StatCounters, Stats,
-    codec, monotonic_ns, wait_until,
+    codec, monotonic_ns,
 };
 
 use crate::layout::{
@@ -69,7 +71,7 @@ impl ReaderSlot {
 
     fn hang_up(&self) {
         sys::shutdown(self.stream.as_fd());
-        if let Some(task) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(task) = self.task.lock().take() {
             task.abort();
         }
     }
@@ -86,9 +88,9 @@ struct Shared {
     /// written by `commit` with `readers` locked.
     head: AtomicU64,
     next_seq: AtomicU64,
-    stats: StatCounters,
-    /// Fires when a subscriber joins or leaves.
-    membership: Notify,
+    stats: Arc<StatCounters>,
+    /// Subscribers now, for `wait_for_subscribers` (mirrored into `stats`).
+    members: SubscriberWatch,
     /// Fires when a subscriber reports progress or leaves.
     space: Notify,
     closed: AtomicBool,
@@ -96,8 +98,7 @@ struct Shared {
 
 impl Shared {
     fn readers(&self) -> MutexGuard<'_, Vec<Arc<ReaderSlot>>> {
-        // Every critical section is a few field updates: recover from poison.
-        self.readers.lock().unwrap_or_else(|p| p.into_inner())
+        self.readers.lock()
     }
 
     fn remove(&self, slot: &Arc<ReaderSlot>) {
@@ -105,10 +106,9 @@ impl Shared {
         let before = readers.len();
         readers.retain(|r| !Arc::ptr_eq(r, slot));
         if readers.len() != before {
-            self.stats.subscribers.fetch_sub(1, Ordering::Relaxed);
+            self.members.left();
         }
         drop(readers);
-        self.membership.notify_waiters();
         self.space.notify_waiters();
     }
 }
@@ -183,14 +183,15 @@ pub(crate) async fn create(
             e,
         )
     })?;
+    let stats = Arc::new(StatCounters::default());
     let shared = Arc::new(Shared {
         cfg,
         ring_fd,
         readers: Mutex::new(Vec::new()),
         head: AtomicU64::new(0),
         next_seq: AtomicU64::new(0),
-        stats: StatCounters::default(),
-        membership: Notify::new(),
+        stats: stats.clone(),
+        members: SubscriberWatch::new(stats),
         space: Notify::new(),
         closed: AtomicBool::new(false),
     });
@@ -269,7 +270,7 @@ async fn admit(stream: UnixStream, shared: Arc<Shared>) {
     };
     let (stream, slot) = admitted;
     let watch = tokio::spawn(watch(stream, slot.clone(), shared.clone()));
-    *slot.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(watch.abort_handle());
+    *slot.task.lock() = Some(watch.abort_handle());
     // The publisher may have been dropped between registration and now.
     if shared.closed.load(Ordering::Acquire) {
         slot.hang_up();
@@ -373,8 +374,7 @@ async fn handshake(
         };
         (slot, reply)
     };
-    shared.stats.subscribers.fetch_add(1, Ordering::Relaxed);
-    shared.membership.notify_waiters();
+    shared.members.joined();
     if let Err(e) = send_hello(&stream, &reply, shared).await {
         shared.remove(&slot);
         return Err(e);
@@ -836,14 +836,7 @@ impl Publisher for ShmRingPublisher {
     /// (then copied to the head) or dropped.
     async fn loan(&mut self, len: usize) -> Result<Loan> {
         self.reap_loan();
-        let max = self.max_payload();
-        if len as u64 > max {
-            return Err(Error::PayloadTooLarge {
-                len: len as u64,
-                limit: max,
-                option: "capacity",
-            });
-        }
+        PayloadLimit::named(self.max_payload(), "capacity").check(len)?;
         if self.loan.is_some() {
             return Ok(Loan::heap(len));
         }
@@ -922,14 +915,7 @@ impl Publisher for ShmRingPublisher {
     }
 
     async fn wait_for_subscribers(&mut self, n: usize, timeout: Duration) -> Result<()> {
-        let shared = self.shared.clone();
-        wait_until(
-            &shared.membership,
-            timeout,
-            "for subscribers to connect",
-            || shared.readers().len() >= n,
-        )
-        .await
+        self.shared.members.wait_for(n, timeout).await
     }
 
     fn stats(&self) -> Stats {

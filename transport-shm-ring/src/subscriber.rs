@@ -11,6 +11,7 @@ use bytes::Bytes;
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 use transport_core::codec::{self, PREFIX_LEN, Prefix};
+use transport_core::contract::{count_received, topic_matches};
 use transport_core::{Error, Frame, RecvMode, Result, SeqTracker, StatCounters, Stats, Subscriber};
 
 use crate::layout::{
@@ -450,7 +451,7 @@ impl ShmRingSubscriber {
     }
 
     fn deliver(&self, frame: Frame) -> Option<Frame> {
-        frame.topic.starts_with(&self.topic_prefix).then_some(frame)
+        topic_matches(&self.topic_prefix, &frame.topic).then_some(frame)
     }
 }
 
@@ -473,9 +474,7 @@ impl Subscriber for ShmRingSubscriber {
             // loses nothing, since the cursor only moves with a frame in hand.
             match self.read_next()? {
                 Next::Frame(mut f) => {
-                    f.stamp_received();
-                    StatCounters::add(&self.stats.frames_received, 1);
-                    StatCounters::add(&self.stats.bytes_received, f.payload.len() as u64);
+                    count_received(&self.stats, &mut f);
                     let f = self.tracker.accept(f)?;
                     match self.deliver(f) {
                         Some(f) => return Ok(f),

@@ -1,82 +1,31 @@
 //! The publisher: binds, accepts subscribers, fans frames out through one
 //! bounded queue per subscriber.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use transport_core::contract::{PayloadLimit, count_sent};
+use transport_core::fanout::{Fanout, Member};
 use transport_core::{
-    Endpoint, Error, Frame, Loan, Policy, Publisher, Result, StatCounters, Stats, wait_until,
+    Endpoint, Error, Frame, Loan, Policy, Publisher, Result, StatCounters, Stats,
 };
 
 use crate::Config;
 use crate::wire::{self, Encoded};
 
-/// One subscriber's queue, shared by the publisher and that subscriber's writer task.
-#[derive(Debug)]
-struct SubQueue {
-    peer: String,
-    state: Mutex<QueueState>,
-    /// Publisher -> writer: a frame was queued, or the publisher closed.
-    items: Notify,
-    /// Writer -> publisher: room was made, a frame was written, or the writer died.
-    space: Notify,
-}
-
-#[derive(Debug, Default)]
-struct QueueState {
-    frames: VecDeque<Arc<Encoded>>,
-    /// The writer took a frame and has not finished writing it.
-    writing: bool,
-    /// The writer is gone (peer closed, error, stalled).
-    dead: bool,
-    /// The publisher is gone: write what is queued, then close.
-    closing: bool,
-}
-
-impl SubQueue {
-    fn lock(&self) -> MutexGuard<'_, QueueState> {
-        // A panic while holding this lock cannot leave the queue inconsistent
-        // (every critical section is a few field updates), so recover from poison.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
+/// What the publisher shares with its accept and connection tasks.
 #[derive(Debug)]
 struct Shared {
-    subs: Mutex<Vec<Arc<SubQueue>>>,
-    stats: Arc<StatCounters>,
-    /// Fires when a subscriber joins or leaves.
-    membership: Notify,
+    /// One queue per subscriber, read by its connection's writer.
+    fanout: Arc<Fanout<Arc<Encoded>>>,
     cfg: Config,
-    closed: AtomicBool,
     next_id: AtomicU64,
-    /// Sequence number of the next frame; read and written under `subs`'s lock
-    /// so a joining subscriber learns exactly where its stream starts.
-    next_seq: AtomicU64,
-}
-
-impl Shared {
-    fn subs(&self) -> Vec<Arc<SubQueue>> {
-        self.subs.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-    fn remove(&self, q: &Arc<SubQueue>) {
-        let mut subs = self.subs.lock().unwrap_or_else(|p| p.into_inner());
-        let before = subs.len();
-        subs.retain(|s| !Arc::ptr_eq(s, q));
-        if subs.len() != before {
-            self.stats.subscribers.fetch_sub(1, Ordering::Relaxed);
-        }
-        drop(subs);
-        self.membership.notify_waiters();
-    }
 }
 
 /// A publisher on `tcp://HOST:PORT` or `unix://PATH`.
@@ -89,7 +38,7 @@ pub struct TcpPublisher {
     endpoint: Endpoint,
     policy: Policy,
     trace_name: Option<String>,
-    seq: u64,
+    limit: PayloadLimit,
     accept: JoinHandle<()>,
     unix_path: Option<PathBuf>,
 }
@@ -101,13 +50,9 @@ pub(crate) async fn bind(
     trace_name: Option<String>,
 ) -> Result<TcpPublisher> {
     let shared = Arc::new(Shared {
-        subs: Mutex::new(Vec::new()),
-        stats: Arc::new(StatCounters::default()),
-        membership: Notify::new(),
+        fanout: Arc::new(Fanout::new(cfg.queue, Arc::new(StatCounters::default()))),
         cfg,
-        closed: AtomicBool::new(false),
         next_id: AtomicU64::new(0),
-        next_seq: AtomicU64::new(0),
     });
     let (accept, endpoint, unix_path) = match endpoint.scheme() {
         "unix" => {
@@ -139,7 +84,7 @@ pub(crate) async fn bind(
         endpoint,
         policy,
         trace_name,
-        seq: 0,
+        limit: PayloadLimit::new(cfg.max_payload),
         accept,
         unix_path,
     })
@@ -260,48 +205,23 @@ where
             return tracing::warn!(%peer, error = %e, "refusing a subscriber");
         }
     };
-    let q = Arc::new(SubQueue {
-        peer: peer.clone(),
-        state: Mutex::new(QueueState::default()),
-        items: Notify::new(),
-        space: Notify::new(),
-    });
-    // Register before answering: once the subscriber's `subscribe` returns,
-    // every later `send` reaches it, starting at `next_seq`.
-    let reply = {
-        let mut subs = shared.subs.lock().unwrap_or_else(|p| p.into_inner());
-        // Checked under the lock that `Drop` takes (after setting `closed`)
-        // to mark every queue closing: a queue registered after that would
-        // never be closed, and its subscriber would wait forever.
-        if shared.closed.load(Ordering::Acquire) {
-            return;
-        }
-        subs.push(q.clone());
-        wire::server_hello(
-            cfg.max_payload,
-            shared.next_seq.load(Ordering::Relaxed),
-            cfg.liveness,
-        )
+    // Join before answering: once the subscriber's `subscribe` returns,
+    // every later `send` reaches it, starting at `first_seq`. A publisher
+    // dropped meanwhile has closed the fanout: then this connection closes.
+    let Some(member) = shared.fanout.join(peer.clone()) else {
+        return;
     };
-    shared.stats.subscribers.fetch_add(1, Ordering::Relaxed);
-    shared.membership.notify_waiters();
+    let reply = wire::server_hello(cfg.max_payload, member.first_seq(), cfg.liveness);
     let result = match w.write_all(&reply).await {
         Ok(()) => {
             let every = wire::heartbeat_interval(cfg.liveness, theirs);
-            pump(&mut r, &mut w, &q, &shared, every).await
+            pump(&mut r, &mut w, &member, &peer, &shared.cfg, every).await
         }
         Err(e) => Err(Error::io("answering the handshake", e)),
     };
-    {
-        let mut st = q.lock();
-        st.dead = true;
-        let n = st.frames.len() as u64;
-        st.frames.clear();
-        st.writing = false;
-        shared.stats.queued.fetch_sub(n, Ordering::Relaxed);
-    }
-    q.space.notify_waiters();
-    shared.remove(&q);
+    // Leaves the fanout: what is queued for it goes, the publisher stops
+    // waiting for it.
+    drop(member);
     match result {
         Ok(()) => {
             let _ = w.shutdown().await;
@@ -313,41 +233,15 @@ where
     }
 }
 
-enum Next {
-    Frame(Arc<Encoded>),
-    Close,
-}
-
-async fn next_item(q: &SubQueue, shared: &Shared) -> Next {
-    loop {
-        let notified = q.items.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        {
-            let mut st = q.lock();
-            if let Some(f) = st.frames.pop_front() {
-                st.writing = true;
-                shared.stats.queued.fetch_sub(1, Ordering::Relaxed);
-                drop(st);
-                q.space.notify_waiters();
-                return Next::Frame(f);
-            }
-            if st.closing {
-                return Next::Close;
-            }
-        }
-        notified.await;
-    }
-}
-
 /// Writes queued frames (and heartbeats when idle) while watching the
 /// subscriber: it must send heartbeats and nothing else, and it is declared
 /// dead once a read has waited `liveness` for one.
 async fn pump<R, W>(
     r: &mut R,
     w: &mut W,
-    q: &SubQueue,
-    shared: &Shared,
+    member: &Member<Arc<Encoded>>,
+    peer: &str,
+    cfg: &Config,
     every: Duration,
 ) -> Result<()>
 where
@@ -356,13 +250,13 @@ where
 {
     tokio::select! {
         biased;
-        res = watch(r, q, shared.cfg.liveness) => res,
-        res = write_loop(w, q, shared, every) => res,
+        res = watch(r, peer, cfg.liveness) => res,
+        res = write_loop(w, member, cfg.write_timeout, every) => res,
     }
 }
 
 /// Reads the subscriber's heartbeats; returns how the subscriber ended.
-async fn watch<R: AsyncRead + Unpin>(r: &mut R, q: &SubQueue, liveness: Duration) -> Result<()> {
+async fn watch<R: AsyncRead + Unpin>(r: &mut R, peer: &str, liveness: Duration) -> Result<()> {
     let mut r = wire::Watched::new(r, liveness);
     let mut buf = [0u8; 64];
     // Where in the 4-byte heartbeat the next byte falls.
@@ -370,17 +264,13 @@ async fn watch<R: AsyncRead + Unpin>(r: &mut R, q: &SubQueue, liveness: Duration
     loop {
         let n = match r.read(&mut buf).await {
             Ok(0) => {
-                return Err(Error::Disconnected(format!(
-                    "{} closed its connection",
-                    q.peer
-                )));
+                return Err(Error::Disconnected(format!("{peer} closed its connection")));
             }
             Ok(n) => n,
             Err(_) if r.expired => {
                 return Err(Error::Disconnected(format!(
-                    "{} stopped answering: no heartbeat for {liveness:?} (liveness); \
-                     its host or the link may be down",
-                    q.peer
+                    "{peer} stopped answering: no heartbeat for {liveness:?} (liveness); \
+                     its host or the link may be down"
                 )));
             }
             Err(e) => return Err(Error::io("watching the subscriber", e)),
@@ -388,8 +278,7 @@ async fn watch<R: AsyncRead + Unpin>(r: &mut R, q: &SubQueue, liveness: Duration
         for &b in &buf[..n] {
             if b != wire::HEARTBEAT[at] {
                 return Err(Error::Protocol(format!(
-                    "{} sent bytes other than heartbeats after the handshake",
-                    q.peer
+                    "{peer} sent bytes other than heartbeats after the handshake"
                 )));
             }
             at = (at + 1) % wire::HEARTBEAT.len();
@@ -401,15 +290,14 @@ async fn watch<R: AsyncRead + Unpin>(r: &mut R, q: &SubQueue, liveness: Duration
 /// whenever nothing was queued for `every`.
 async fn write_loop<W: AsyncWrite + Unpin>(
     w: &mut W,
-    q: &SubQueue,
-    shared: &Shared,
+    member: &Member<Arc<Encoded>>,
+    stall: Duration,
     every: Duration,
 ) -> Result<()> {
-    let stall = shared.cfg.write_timeout;
     loop {
-        // `next_item` takes a frame only in the poll that returns it, so
-        // the timeout never loses one.
-        match tokio::time::timeout(every, next_item(q, shared)).await {
+        // `recv_in_flight` takes a frame only in the poll that returns it,
+        // so the timeout never loses one.
+        match tokio::time::timeout(every, member.recv_in_flight()).await {
             Err(_) => match tokio::time::timeout(stall, w.write_all(&wire::HEARTBEAT)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(Error::io("sending a heartbeat", e)),
@@ -420,44 +308,13 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     ));
                 }
             },
-            Ok(Next::Close) => return Ok(()),
-            Ok(Next::Frame(msg)) => {
+            // The publisher is gone and everything queued was written.
+            Ok(None) => return Ok(()),
+            Ok(Some((_lag, msg))) => {
+                // Lag needs no word here: the subscriber sees the gap in the
+                // sequence numbers.
                 wire::write_encoded(w, &msg, stall).await?;
-                q.lock().writing = false;
-                q.space.notify_waiters();
-            }
-        }
-    }
-}
-
-impl TcpPublisher {
-    fn check_len(&self, len: u64) -> Result<()> {
-        let limit = self.shared.cfg.max_payload;
-        if len > limit {
-            return Err(Error::PayloadTooLarge {
-                len,
-                limit,
-                option: "max_payload",
-            });
-        }
-        Ok(())
-    }
-
-    /// Waits until every live subscriber has room for one more frame.
-    async fn wait_for_room(&self, subs: &[Arc<SubQueue>]) {
-        let depth = self.shared.cfg.queue;
-        for q in subs {
-            loop {
-                let notified = q.space.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                {
-                    let st = q.lock();
-                    if st.dead || st.frames.len() < depth {
-                        break;
-                    }
-                }
-                notified.await;
+                member.done();
             }
         }
     }
@@ -466,76 +323,26 @@ impl TcpPublisher {
 #[async_trait]
 impl Publisher for TcpPublisher {
     async fn send(&mut self, mut frame: Frame) -> Result<()> {
-        self.check_len(frame.payload.len() as u64)?;
-        transport_core::codec::check_header(&frame)?;
-        let subs = self.shared.subs();
-        let depth = self.shared.cfg.queue;
-        match self.policy {
-            Policy::Block => self.wait_for_room(&subs).await,
-            Policy::Fail => {
-                if let Some(q) = subs.iter().find(|q| {
-                    let st = q.lock();
-                    !st.dead && st.frames.len() >= depth
-                }) {
-                    return Err(Error::Full {
-                        option: "queue",
-                        detail: format!("{} has {depth} frames queued", q.peer),
-                    });
-                }
-            }
-            Policy::DropOldest => {}
-        }
+        self.limit.check_frame(&frame)?;
+        let fanout = &self.shared.fanout;
+        fanout.reserve(self.policy).await?;
         // Stamped after any wait, so the timestamp is the moment it goes out.
-        frame.stamp_for_send(self.seq, self.trace_name.as_deref())?;
+        // Only `send` (which holds `&mut self`) pushes, so `next_seq` is
+        // still the number `push` takes.
+        frame.stamp_for_send(fanout.next_seq(), self.trace_name.as_deref())?;
         let msg = Arc::new(Encoded::new(&frame)?);
-        let stats = &self.shared.stats;
-        // Enqueue under the membership lock, so that a subscriber joining now
-        // either gets this frame or is told its stream starts after it.
-        let subs = self.shared.subs.lock().unwrap_or_else(|p| p.into_inner());
-        for q in subs.iter() {
-            let mut st = q.lock();
-            if st.dead {
-                continue;
-            }
-            if st.frames.len() >= depth {
-                // Only drop-oldest gets here: block waited, fail returned.
-                st.frames.pop_front();
-                stats.queued.fetch_sub(1, Ordering::Relaxed);
-                StatCounters::add(&stats.dropped, 1);
-            }
-            st.frames.push_back(msg.clone());
-            stats.queued.fetch_add(1, Ordering::Relaxed);
-            drop(st);
-            q.items.notify_one();
-        }
-        self.seq += 1;
-        self.shared.next_seq.store(self.seq, Ordering::Relaxed);
-        drop(subs);
-        StatCounters::add(&stats.frames_sent, 1);
-        StatCounters::add(&stats.bytes_sent, frame.payload.len() as u64);
+        fanout.push(msg);
+        count_sent(fanout.stats(), frame.payload.len());
         Ok(())
     }
 
     async fn loan(&mut self, len: usize) -> Result<Loan> {
-        self.check_len(len as u64)?;
-        Ok(Loan::heap(len))
+        self.limit.heap_loan(len)
     }
 
     async fn flush(&mut self) -> Result<()> {
-        for q in self.shared.subs() {
-            loop {
-                let notified = q.space.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                {
-                    let st = q.lock();
-                    if st.dead || (st.frames.is_empty() && !st.writing) {
-                        break;
-                    }
-                }
-                notified.await;
-            }
-        }
+        // Writers that stall past `write_timeout` are cut off, so this ends.
+        self.shared.fanout.drained().await;
         Ok(())
     }
 
@@ -544,34 +351,24 @@ impl Publisher for TcpPublisher {
     }
 
     fn subscriber_count(&self) -> Option<usize> {
-        Some(self.shared.stats.subscribers.load(Ordering::Relaxed) as usize)
+        Some(self.shared.fanout.watch().count())
     }
 
     async fn wait_for_subscribers(&mut self, n: usize, timeout: Duration) -> Result<()> {
-        let shared = self.shared.clone();
-        wait_until(
-            &shared.membership,
-            timeout,
-            "for subscribers to connect",
-            || shared.stats.subscribers.load(Ordering::Relaxed) as usize >= n,
-        )
-        .await
+        self.shared.fanout.wait_for_subscribers(n, timeout).await
     }
 
     fn stats(&self) -> Stats {
-        self.shared.stats.snapshot()
+        self.shared.fanout.stats().snapshot()
     }
 }
 
 impl Drop for TcpPublisher {
     fn drop(&mut self) {
-        self.shared.closed.store(true, Ordering::Release);
         self.accept.abort();
-        // Writers send what is queued, then close their connections.
-        for q in self.shared.subs() {
-            q.lock().closing = true;
-            q.items.notify_one();
-        }
+        // Writers send what is queued, then close their connections; a
+        // connection still in its handshake can no longer join.
+        self.shared.fanout.close();
         if let Some(path) = &self.unix_path {
             let _ = std::fs::remove_file(path);
         }
@@ -586,11 +383,10 @@ mod tests {
 
     use super::*;
 
-    /// `Drop` running between a connection's handshake and its registration
-    /// (simulated here by holding the registry lock across it) must still
-    /// close that connection: its subscriber is told the publisher is gone.
+    /// A connection whose handshake ends after the publisher was dropped
+    /// must be closed, not left waiting for frames that never come.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_subscriber_registering_during_drop_is_disconnected() {
+    async fn a_subscriber_registering_after_drop_is_disconnected() {
         let publ = crate::TcpTransport
             .publish(
                 &Endpoint::parse("tcp://127.0.0.1:0").expect("url"),
@@ -599,21 +395,15 @@ mod tests {
             .await
             .expect("publish");
         let addr = publ.endpoint().address().to_owned();
-        let shared = publ.shared.clone();
-        let guard = shared.subs.lock().expect("lock");
         let mut client = std::net::TcpStream::connect(&addr).expect("connect");
+        // The connection is accepted and its task waits for the hello.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let fanout = publ.shared.fanout.clone();
+        drop(publ);
+        assert!(fanout.is_closed());
         client
             .write_all(&wire::client_hello(Duration::from_secs(3)))
             .expect("hello");
-        // The connection's task reads the hello and reaches the registry lock.
-        std::thread::sleep(Duration::from_millis(300));
-        // What `Drop` does, while the connection waits for the lock.
-        shared.closed.store(true, Ordering::Release);
-        for q in guard.iter() {
-            q.lock().closing = true;
-            q.items.notify_one();
-        }
-        drop(guard);
         client
             .set_read_timeout(Some(Duration::from_secs(3)))
             .expect("timeout");
@@ -624,6 +414,6 @@ mod tests {
             "the connection stays open after the publisher closed: {r:?} ({} bytes read)",
             rest.len()
         );
-        drop(publ);
+        assert_eq!(fanout.subscriber_count(), 0);
     }
 }

@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use transport_core::contract::{count_received, topic_matches};
 use transport_core::{
     Endpoint, Error, Frame, RecvMode, Result, SeqTracker, StatCounters, Stats, Subscriber,
 };
@@ -180,9 +181,7 @@ where
     loop {
         let item = match wire::read_frame(&mut r, cfg.max_payload, &pool).await {
             Ok(Some(mut f)) => {
-                f.stamp_received();
-                StatCounters::add(&stats.frames_received, 1);
-                StatCounters::add(&stats.bytes_received, f.payload.len() as u64);
+                count_received(&stats, &mut f);
                 Ok(f)
             }
             Ok(None) => return,
@@ -240,7 +239,7 @@ impl Subscriber for TcpSubscriber {
                     }
                 }
             };
-            if frame.topic.starts_with(&self.topic_prefix) {
+            if topic_matches(&self.topic_prefix, &frame.topic) {
                 return Ok(frame);
             }
         }

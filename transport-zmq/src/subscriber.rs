@@ -14,6 +14,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
+use transport_core::contract::{count_received, topic_matches};
 use transport_core::{Error, Frame, Policy, RecvMode, Result, StatCounters, Stats, Subscriber};
 
 #[cfg(feature = "shm")]
@@ -798,7 +799,7 @@ impl Io {
                     )));
                     return Ok(false);
                 }
-                if !f.topic.starts_with(&self.prefix) {
+                if !topic_matches(&self.prefix, &f.topic) {
                     self.shared.error(Error::Protocol(format!(
                         "the publisher sent topic `{}` outside our prefix `{}`",
                         f.topic, self.prefix
@@ -806,11 +807,8 @@ impl Io {
                     return Ok(false);
                 }
                 self.next_seq = f.seq.saturating_add(1);
-                f.stamp_received();
                 self.received += 1;
-                let stats = &self.shared.stats;
-                StatCounters::add(&stats.frames_received, 1);
-                StatCounters::add(&stats.bytes_received, f.payload.len() as u64);
+                count_received(&self.shared.stats, &mut f);
                 let mut inbox = self.shared.lock();
                 if inbox.frames.len() >= cap && drop_oldest {
                     inbox.frames.drop_oldest();

@@ -1,37 +1,34 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
-mod channel;
 mod publisher;
 mod subscriber;
 
 pub use publisher::InprocPublisher;
 pub use subscriber::InprocSubscriber;
 
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, Weak};
+
+use transport_core::contract::{self, Delivery, PayloadLimit};
+use transport_core::fanout::{Fanout, Member};
+use transport_core::parking_lot::Mutex;
 use transport_core::{
-    COMMON_PARAMS, Capabilities, Endpoint, Error, Policy, PublishOptions, RecvMode, Result,
+    Capabilities, Endpoint, Error, Frame, Policy, PublishOptions, Result, StatCounters,
     SubscribeOptions, Transport, async_trait,
 };
 
-use crate::channel::Channel;
-
 /// The URL scheme this backend handles: `inproc://NAME`.
 pub const SCHEME: &str = "inproc";
-
-/// The URL parameters of this backend, beyond [`COMMON_PARAMS`].
+/// The URL parameters of this backend, beyond [`transport_core::COMMON_PARAMS`].
 pub const PARAMS: [&str; 2] = ["queue", "max_payload"];
-
 /// Frames queued per subscriber when the URL has no `queue=`.
 pub const DEFAULT_QUEUE: usize = 16;
-
 /// Largest payload when the URL has no `max_payload=`: 1 GiB.
 pub const DEFAULT_MAX_PAYLOAD: u64 = 1 << 30;
 
-/// The backend: in-process channels named by `inproc://NAME`.
-///
-/// Stateless: every instance sees the same process-wide table of channels,
-/// so a publisher made through one instance is found by a subscriber made
-/// through another (or through `framewire::subscribe`).
+/// The backend: in-process channels named by `inproc://NAME`. Stateless: every
+/// instance sees the same process-wide table of channels.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct InprocTransport;
 
@@ -46,9 +43,8 @@ pub struct InprocOptions {
 }
 
 impl InprocOptions {
-    /// Parses the options of an `inproc://` endpoint. Unknown parameters are an
-    /// error that lists the accepted ones; so are bad values, including the
-    /// common `policy=` and `recv=`.
+    /// Parses and checks the options of an `inproc://` endpoint (the common
+    /// `policy=` and `recv=` too); an unknown one is an error listing them.
     pub fn from_endpoint(endpoint: &Endpoint) -> Result<InprocOptions> {
         if endpoint.scheme() != SCHEME {
             return Err(Error::InvalidEndpoint {
@@ -56,21 +52,11 @@ impl InprocOptions {
                 reason: format!("the inproc backend handles `{SCHEME}://NAME` URLs only"),
             });
         }
-        let accepted: Vec<&str> = COMMON_PARAMS.iter().chain(PARAMS.iter()).copied().collect();
-        endpoint.check_params(&accepted)?;
-        endpoint.parse_param::<Policy>("policy")?;
-        endpoint.parse_param::<RecvMode>("recv")?;
-        let queue = endpoint
-            .parse_param::<usize>("queue")?
-            .unwrap_or(DEFAULT_QUEUE);
-        if queue == 0 {
-            return Err(Error::InvalidOption {
-                option: "queue".into(),
-                reason: "must be at least 1 frame".into(),
-            });
-        }
-        let max_payload = endpoint.size("max_payload")?.unwrap_or(DEFAULT_MAX_PAYLOAD);
-        Ok(InprocOptions { queue, max_payload })
+        contract::check_params(endpoint, &PARAMS)?;
+        Ok(InprocOptions {
+            queue: contract::queue_param(endpoint, DEFAULT_QUEUE)?,
+            max_payload: contract::max_payload_param(endpoint, DEFAULT_MAX_PAYLOAD)?.limit,
+        })
     }
 }
 
@@ -85,15 +71,11 @@ impl Transport for InprocTransport {
 
     fn capabilities(&self, endpoint: &Endpoint) -> Result<Capabilities> {
         let opts = InprocOptions::from_endpoint(endpoint)?;
-        // `Capabilities` is `#[non_exhaustive]`: start from the conservative
-        // `new` and set every field, so that each is a decision.
+        // Set every field: each is a decision. A view pins no bounded resource
+        // (no pool of slots): not what `zero_copy_views` promises. A loan is a
+        // heap buffer, frozen and shared, never copied.
         let mut caps = Capabilities::new("inproc");
-        // Payloads are shared `Bytes` in both receive modes, but a view here
-        // pins nothing bounded (there is no pool of slots to hold), which is
-        // what this capability promises and the suite tests. See the crate
-        // docs, "Receive modes".
         caps.zero_copy_views = false;
-        // A loan is a heap buffer that is frozen and shared, never copied.
         caps.loan_in_place = true;
         caps.cross_host = false;
         caps.cross_process = false;
@@ -105,16 +87,22 @@ impl Transport for InprocTransport {
     }
 
     async fn publish(&self, endpoint: &Endpoint, opts: &PublishOptions) -> Result<InprocPublisher> {
-        let options = InprocOptions::from_endpoint(endpoint)?;
+        let o = InprocOptions::from_endpoint(endpoint)?;
         let policy = opts.resolve_policy(endpoint)?;
-        let channel = Channel::attach_publisher(endpoint.address(), endpoint.url(), options.queue)?;
-        Ok(InprocPublisher::new(
+        let (name, channel) = (endpoint.address(), open(endpoint.address()));
+        if !channel.claim_producer() {
+            let reason = format!("inproc channel `{name}` already has a publisher; drop it first");
+            let url = endpoint.url().to_owned();
+            return Err(Error::InvalidEndpoint { url, reason });
+        }
+        channel.set_depth(o.queue);
+        Ok(InprocPublisher {
             channel,
-            endpoint.clone(),
-            options,
+            endpoint: endpoint.clone(),
+            limit: PayloadLimit::new(o.max_payload),
             policy,
-            opts.trace_name.clone(),
-        ))
+            trace_name: opts.trace_name.clone(),
+        })
     }
 
     async fn subscribe(
@@ -122,16 +110,56 @@ impl Transport for InprocTransport {
         endpoint: &Endpoint,
         opts: &SubscribeOptions,
     ) -> Result<InprocSubscriber> {
-        // `queue=` and `max_payload=` belong to the publisher; a subscriber
-        // URL may carry them (one URL serves both ends) and they are checked,
-        // but the publisher's values govern the channel.
+        // One URL serves both ends: `queue=` and `max_payload=` are checked
+        // here, but the publisher's values govern.
         InprocOptions::from_endpoint(endpoint)?;
         let mode = opts.resolve_mode(endpoint)?;
-        let attached = Channel::attach_subscriber(endpoint.address());
-        Ok(InprocSubscriber::new(
-            attached,
-            mode,
-            opts.topic_prefix.clone(),
-        ))
+        let (name, prefix) = (endpoint.address().to_owned(), opts.topic_prefix.clone());
+        let member = attach_subscriber(&name);
+        // Frames dropped before it reads its first one count as lag too.
+        let delivery = Delivery::new(prefix, mode, Some(member.first_seq()));
+        Ok(InprocSubscriber {
+            member,
+            name,
+            delivery,
+        })
+    }
+}
+
+/// A frame in a subscriber's queue (the payload shared by every queue);
+/// `private`: a heap buffer only the channel references (see "Receive modes").
+#[derive(Debug, Clone)]
+struct Queued {
+    frame: Frame,
+    private: bool,
+}
+
+/// One `inproc://NAME` channel: a queue per subscriber, policies, counters.
+type Channel = Fanout<Queued>;
+
+/// The channel named `name`. The table is weak (a channel lives as long as its
+/// publisher or a subscriber); a closed one (its publisher left) is replaced.
+fn open(name: &str) -> Arc<Channel> {
+    static TABLE: OnceLock<Mutex<HashMap<String, Weak<Channel>>>> = OnceLock::new();
+    let mut table = TABLE.get_or_init(Default::default).lock();
+    table.retain(|_, w| w.strong_count() > 0);
+    match table.get(name).and_then(Weak::upgrade) {
+        Some(ch) if !ch.is_closed() => ch,
+        _ => {
+            // Depth 1 until the publisher attaches and sets its `queue=`.
+            let ch = Arc::new(Fanout::new(1, Arc::new(StatCounters::default())));
+            table.insert(name.to_owned(), Arc::downgrade(&ch));
+            ch
+        }
+    }
+}
+
+/// Adds a subscriber to `name`; the channel waits for its publisher if none.
+fn attach_subscriber(name: &str) -> Member<Queued> {
+    loop {
+        // `None`: its publisher left just now; the next round opens anew.
+        if let Some(m) = open(name).join(format!("a subscriber of inproc://{name}")) {
+            return m;
+        }
     }
 }
