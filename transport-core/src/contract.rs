@@ -296,7 +296,7 @@ impl SubscriberWatch {
         match tokio::time::timeout(timeout, rx.wait_for(|c| *c >= n)).await {
             Ok(_) => Ok(()),
             // The sender lives in `self`: it cannot be dropped while we wait.
-            Err(_) => Err(Error::Timeout(timeout, "for subscribers to connect")),
+            Err(_) => Err(Error::timeout(timeout, "for subscribers to connect")),
         }
     }
 }
@@ -431,7 +431,7 @@ mod tests {
         w.set(3);
         assert_eq!(stats.snapshot().subscribers, 3);
         match w.wait_for(4, Duration::from_millis(20)).await {
-            Err(Error::Timeout(..)) => {}
+            Err(Error::Timeout { .. }) => {}
             other => panic!("expected a timeout, got {other:?}"),
         }
     }

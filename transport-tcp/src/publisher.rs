@@ -228,7 +228,9 @@ where
             tracing::debug!(%peer, "subscriber connection closed");
         }
         // A subscriber that leaves is ordinary; anything else is worth a warning.
-        Err(Error::Disconnected(why)) => tracing::debug!(%peer, %why, "subscriber left"),
+        Err(Error::Disconnected { reason: why, .. }) => {
+            tracing::debug!(%peer, %why, "subscriber left")
+        }
         Err(e) => tracing::warn!(%peer, error = %e, "dropping subscriber connection"),
     }
 }
@@ -264,22 +266,29 @@ async fn watch<R: AsyncRead + Unpin>(r: &mut R, peer: &str, liveness: Duration) 
     loop {
         let n = match r.read(&mut buf).await {
             Ok(0) => {
-                return Err(Error::Disconnected(format!("{peer} closed its connection")));
+                return Err(Error::disconnected(
+                    "tcp",
+                    format!("{peer} closed its connection"),
+                ));
             }
             Ok(n) => n,
             Err(_) if r.expired => {
-                return Err(Error::Disconnected(format!(
-                    "{peer} stopped answering: no heartbeat for {liveness:?} (liveness); \
-                     its host or the link may be down"
-                )));
+                return Err(Error::disconnected(
+                    "tcp",
+                    format!(
+                        "{peer} stopped answering: no heartbeat for {liveness:?} (liveness); \
+                         its host or the link may be down"
+                    ),
+                ));
             }
             Err(e) => return Err(Error::io("watching the subscriber", e)),
         };
         for &b in &buf[..n] {
             if b != wire::HEARTBEAT[at] {
-                return Err(Error::Protocol(format!(
-                    "{peer} sent bytes other than heartbeats after the handshake"
-                )));
+                return Err(Error::protocol(
+                    "tcp",
+                    format!("{peer} sent bytes other than heartbeats after the handshake"),
+                ));
             }
             at = (at + 1) % wire::HEARTBEAT.len();
         }
@@ -302,7 +311,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(Error::io("sending a heartbeat", e)),
                 Err(_) => {
-                    return Err(Error::Timeout(
+                    return Err(Error::timeout(
                         stall,
                         "for the subscriber to read (write_timeout); it stopped reading",
                     ));

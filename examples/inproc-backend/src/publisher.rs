@@ -32,7 +32,7 @@ impl InprocPublisher {
     pub async fn drained(&self, timeout: Duration) -> Result<()> {
         let what = "waiting for inproc subscribers to read their queues";
         let drained = tokio::time::timeout(timeout, self.channel.drained()).await;
-        drained.map_err(|_| Error::Timeout(timeout, what))
+        drained.map_err(|_| Error::timeout(timeout, what))
     }
 }
 

@@ -27,7 +27,7 @@ impl Subscriber for InprocSubscriber {
             // that returns it, so a cancelled `recv` loses nothing.
             let Some((_, q)) = self.member.recv().await else {
                 let why = format!("the publisher of inproc://{} was dropped", self.name);
-                return Err(Error::Disconnected(why));
+                return Err(Error::disconnected("inproc", why));
             };
             if let Some(f) = self.delivery.accept(q.frame, q.private)? {
                 return Ok(f);

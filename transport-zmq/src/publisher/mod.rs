@@ -107,7 +107,7 @@ impl ZmqPublisher {
     }
 
     pub(super) fn gone(why: &str) -> Error {
-        Error::Disconnected(format!("the publisher's socket task ended: {why}"))
+        Error::disconnected("zmq", format!("the publisher's socket task ended: {why}"))
     }
 
     /// Under `fail`: an error when a subscriber `topic` goes to has a full queue.
