@@ -78,20 +78,9 @@ impl Config {
             });
         }
         e.check_params(&PARAMS)?;
-        let queue = e.parse_param::<usize>("queue")?.unwrap_or(DEFAULT_QUEUE);
-        if queue == 0 {
-            return Err(Error::InvalidOption {
-                option: "queue".into(),
-                reason: "must be at least 1".into(),
-            });
-        }
-        let max_payload = e.size("max_payload")?.unwrap_or(DEFAULT_MAX_PAYLOAD);
-        if max_payload > transport_core::codec::MAX_PAYLOAD {
-            return Err(Error::InvalidOption {
-                option: "max_payload".into(),
-                reason: format!("at most {}", transport_core::codec::MAX_PAYLOAD),
-            });
-        }
+        let queue = transport_core::contract::queue_param(e, DEFAULT_QUEUE)?;
+        let max_payload =
+            transport_core::contract::max_payload_param(e, DEFAULT_MAX_PAYLOAD)?.limit;
         let liveness = e.duration("liveness")?.unwrap_or(DEFAULT_LIVENESS);
         if !(MIN_LIVENESS..=MAX_LIVENESS).contains(&liveness) {
             return Err(Error::InvalidOption {
