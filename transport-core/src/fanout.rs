@@ -642,6 +642,23 @@ mod tests {
         assert_eq!(m.recv().await, Some((0, 2)));
         assert_eq!(m.recv().await, None);
         assert!(f.join("after").is_none(), "no one joins a closed fanout");
+        // A member waiting on an empty queue is woken by the close alone.
+        let g = fanout(1);
+        let idle = tokio::spawn({
+            let g = g.clone();
+            async move { g.join("idle").expect("open").recv().await }
+        });
+        g.watch()
+            .wait_for(1, Duration::from_secs(5))
+            .await
+            .expect("joined");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        g.close();
+        let got = tokio::time::timeout(Duration::from_secs(5), idle)
+            .await
+            .expect("woken by close")
+            .expect("join");
+        assert_eq!(got, None);
         assert!(!f.claim_producer(), "nor produces for it");
         assert_eq!(f.push(3), 0);
         assert_eq!(f.next_seq(), 2);
