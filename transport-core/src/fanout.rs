@@ -15,8 +15,8 @@
 //! Memory is bounded: a queue never holds more than the depth. Every wait
 //! registers its wake-up before it looks, and nothing is taken from a queue
 //! except in the poll that returns it, so every future here is
-//! cancellation-safe. The lock is a [`parking_lot::Mutex`] (no poisoning: no
-//! code panics while holding it) and is never held across an `.await`.
+//! cancellation-safe. The lock (taken with [`crate::sync::lock`]) is never
+//! held across an `.await`.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -39,14 +39,14 @@
 //! ```
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::contract::SubscriberWatch;
+use crate::sync::lock;
 use crate::{Error, Policy, Result, StatCounters};
 
 /// A FIFO that remembers, for each item, how many items were dropped just
@@ -220,7 +220,7 @@ impl<T: Clone> Fanout<T> {
     /// Changes the depth (e.g. once the publisher of a channel that
     /// subscribers opened first attaches).
     pub fn set_depth(&self, depth: usize) {
-        self.state.lock().depth = depth.max(1);
+        lock(&self.state).depth = depth.max(1);
         self.room.notify_waiters();
     }
 
@@ -236,28 +236,28 @@ impl<T: Clone> Fanout<T> {
 
     /// Members now.
     pub fn subscriber_count(&self) -> usize {
-        self.state.lock().queues.len()
+        lock(&self.state).queues.len()
     }
 
     /// Items queued now, summed over members.
     pub fn queued(&self) -> usize {
-        self.state.lock().queues.iter().map(|q| q.items.len()).sum()
+        lock(&self.state).queues.iter().map(|q| q.items.len()).sum()
     }
 
     /// Items pushed so far: the sequence number of the next one.
     pub fn next_seq(&self) -> u64 {
-        self.state.lock().next_seq
+        lock(&self.state).next_seq
     }
 
     /// Whether [`Fanout::close`] was called.
     pub fn is_closed(&self) -> bool {
-        self.state.lock().closed
+        lock(&self.state).closed
     }
 
     /// Claims the one producer's place: true the first time, false after
     /// (another publisher owns this fanout) or once closed.
     pub fn claim_producer(&self) -> bool {
-        let mut st = self.state.lock();
+        let mut st = lock(&self.state);
         !st.closed && !std::mem::replace(&mut st.claimed, true)
     }
 
@@ -267,7 +267,7 @@ impl<T: Clone> Fanout<T> {
     pub fn join(self: &Arc<Self>, label: impl Into<String>) -> Option<Member<T>> {
         let ready = Arc::new(Notify::new());
         let (id, first_seq) = {
-            let mut st = self.state.lock();
+            let mut st = lock(&self.state);
             if st.closed {
                 return None;
             }
@@ -301,7 +301,7 @@ impl<T: Clone> Fanout<T> {
             tokio::pin!(room);
             room.as_mut().enable();
             {
-                let st = self.state.lock();
+                let st = lock(&self.state);
                 match (policy, st.full()) {
                     (_, None) | (Policy::DropOldest, _) => return Ok(()),
                     (Policy::Fail, Some(q)) => return Err(full_error(&q.label, st.depth)),
@@ -319,7 +319,7 @@ impl<T: Clone> Fanout<T> {
     /// or not anyone is listening), so a member that joins later knows where
     /// its stream starts. Does nothing once closed.
     pub fn push(&self, item: T) -> u64 {
-        let mut st = self.state.lock();
+        let mut st = lock(&self.state);
         if st.closed {
             return 0;
         }
@@ -352,7 +352,7 @@ impl<T: Clone> Fanout<T> {
     /// No more items: members read what is queued, then get `None`/`Closed`,
     /// and no one can join.
     pub fn close(&self) {
-        let mut st = self.state.lock();
+        let mut st = lock(&self.state);
         st.closed = true;
         for q in &st.queues {
             q.ready.notify_one();
@@ -370,7 +370,7 @@ impl<T: Clone> Fanout<T> {
             tokio::pin!(room);
             room.as_mut().enable();
             {
-                let st = self.state.lock();
+                let st = lock(&self.state);
                 if st.queues.iter().all(|q| q.items.is_empty() && !q.in_flight) {
                     return;
                 }
@@ -385,7 +385,7 @@ impl<T: Clone> Fanout<T> {
     }
 
     fn take(&self, id: u64, in_flight: bool) -> TryRecv<T> {
-        let mut st = self.state.lock();
+        let mut st = lock(&self.state);
         let closed = st.closed;
         let Some(q) = st.queues.iter_mut().find(|q| q.id == id) else {
             return TryRecv::Closed;
@@ -404,7 +404,7 @@ impl<T: Clone> Fanout<T> {
     }
 
     fn leave(&self, id: u64) {
-        let mut st = self.state.lock();
+        let mut st = lock(&self.state);
         let Some(at) = st.queues.iter().position(|q| q.id == id) else {
             return;
         };
@@ -461,7 +461,7 @@ impl<T: Clone> Member<T> {
 
     /// The item taken by [`Member::recv_in_flight`] has been handed over.
     pub fn done(&self) {
-        let mut st = self.fanout.state.lock();
+        let mut st = lock(&self.fanout.state);
         if let Some(q) = st.queues.iter_mut().find(|q| q.id == self.id) {
             q.in_flight = false;
         }

@@ -40,6 +40,7 @@ mod frame;
 pub mod pattern;
 pub mod reconnect;
 pub mod stream;
+pub mod sync;
 mod transport;
 
 #[cfg(feature = "testkit")]
@@ -58,7 +59,3 @@ pub use transport::{
 /// Re-exported so that backends and users name the same versions.
 pub use async_trait::async_trait;
 pub use bytes;
-/// Locks without poisoning (no lock in framewire is held where a panic could
-/// leave its data half-updated), re-exported for backends that depend on
-/// this crate alone.
-pub use parking_lot;

@@ -20,9 +20,7 @@
 //! - Nothing here panics on input: garbage is an error for the connection.
 
 use std::io::IoSlice;
-use std::sync::Arc;
-
-use parking_lot::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -262,7 +260,7 @@ impl Drop for Pooled {
     fn drop(&mut self) {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
-        let mut pool = self.pool.lock();
+        let mut pool = transport_core::sync::lock(&self.pool);
         if pool.len() < POOL_BUFFERS {
             pool.push(buf);
         }
@@ -350,7 +348,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             return Ok(self.buf.split_to(size).freeze());
         }
         let reused = {
-            let mut pool = self.pool.lock();
+            let mut pool = transport_core::sync::lock(&self.pool);
             pool.iter()
                 .position(|b| b.capacity() >= size)
                 .map(|i| pool.swap_remove(i))

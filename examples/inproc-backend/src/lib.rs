@@ -8,11 +8,10 @@ pub use publisher::InprocPublisher;
 pub use subscriber::InprocSubscriber;
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use transport_core::contract::{self, Delivery, PayloadLimit};
 use transport_core::fanout::{Fanout, Member};
-use transport_core::parking_lot::Mutex;
 use transport_core::{
     Capabilities, Endpoint, Error, Frame, Policy, PublishOptions, Result, StatCounters,
     SubscribeOptions, Transport, async_trait,
@@ -141,7 +140,7 @@ type Channel = Fanout<Queued>;
 /// publisher or a subscriber); a closed one (its publisher left) is replaced.
 fn open(name: &str) -> Arc<Channel> {
     static TABLE: OnceLock<Mutex<HashMap<String, Weak<Channel>>>> = OnceLock::new();
-    let mut table = TABLE.get_or_init(Default::default).lock();
+    let mut table = transport_core::sync::lock(TABLE.get_or_init(Default::default));
     table.retain(|_, w| w.strong_count() > 0);
     match table.get(name).and_then(Weak::upgrade) {
         Some(ch) if !ch.is_closed() => ch,

@@ -61,7 +61,7 @@ async fn admit(stream: UnixStream, shared: Arc<Shared>) {
     };
     let (stream, slot) = admitted;
     let watch = tokio::spawn(watch(stream, slot.clone(), shared.clone()));
-    *slot.task.lock() = Some(watch.abort_handle());
+    *transport_core::sync::lock(&slot.task) = Some(watch.abort_handle());
     // The publisher may have been dropped between registration and now.
     if shared.closed.load(Ordering::Acquire) {
         slot.hang_up();

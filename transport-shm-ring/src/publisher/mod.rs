@@ -5,13 +5,12 @@
 use std::any::Any;
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use parking_lot::{Mutex, MutexGuard};
 use tokio::io::Interest;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
@@ -74,7 +73,7 @@ impl ReaderSlot {
 
     fn hang_up(&self) {
         sys::shutdown(self.stream.as_fd());
-        if let Some(task) = self.task.lock().take() {
+        if let Some(task) = transport_core::sync::lock(&self.task).take() {
             task.abort();
         }
     }
@@ -101,7 +100,7 @@ struct Shared {
 
 impl Shared {
     fn readers(&self) -> MutexGuard<'_, Vec<Arc<ReaderSlot>>> {
-        self.readers.lock()
+        transport_core::sync::lock(&self.readers)
     }
 
     fn remove(&self, slot: &Arc<ReaderSlot>) {

@@ -17,13 +17,12 @@ mod shm;
 mod socket;
 mod state;
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 use transport_core::contract::{PayloadLimit, SubscriberWatch, count_sent};
 use transport_core::fanout::full_error;

@@ -2,11 +2,10 @@
 //! written ([`Msg`]), each subscriber's queue and progress ([`Sub`]), and the
 //! state behind one lock ([`Shared`]).
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use transport_core::contract::{SubscriberWatch, topic_matches};
@@ -145,7 +144,7 @@ pub(super) struct Shared {
 
 impl Shared {
     pub(super) fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock()
+        transport_core::sync::lock(&self.state)
     }
 
     /// Releases `holder`'s hold on slot `index` generation `generation`;

@@ -4,9 +4,7 @@
 //! task sends what goes upstream.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-
-use parking_lot::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -78,7 +76,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Inbox> {
-        self.inbox.lock()
+        transport_core::sync::lock(&self.inbox)
     }
 
     fn error(&self, e: Error) {
