@@ -139,7 +139,7 @@ pub fn run_stage(stage: Stage, rt: &tokio::runtime::Runtime) -> Result<(), Strin
                             // The same payload goes on: zero-copy where the backend can.
                             publ.send(f).await.map_err(err)?;
                         }
-                        Err(Error::Disconnected(_)) => break,
+                        Err(Error::Disconnected { .. }) => break,
                         Err(e) => return Err(format!("{}: {e}", stage.name)),
                     }
                 }
