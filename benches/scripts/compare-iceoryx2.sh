@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # framewire shm-pool against iceoryx2, one frame in flight, latency send -> recv.
 #
-# Alternates, RUNS times, unpinned and pinned to one CPU (PIN_CPU):
+# Alternates, RUNS times, unpinned, pinned to one CPU (PIN_CPU) and, where
+# the machine has two CPUs or more, split (PIN_SPLIT, source/publisher on the
+# first CPU, sink/subscriber on the second: spinning only means something when
+# the spinner does not share its CPU with the sender):
 #   fw-event   framewire-bench pipeline --transport shm-pool --hops 0 --resolution RES
 #   fw-busy    the same with --options busy_poll=50us
 #   iox-event  iceoryx2-pingpong --mode event (listener wake-up)
@@ -9,6 +12,7 @@
 # and prints every run, then the medians of the runs' p50 and p99 (us).
 #
 # Environment: RUNS (5), FRAMES (200 per run), RES (3840x2160), PIN_CPU (0),
+# PIN_SPLIT (0,1 on two CPUs or more; empty to leave the split runs out),
 # BUSY (busy_poll value, 50us), SKIP_BUILD=1 to use the binaries as built,
 # FW_BIN and IOX_BIN to name them, IOX_TARGET_DIR (the iceoryx2 program's
 # target directory, outside the repository: ../iox-target beside it).
@@ -19,6 +23,11 @@ RUNS=${RUNS:-5}
 FRAMES=${FRAMES:-200}
 RES=${RES:-3840x2160}
 PIN_CPU=${PIN_CPU:-0}
+if [[ -z ${PIN_SPLIT+x} ]]; then
+    PIN_SPLIT=$([[ $(nproc) -ge 2 ]] && echo 0,1 || echo)
+fi
+modes=(unpinned pinned)
+[[ -n $PIN_SPLIT ]] && modes+=(split)
 BUSY=${BUSY:-50us}
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -66,12 +75,13 @@ run() {
 
 fw=(pipeline --transport shm-pool --hops 0 --resolution "$RES" --frames "$FRAMES")
 iox=(--resolution "$RES" --frames "$FRAMES")
-echo "# $(date -u '+%Y-%m-%d %H:%M UTC') $(nproc) CPUs; $RUNS runs x $FRAMES frames of $RES; pinned = CPU $PIN_CPU"
+echo "# $(date -u '+%Y-%m-%d %H:%M UTC') $(nproc) CPUs; $RUNS runs x $FRAMES frames of $RES; pinned = CPU $PIN_CPU; split = CPUs ${PIN_SPLIT:-(not run)}"
 echo "# framewire $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?')"
 for k in $(seq 1 "$RUNS"); do
-    for pinned in unpinned pinned; do
+    for pinned in "${modes[@]}"; do
         pin=()
         [[ $pinned == pinned ]] && pin=(--pin "$PIN_CPU")
+        [[ $pinned == split ]] && pin=(--pin "$PIN_SPLIT")
         run fw-event "$pinned" "$k" "$FW_BIN" "${fw[@]}" "${pin[@]}"
         run iox-event "$pinned" "$k" "$IOX_BIN" --mode event "${iox[@]}" "${pin[@]}"
         run fw-busy "$pinned" "$k" "$FW_BIN" "${fw[@]}" --options "busy_poll=$BUSY" "${pin[@]}"
@@ -87,9 +97,13 @@ median() {
 
 echo
 echo "medians over $RUNS runs (us, send -> recv, $RES):"
-printf '%-10s | %-12s %-12s | %-12s %-12s\n' config "p50 unpinned" "p99 unpinned" "p50 pinned" "p99 pinned"
+header=$(printf '%-10s' config)
+for m in "${modes[@]}"; do header+=$(printf ' | %-12s %-12s' "p50 $m" "p99 $m"); done
+echo "$header"
 for name in fw-event iox-event fw-busy iox-spin; do
-    printf '%-10s | %-12s %-12s | %-12s %-12s\n' "$name" \
-        "$(median 4 "$name" unpinned)" "$(median 5 "$name" unpinned)" \
-        "$(median 4 "$name" pinned)" "$(median 5 "$name" pinned)"
+    row=$(printf '%-10s' "$name")
+    for m in "${modes[@]}"; do
+        row+=$(printf ' | %-12s %-12s' "$(median 4 "$name" "$m")" "$(median 5 "$name" "$m")")
+    done
+    echo "$row"
 done
