@@ -13,6 +13,7 @@ use transport_core::{
 };
 
 use crate::ShmPoolTransport;
+use crate::channel::Entry;
 use crate::config::socket_name;
 use crate::pool::{SegmentMap, SlotPool};
 use crate::sys;
@@ -51,6 +52,12 @@ struct FakePublisher {
     stream: UnixStream,
     claims: ClaimTable,
     rx: RecvBuf,
+    /// Entries published in the subscriber's descriptor ring.
+    head: std::cell::Cell<u64>,
+    /// Releases consumed from its release ring.
+    rel_tail: u64,
+    /// Descriptors go over the socket (behind markers) instead of inline.
+    via_socket: bool,
 }
 
 impl FakePublisher {
@@ -107,7 +114,24 @@ impl FakePublisher {
             stream,
             claims,
             rx,
+            head: std::cell::Cell::new(0),
+            rel_tail: 0,
+            via_socket: false,
         }
+    }
+
+    /// Publishes `entry` in the subscriber's descriptor ring (a marker for
+    /// what goes over the socket next).
+    fn push(&self, entry: &Entry) {
+        let mut head = self.head.get();
+        assert!(self.claims.desc_space(head), "the subscriber's ring is full");
+        self.claims.push_desc(&mut head, entry);
+        self.head.set(head);
+    }
+
+    /// Announces the next socket message in the ring.
+    fn mark(&self) {
+        self.push(&Entry::Socket);
     }
 
     /// Writes frame `seq` into slot `index` with header generation `generation`.
@@ -129,12 +153,31 @@ impl FakePublisher {
     }
 
     async fn send(&self, desc: Desc, header: Bytes) {
+        if !self.via_socket && header.len() <= wire::INLINE_HEADER {
+            return self.push(&Entry::Desc(desc, header));
+        }
+        self.mark();
         wire::send(&self.stream, &Msg::Desc { desc, header }, None, "DESC")
             .await
             .expect("DESC");
     }
 
+    /// A release of a pool slot comes through the release ring; one of a
+    /// forward slot over the socket.
     async fn expect_release(&mut self, index: u32, generation: u64) {
+        if index < self.pool.geometry().slots {
+            let mut got = Vec::with_capacity(1);
+            let deadline = std::time::Instant::now() + WAIT;
+            while got.is_empty() {
+                assert!(std::time::Instant::now() < deadline, "no release in the ring");
+                self.claims
+                    .drain_releases(&mut self.rel_tail, &mut got)
+                    .expect("a sound release ring");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            assert_eq!(got[0], (u64::from(index), generation));
+            return;
+        }
         match within("a RELEASE", self.rx.recv(&self.stream, "RELEASE")).await {
             Ok(Msg::Release {
                 index: i,
@@ -152,7 +195,7 @@ async fn expect_invalid<S: Subscriber>(sub: &mut S, what: &str) {
     }
 }
 
-async fn forged_descriptors(mode: RecvMode) {
+async fn forged_descriptors(mode: RecvMode, via_socket: bool) {
     let name = name("desc");
     let endpoint = Endpoint::parse(&format!("shm-pool://{name}")).expect("url");
     let mut sub = None;
@@ -167,6 +210,7 @@ async fn forged_descriptors(mode: RecvMode) {
     })
     .await;
     let mut sub = sub.expect("subscriber");
+    fake.via_socket = via_socket;
     let slot_size = fake.pool.slot_size();
 
     // A good frame in slot 0.
@@ -258,12 +302,14 @@ async fn forged_descriptors(mode: RecvMode) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_descriptors_are_refused_in_view_mode() {
-    forged_descriptors(RecvMode::View).await;
+    forged_descriptors(RecvMode::View, false).await;
+    forged_descriptors(RecvMode::View, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_descriptors_are_refused_in_owned_mode() {
-    forged_descriptors(RecvMode::Owned).await;
+    forged_descriptors(RecvMode::Owned, false).await;
+    forged_descriptors(RecvMode::Owned, true).await;
 }
 
 /// A subscriber that speaks the protocol by hand, to send bad releases.
@@ -274,6 +320,8 @@ struct FakeSubscriber {
     claims: ClaimTable,
     /// The anchor the publisher sent with HELLO (the mapping holds it too).
     anchor: std::sync::Arc<std::os::fd::OwnedFd>,
+    /// Entries consumed from its descriptor ring.
+    tail: u64,
 }
 
 impl FakeSubscriber {
@@ -314,11 +362,42 @@ impl FakeSubscriber {
             seg,
             claims,
             anchor,
+            tail: 0,
         }
     }
 
+    /// The next thing the publisher sent, in the ring's order: a ring
+    /// entry, or the socket message a marker announces (WAKEs skipped).
+    async fn next(&mut self, what: &str) -> Result<Msg, Error> {
+        within(what, async {
+            loop {
+                match self.claims.peek_desc(self.tail).expect("a sound ring") {
+                    Some(Entry::Desc(desc, header)) => {
+                        self.claims.consume_desc(&mut self.tail);
+                        return Ok(Msg::Desc { desc, header });
+                    }
+                    Some(Entry::Fwd(desc, header)) => {
+                        self.claims.consume_desc(&mut self.tail);
+                        return Ok(Msg::Fwd { desc, header });
+                    }
+                    Some(Entry::Socket) => loop {
+                        match self.rx.recv(&self.stream, what).await? {
+                            Msg::Wake => {}
+                            m => {
+                                self.claims.consume_desc(&mut self.tail);
+                                return Ok(m);
+                            }
+                        }
+                    },
+                    None => tokio::time::sleep(Duration::from_millis(1)).await,
+                }
+            }
+        })
+        .await
+    }
+
     async fn next_desc(&mut self) -> Desc {
-        match within("a DESC", self.rx.recv(&self.stream, "DESC")).await {
+        match self.next("a DESC").await {
             Ok(Msg::Desc { desc, .. }) => desc,
             other => panic!("expected DESC, got {other:?}"),
         }
@@ -529,12 +608,17 @@ impl FakePublisher {
             len: seg.geometry().len,
             anchors: 0,
         };
+        self.mark();
         wire::send(&self.stream, &msg, Some(ro.as_fd()), "SEGMENT")
             .await
             .expect("SEGMENT");
     }
 
     async fn send_fwd(&self, desc: FwdDesc, header: Bytes) {
+        if !self.via_socket && header.len() <= wire::INLINE_HEADER {
+            return self.push(&Entry::Fwd(desc, header));
+        }
+        self.mark();
         wire::send(&self.stream, &Msg::Fwd { desc, header }, None, "FWD")
             .await
             .expect("FWD");
@@ -555,7 +639,7 @@ fn fwd_desc(segment: u32, index: u32, generation: u64, offset: u64, len: u64) ->
 /// A fake forwarding publisher: forged FWD descriptors and SEGMENT messages
 /// are refused with nothing read; a claim that was really offered is given
 /// back; a good one reads the right bytes of the forwarded segment.
-async fn forged_forwards(mode: RecvMode) {
+async fn forged_forwards(mode: RecvMode, via_socket: bool) {
     let name = name("fwd");
     let endpoint = Endpoint::parse(&format!("shm-pool://{name}")).expect("url");
     let mut sub = None;
@@ -570,6 +654,7 @@ async fn forged_forwards(mode: RecvMode) {
     })
     .await;
     let mut sub = sub.expect("subscriber");
+    fake.via_socket = via_socket;
     // The fake's pool has 2 slots: claim indices 2 and 3 are its forward slots.
     let slot_size = fake.pool.slot_size();
     let upstream = SlotPool::create(&format!("{name}-up"), 2, 8192).expect("upstream pool");
@@ -653,6 +738,7 @@ async fn forged_forwards(mode: RecvMode) {
         len: 8192,
         anchors: 0,
     };
+    fake.mark();
     wire::send(&fake.stream, &msg, Some(unsealed.as_fd()), "SEGMENT")
         .await
         .expect("SEGMENT");
@@ -669,6 +755,7 @@ async fn forged_forwards(mode: RecvMode) {
         len: upstream.geometry().len,
         anchors,
     };
+    fake.mark();
     wire::send(
         &fake.stream,
         &segment(wire::MAX_ANCHORS + 1),
@@ -686,6 +773,7 @@ async fn forged_forwards(mode: RecvMode) {
         ("a memfd", unsealed.as_fd()),
         ("a read end", pipe_r.as_fd()),
     ] {
+        fake.mark();
         wire::send_fds(&fake.stream, &segment(1), &[ro.as_fd(), bad], "SEGMENT")
             .await
             .expect("SEGMENT");
@@ -699,6 +787,7 @@ async fn forged_forwards(mode: RecvMode) {
     expect_invalid(&mut sub, "a segment that was refused").await;
 
     // FORGET: the index is unknown from then on; views keep their mapping.
+    fake.mark();
     wire::send(&fake.stream, &Msg::Forget { index: 0 }, None, "FORGET")
         .await
         .expect("FORGET");
@@ -715,12 +804,14 @@ async fn forged_forwards(mode: RecvMode) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_forwards_are_refused_in_view_mode() {
-    forged_forwards(RecvMode::View).await;
+    forged_forwards(RecvMode::View, false).await;
+    forged_forwards(RecvMode::View, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_forwards_are_refused_in_owned_mode() {
-    forged_forwards(RecvMode::Owned).await;
+    forged_forwards(RecvMode::Owned, false).await;
+    forged_forwards(RecvMode::Owned, true).await;
 }
 
 async fn until(what: &str, mut f: impl FnMut() -> bool) {
@@ -769,7 +860,7 @@ async fn forwarding_on_the_wire() {
     b.send(fa).await.expect("forward");
     assert_eq!((b.forwarded(), b.free_slots()), (1, 2), "no slot of B used");
 
-    let (index, inode, len) = match within("SEGMENT", fake.rx.recv(&fake.stream, "SEGMENT")).await {
+    let (index, inode, len) = match fake.next("SEGMENT").await {
         Ok(Msg::Segment {
             index,
             inode,
@@ -788,7 +879,7 @@ async fn forwarding_on_the_wire() {
     sys::check_sealed(fd.as_fd(), len).expect("sealed");
     assert_eq!(sys::inode(fd.as_fd()).expect("inode"), inode);
     let seg = crate::pool::ForeignMap::open(fd, inode, len, Vec::new(), u64::MAX).expect("map it");
-    let d = match within("FWD", fake.rx.recv(&fake.stream, "FWD")).await {
+    let d = match fake.next("FWD").await {
         Ok(Msg::Fwd { desc, .. }) => desc,
         other => panic!("expected FWD, got {other:?}"),
     };
@@ -829,11 +920,11 @@ async fn forwarding_on_the_wire() {
         .expect("send A2");
     let fa2 = within("A2's frame", sub_a2.recv()).await.expect("recv A2");
     b.send(fa2).await.expect("forward again");
-    match within("FORGET", fake.rx.recv(&fake.stream, "FORGET")).await {
+    match fake.next("FORGET").await {
         Ok(Msg::Forget { index: i }) => assert_eq!(i, index),
         other => panic!("expected FORGET, got {other:?}"),
     }
-    match within("SEGMENT", fake.rx.recv(&fake.stream, "SEGMENT")).await {
+    match fake.next("SEGMENT").await {
         Ok(Msg::Segment {
             index: i, inode: n, ..
         }) => {
@@ -856,7 +947,7 @@ async fn forwarding_on_the_wire() {
 
 impl FakeSubscriber {
     async fn next_fwd(&mut self) -> FwdDesc {
-        match within("a FWD", self.rx.recv(&self.stream, "FWD")).await {
+        match self.next("a FWD").await {
             Ok(Msg::Fwd { desc, .. }) => desc,
             other => panic!("expected FWD, got {other:?}"),
         }

@@ -26,6 +26,7 @@ use transport_core::{
     StatCounters, Stats, async_trait, codec,
 };
 
+use crate::channel::{self, Entry, INLINE_HEADER, KICK_RELEASES, KICK_SPACE};
 use crate::config::{self, Config};
 use crate::pool::{FreeList, SlotPool};
 use crate::registry::{self, SegFd};
@@ -36,8 +37,14 @@ use crate::wire::{self, ClaimTable, Desc, FwdDesc, Hello, Msg, RecvBuf};
 pub const MAX_SUBSCRIBERS: usize = 64;
 /// How long a connecting subscriber may take to finish the handshake.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bytes of descriptors serialized ahead of one `send` call.
+/// Bytes of messages serialized ahead of one `send` call.
 const WRITE_BATCH: usize = 64 << 10;
+/// Longest a publisher waiting for a release sleeps between looks at the
+/// release rings, even if no subscriber wakes it (one that clears its kick
+/// word cannot make it wait for good).
+const RELEASE_SLICE: Duration = Duration::from_millis(20);
+/// Releases taken from one subscriber's ring per lock of the state.
+const RELEASE_BATCH: usize = 64;
 
 /// Locks a mutex, going on with the data if a thread panicked while holding
 /// it (the accounting stays consistent: every critical section is short and
@@ -168,11 +175,20 @@ struct Out {
     pass: Option<Arc<SegFd>>,
     /// Frames dropped for this subscriber and not yet reported in a descriptor.
     carry: u64,
+    /// Entries published in its descriptor ring.
+    desc_head: u64,
 }
 
 impl Out {
+    /// Something is still to be delivered (queued, or serialized and not
+    /// yet written).
     fn has_output(&self) -> bool {
         !self.queue.is_empty() || !self.wbuf.is_empty()
+    }
+
+    /// Bytes wait for room in the socket.
+    fn wants_socket(&self) -> bool {
+        !self.wbuf.is_empty()
     }
 
     /// Queues a descriptor (DESC or FWD), adding the drops carried so far.
@@ -266,6 +282,8 @@ struct Conn {
     lingering: AtomicBool,
     out: Mutex<Out>,
     inp: Mutex<RecvBuf>,
+    /// Releases consumed from its channel's release ring.
+    rel_tail: Mutex<u64>,
     wake: Notify,
 }
 
@@ -481,15 +499,23 @@ impl Shared {
 
     fn on_release(&self, conn: &Arc<Conn>, index: u32, generation: u64) {
         let mut st = lock(&self.state);
+        self.release_one(&mut st, conn, u64::from(index), generation);
+        unlock(st);
+    }
+
+    /// Clears `conn`'s bit in claim `index` at `generation` if it holds it
+    /// there; anything else (stale, duplicate, forged, out of range) is
+    /// ignored and counted. Values come from the subscriber: unchecked.
+    fn release_one(&self, st: &mut State, conn: &Arc<Conn>, index: u64, generation: u64) {
         let bit = 1u64 << conn.bit;
-        let current = Self::conn_is_current(&st, conn);
+        let current = Self::conn_is_current(st, conn);
+        let i = usize::try_from(index).unwrap_or(usize::MAX);
         let valid = current
             && st
                 .slots
-                .get(index as usize)
+                .get(i)
                 .is_some_and(|s| s.in_flight && s.generation == generation && s.holders & bit != 0);
         if !valid {
-            drop(st);
             self.stale_releases.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
                 pool = %self.name,
@@ -500,12 +526,66 @@ impl Shared {
             );
             return;
         }
-        let s = &mut st.slots[index as usize];
+        let s = &mut st.slots[i];
         s.holders &= !bit;
         if s.holders == 0 {
-            self.free_slot(&mut st, index);
+            self.free_slot(st, i as u32);
         }
-        unlock(st);
+    }
+
+    /// Applies the releases `conn` published in its channel's release ring
+    /// (no system call). A ring whose head the subscriber broke is skipped
+    /// (and counted as one stale release): its releases then come at end of
+    /// stream, as a dead subscriber's do.
+    fn drain_ring(&self, conn: &Arc<Conn>) {
+        let mut tail = lock(&conn.rel_tail);
+        if !conn.claims.releases_pending(*tail) {
+            return;
+        }
+        let mut batch = Vec::with_capacity(RELEASE_BATCH);
+        // Bounded: at most a ring's worth per call, whatever the peer writes.
+        for _ in 0..(1 << 14) / RELEASE_BATCH {
+            batch.clear();
+            if let Err(channel::BadRing(e)) = conn.claims.drain_releases(&mut tail, &mut batch) {
+                tracing::warn!(pool = %self.name, subscriber = conn.bit, "shm-pool: release ring skipped: {e}");
+                self.stale_releases.fetch_add(1, Ordering::Relaxed);
+                conn.claims.skip_releases(&mut tail);
+                return;
+            }
+            if batch.is_empty() {
+                return;
+            }
+            let mut st = lock(&self.state);
+            for &(index, generation) in &batch {
+                self.release_one(&mut st, conn, index, generation);
+            }
+            unlock(st);
+        }
+    }
+
+    /// [`drain_ring`](Self::drain_ring) for every live connection.
+    fn drain_rings(&self) {
+        for c in self.live_conns() {
+            self.drain_ring(&c);
+        }
+    }
+
+    fn live_conns(&self) -> Vec<Arc<Conn>> {
+        lock(&self.state)
+            .conns
+            .iter()
+            .flatten()
+            .filter(|c| !c.dead.load(Ordering::Acquire))
+            .cloned()
+            .collect()
+    }
+
+    /// Asks every live subscriber to wake this publisher when it releases
+    /// a slot (the caller then looks at the rings once more before waiting).
+    fn request_release_kicks(&self) {
+        for c in self.live_conns() {
+            c.claims.request_kick(KICK_RELEASES);
+        }
     }
 
     /// FORWARDED: `conn` is about to forward the frame it holds in slot
@@ -570,6 +650,8 @@ impl Shared {
     /// violation (`violated`: the peer may still be alive, with views), every
     /// slot it took waits for the anchor, as if forwarded.
     fn drop_conn(&self, conn: &Arc<Conn>, violated: bool) -> bool {
+        // What it released before it went counts as released.
+        self.drain_ring(conn);
         let mut st = lock(&self.state);
         if conn.dead.swap(true, Ordering::AcqRel) {
             return conn.lingering.load(Ordering::Acquire);
@@ -689,6 +771,7 @@ impl Shared {
     /// non-blocking read loop (the publisher looking for releases before it
     /// waits or fails).
     fn read_conn(&self, conn: &Arc<Conn>, via_reactor: bool) -> ReadOutcome {
+        self.drain_ring(conn);
         let mut inp = lock(&conn.inp);
         for _ in 0..64 {
             let r = if via_reactor {
@@ -725,6 +808,9 @@ impl Shared {
                         self.on_forwarded(conn, index, generation)
                     }
                     Msg::Unsubscribe => self.on_unsubscribe(conn),
+                    // Released slots or consumed descriptors: the ring is
+                    // drained above and the task flushes after this read.
+                    Msg::Wake => self.drain_ring(conn),
                     other => {
                         tracing::warn!(pool = %self.name, subscriber = conn.bit, "shm-pool: dropping subscriber: unexpected {other:?}");
                         return ReadOutcome::Violated;
@@ -735,20 +821,53 @@ impl Shared {
         ReadOutcome::Open
     }
 
-    /// Writes queued messages until done (`Ok`) or the socket is full
-    /// (`WouldBlock`). Raw non-blocking sends: callable from any context.
+    /// Delivers queued messages until done (`Ok`), the descriptor ring is
+    /// full (`Ok`, with the rest still queued and the subscriber asked to
+    /// wake this side when it makes room), or the socket is full
+    /// (`WouldBlock`). Descriptors go into the ring; what needs the socket
+    /// (a header too long for a ring entry, SEGMENT, FORGET) is serialized
+    /// for it behind a marker entry, which keeps one order. A subscriber
+    /// that parked is woken once (WAKE) after entries were published.
+    /// Raw non-blocking sends: callable from any context.
     fn flush_out(&self, conn: &Conn, out: &mut Out) -> io::Result<()> {
         loop {
             if out.wbuf.is_empty() {
-                if out.queue.is_empty() {
-                    return Ok(());
-                }
-                while let Some(o) = out.queue.pop_front() {
+                let mut published = false;
+                while let Some(front) = out.queue.front() {
+                    // Everything but READY (sent before any descriptor,
+                    // read by the handshake) takes a ring entry.
+                    let needs_entry = !matches!(front, Outgoing::Ready(_));
+                    // A SEGMENT must start a write (its fd travels with the
+                    // write's first byte): it waits for the next batch.
+                    if matches!(front, Outgoing::Segment { .. }) && !out.wbuf.is_empty() {
+                        break;
+                    }
+                    if needs_entry && !conn.claims.desc_space(out.desc_head) {
+                        conn.claims.request_kick(KICK_SPACE);
+                        if !conn.claims.desc_space(out.desc_head) {
+                            break;
+                        }
+                    }
+                    let Some(o) = out.queue.pop_front() else {
+                        break;
+                    };
                     let msg = match o {
-                        Outgoing::Ready(id) => Msg::Ready { id },
-                        Outgoing::Desc { desc, header } => Msg::Desc { desc, header },
-                        Outgoing::Fwd { desc, header } => Msg::Fwd { desc, header },
-                        Outgoing::Forget(index) => Msg::Forget { index },
+                        Outgoing::Ready(id) => Some(Msg::Ready { id }),
+                        Outgoing::Desc { desc, header } if header.len() <= INLINE_HEADER => {
+                            conn.claims
+                                .push_desc(&mut out.desc_head, &Entry::Desc(desc, header));
+                            published = true;
+                            None
+                        }
+                        Outgoing::Fwd { desc, header } if header.len() <= INLINE_HEADER => {
+                            conn.claims
+                                .push_desc(&mut out.desc_head, &Entry::Fwd(desc, header));
+                            published = true;
+                            None
+                        }
+                        Outgoing::Desc { desc, header } => Some(Msg::Desc { desc, header }),
+                        Outgoing::Fwd { desc, header } => Some(Msg::Fwd { desc, header }),
+                        Outgoing::Forget(index) => Some(Msg::Forget { index }),
                         Outgoing::Segment { index, seg } => {
                             let msg = Msg::Segment {
                                 index,
@@ -757,18 +876,25 @@ impl Shared {
                                 anchors: seg.anchors().len() as u32,
                             };
                             out.pass = Some(seg);
-                            msg
+                            Some(msg)
                         }
                     };
-                    wire::encode(&msg, &mut out.wbuf);
+                    if let Some(msg) = msg {
+                        wire::encode(&msg, &mut out.wbuf);
+                        if !matches!(msg, Msg::Ready { .. }) {
+                            conn.claims.push_desc(&mut out.desc_head, &Entry::Socket);
+                            published = true;
+                        }
+                    }
                     if out.wbuf.len() >= WRITE_BATCH {
                         break;
                     }
-                    // A SEGMENT must start a write (its fd travels with the
-                    // write's first byte): it waits for the next batch.
-                    if matches!(out.queue.front(), Some(Outgoing::Segment { .. })) {
-                        break;
-                    }
+                }
+                if published && conn.claims.take_parked() {
+                    wire::encode(&Msg::Wake, &mut out.wbuf);
+                }
+                if out.wbuf.is_empty() {
+                    return Ok(());
                 }
             }
             let r = match &out.pass {
@@ -786,7 +912,6 @@ impl Shared {
                     out.wbuf.advance(n);
                     // The fd went with the first byte written.
                     out.pass = None;
-                    conn.claims.bump_written();
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -823,16 +948,10 @@ impl Shared {
             .any(|c| c.active.load(Ordering::Acquire) && topic.starts_with(c.prefix.as_str()))
     }
 
-    /// Looks for releases that already arrived, without waiting.
+    /// Looks for releases that already arrived over the sockets, without
+    /// waiting.
     fn drain_releases(&self) {
-        let conns: Vec<Arc<Conn>> = lock(&self.state)
-            .conns
-            .iter()
-            .flatten()
-            .filter(|c| !c.dead.load(Ordering::Acquire))
-            .cloned()
-            .collect();
-        for c in conns {
+        for c in self.live_conns() {
             let r = self.read_conn(&c, false);
             if r != ReadOutcome::Open {
                 // Its task waits for the anchor, if need be.
@@ -921,6 +1040,11 @@ impl Shared {
             if let Some(i) = self.pop(kind) {
                 return Ok(i);
             }
+            // Releases in the rings first: no system call.
+            self.drain_rings();
+            if let Some(i) = self.pop(kind) {
+                return Ok(i);
+            }
             self.drain_releases();
             if let Some(i) = self.pop(kind) {
                 return Ok(i);
@@ -953,7 +1077,15 @@ impl Shared {
                 }
                 Policy::Block => {}
             }
-            notified.await;
+            // Ask to be woken by the next release, then look once more: a
+            // release published before the request is seen here, one after
+            // it wakes this side (see the channel's "Parking").
+            self.request_release_kicks();
+            self.drain_rings();
+            if let Some(i) = self.pop(kind) {
+                return Ok(i);
+            }
+            let _ = tokio::time::timeout(RELEASE_SLICE, notified).await;
         }
     }
 
@@ -1122,8 +1254,11 @@ async fn conn_task(shared: Arc<Shared>, conn: Arc<Conn>) {
         if conn.dead.load(Ordering::Acquire) {
             break;
         }
-        let want_write = lock(&conn.out).has_output();
-        if shared.closed.load(Ordering::Acquire) && !want_write {
+        let (want_write, pending) = {
+            let out = lock(&conn.out);
+            (out.wants_socket(), out.has_output())
+        };
+        if shared.closed.load(Ordering::Acquire) && !pending {
             if !shared.holds_forwarded(&conn) {
                 break;
             }
@@ -1312,6 +1447,7 @@ async fn handshake(shared: &Arc<Shared>, stream: UnixStream) -> Result<()> {
                     lingering: AtomicBool::new(false),
                     out: Mutex::new(Out::default()),
                     inp: Mutex::new(rx),
+                    rel_tail: Mutex::new(0),
                     wake: Notify::new(),
                 });
                 lock(&conn.out).queue.push_back(Outgoing::Ready(bit as u32));
@@ -1517,6 +1653,7 @@ impl ShmPoolPublisher {
 
     /// Slots free now (not loaned, not held by any subscriber).
     pub fn free_slots(&self) -> usize {
+        self.shared.drain_rings();
         self.shared.pool.free_slots()
     }
 

@@ -19,6 +19,7 @@ use transport_core::{
     async_trait,
 };
 
+use crate::channel::{BadRing, Entry, KICK_RELEASES};
 use crate::config::{self, Config};
 use crate::pool::{ForeignMap, SegmentMap};
 use crate::publisher::HANDSHAKE_TIMEOUT;
@@ -35,6 +36,8 @@ enum Ctl {
     Release(u32, u64),
     /// Finish a write that `write_now` could not complete.
     Kick,
+    /// Wake the publisher (it waits for a release, see the channel's "Parking").
+    Wake,
     Unsubscribe,
 }
 
@@ -55,6 +58,7 @@ impl LinkIo {
                 out,
             ),
             Ctl::Unsubscribe => wire::encode(&Msg::Unsubscribe, out),
+            Ctl::Wake => wire::encode(&Msg::Wake, out),
             Ctl::Kick => {}
         }
     }
@@ -82,6 +86,9 @@ struct Link {
     io: Arc<LinkIo>,
     seg: SegmentMap,
     claims: ClaimTable,
+    /// Releases published in the channel's release ring (the one producer
+    /// lock: views may drop on any thread).
+    rel_head: Mutex<u64>,
     tx: mpsc::UnboundedSender<Ctl>,
     /// Live views of pool slots and of forward slots (for `max_held`).
     views: [AtomicUsize; 2],
@@ -213,9 +220,53 @@ impl Link {
         drop(gone);
     }
 
+    /// Publishes the release of pool slot `index` in the channel's release
+    /// ring: no message, no system call unless the publisher waits for it
+    /// (then one WAKE). False when it must go over the socket instead: a
+    /// forward slot (a forwarder must hear of it at once, to release the
+    /// upstream slot behind it), a full ring, or another thread publishing
+    /// a release at this instant (never waits: this runs in drops).
+    /// `direct`: write the WAKE from this thread (in `recv`), else through
+    /// the task (in a drop).
+    fn release_shm(&self, index: u32, generation: u64, direct: bool) -> bool {
+        if index >= self.seg.geometry().slots {
+            return false;
+        }
+        let Ok(mut head) = self.rel_head.try_lock() else {
+            return false;
+        };
+        if !self.claims.push_release(&mut head, index, generation) {
+            return false;
+        }
+        drop(head);
+        if self.claims.take_kick(KICK_RELEASES) {
+            self.wake_publisher(direct);
+        }
+        true
+    }
+
+    /// Sends WAKE to the publisher.
+    fn wake_publisher(&self, direct: bool) {
+        if !direct {
+            let _ = self.tx.send(Ctl::Wake);
+            return;
+        }
+        {
+            let mut out = lock(&self.io.out);
+            self.io.append(&mut out, &Ctl::Wake);
+        }
+        if self.io.flush().is_err() {
+            let _ = self.tx.send(Ctl::Kick);
+        }
+    }
+
     /// Sends a release from `recv` itself (owned mode, rejected descriptors):
-    /// written at once when the socket has room, by the task otherwise.
+    /// through the release ring for a pool slot, else written at once when
+    /// the socket has room, by the task otherwise.
     fn release_now(&self, index: u32, generation: u64) {
+        if self.release_shm(index, generation, true) {
+            return;
+        }
         {
             let mut out = lock(&self.io.out);
             self.io.append(&mut out, &Ctl::Release(index, generation));
@@ -274,10 +325,13 @@ impl AsRef<[u8]> for SlotView {
 impl Drop for SlotView {
     fn drop(&mut self) {
         self.link.views[POOL_VIEWS].fetch_sub(1, Ordering::Relaxed);
-        // Never blocks, never panics: a lock-free channel push. If the task is
-        // gone (runtime shut down), the socket closes when the link does and
-        // the publisher frees the slot on EOF.
-        let _ = self.link.tx.send(Ctl::Release(self.index, self.generation));
+        // Never blocks, never panics: the release ring (atomics, a try-lock),
+        // else a lock-free channel push. If the task is gone (runtime shut
+        // down), the socket closes when the link does and the publisher
+        // frees the slot on EOF.
+        if !self.link.release_shm(self.index, self.generation, false) {
+            let _ = self.link.tx.send(Ctl::Release(self.index, self.generation));
+        }
     }
 }
 
@@ -338,6 +392,8 @@ pub struct ShmPoolSubscriber {
     /// This subscriber's anchor at its publisher (see `wire`, "Anchors"):
     /// held by every mapping made through this connection.
     anchor: Arc<OwnedFd>,
+    /// Entries consumed from the channel's descriptor ring.
+    tail: u64,
     missed: u64,
     held: Option<Frame>,
     closed: Option<String>,
@@ -522,6 +578,7 @@ impl ShmPoolSubscriber {
             io,
             seg,
             claims,
+            rel_head: Mutex::new(0),
             tx,
             views: [AtomicUsize::new(0), AtomicUsize::new(0)],
             fwd: Mutex::new((0..wire::MAX_FORWARD_SEGMENTS).map(|_| None).collect()),
@@ -547,6 +604,7 @@ impl ShmPoolSubscriber {
             max_held: wire::hello_max_held(hello.flags),
             over_max_held: AtomicU64::new(0),
             anchor,
+            tail: 0,
             missed: 0,
             held: None,
             closed: None,
@@ -881,23 +939,95 @@ impl ShmPoolSubscriber {
         self.deliver(frame)
     }
 
-    /// Reads more from the socket (after an optional spin); records EOF.
-    async fn read_more(&mut self) {
-        let fd = self.link.io.stream.as_fd();
+    /// Waits for the next ring entry or socket message: spins on the ring
+    /// for `busy_poll` (no system call), then parks (see the channel's
+    /// "Parking") and waits for the socket on the calling task: a WAKE, a
+    /// message a marker announced, or the end of the stream. Cancel-safe:
+    /// a dropped wait leaves at most a WAKE to be discarded later.
+    async fn wait(&mut self) {
         if let Some(spin) = self.busy_poll {
-            let seen = self.link.claims.written();
-            match self.rx.fill(fd) {
-                Ok(n) => return self.after_read(Ok(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return self.after_read(Err(e)),
-            }
             let deadline = Instant::now() + spin;
-            while self.link.claims.written() == seen && Instant::now() < deadline {
-                std::hint::spin_loop();
+            loop {
+                for _ in 0..64 {
+                    if self.link.claims.desc_ready(self.tail) {
+                        return;
+                    }
+                    std::hint::spin_loop();
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
             }
         }
+        self.link.claims.park();
+        if self.link.claims.desc_ready(self.tail) {
+            self.link.claims.unpark();
+            return;
+        }
+        let r = sys::recv_some(&self.link.io.stream, &mut self.rx).await;
+        self.link.claims.unpark();
+        self.after_read(r);
+    }
+
+    /// Reads more from the socket (a marker announced a message not yet
+    /// here); records EOF.
+    async fn read_more(&mut self) {
         let r = sys::recv_some(&self.link.io.stream, &mut self.rx).await;
         self.after_read(r);
+    }
+
+    /// The next message on the socket other than WAKE, if one is here.
+    fn next_socket_msg(&mut self) -> Result<Option<Msg>> {
+        loop {
+            match self.rx.next_message()? {
+                None => return Ok(None),
+                Some(body) => match wire::decode(body)? {
+                    Msg::Wake => {}
+                    m => return Ok(Some(m)),
+                },
+            }
+        }
+    }
+
+    /// Acts on one message a marker announced; `Some` when it makes `recv`
+    /// return.
+    fn on_socket_msg(&mut self, msg: Msg) -> Option<Result<Frame>> {
+        match msg {
+            Msg::Desc { desc, header } => self.on_desc(desc, &header),
+            Msg::Fwd { desc, header } => self.on_fwd(desc, &header),
+            Msg::Segment {
+                index,
+                inode,
+                len,
+                anchors,
+            } => {
+                // A segment that cannot be mapped is reported; the frames
+                // that name it then fail on their own.
+                self.on_segment(index, inode, len, anchors).err().map(Err)
+            }
+            Msg::Forget { index } => {
+                // Views made from it keep their mapping.
+                if let Some(entry) = lock(&self.link.fwd).get_mut(index as usize) {
+                    *entry = None;
+                }
+                None
+            }
+            other => {
+                let e = Error::Protocol(format!(
+                    "unexpected message from the publisher: {other:?}"
+                ));
+                self.closed = Some(e.to_string());
+                Some(Err(e))
+            }
+        }
+    }
+
+    /// Marks the entry at the tail consumed, waking the publisher if it
+    /// waits for room in the ring.
+    fn consume_entry(&mut self) {
+        if self.link.claims.consume_desc(&mut self.tail) {
+            self.link.wake_publisher(true);
+        }
     }
 
     fn after_read(&mut self, r: io::Result<usize>) {
@@ -933,54 +1063,50 @@ impl Subscriber for ShmPoolSubscriber {
             if let Some(f) = self.held.take() {
                 return Ok(f);
             }
-            loop {
-                let body = match self.rx.next_message() {
-                    Ok(Some(b)) => b,
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.closed = Some(format!("protocol error earlier: {e}"));
-                        return Err(e);
-                    }
-                };
-                match wire::decode(body) {
-                    Ok(Msg::Desc { desc, header }) => {
-                        if let Some(r) = self.on_desc(desc, &header) {
-                            return r;
-                        }
-                    }
-                    Ok(Msg::Fwd { desc, header }) => {
-                        if let Some(r) = self.on_fwd(desc, &header) {
-                            return r;
-                        }
-                    }
-                    Ok(Msg::Segment {
-                        index,
-                        inode,
-                        len,
-                        anchors,
-                    }) => {
-                        // A segment that cannot be mapped is reported; the
-                        // frames that name it then fail on their own.
-                        self.on_segment(index, inode, len, anchors)?;
-                    }
-                    Ok(Msg::Forget { index }) => {
-                        // Views made from it keep their mapping.
-                        if let Some(entry) = lock(&self.link.fwd).get_mut(index as usize) {
-                            *entry = None;
-                        }
-                    }
-                    Ok(other) => {
-                        let e = Error::Protocol(format!(
-                            "unexpected message from the publisher: {other:?}"
-                        ));
-                        self.closed = Some(e.to_string());
-                        return Err(e);
-                    }
-                    Err(e) => {
-                        self.closed = Some(format!("protocol error earlier: {e}"));
-                        return Err(e);
-                    }
+            let entry = match self.link.claims.peek_desc(self.tail) {
+                Ok(e) => e,
+                Err(BadRing(e)) => {
+                    let e = Error::Protocol(e);
+                    self.closed = Some(format!("protocol error earlier: {e}"));
+                    return Err(e);
                 }
+            };
+            match entry {
+                Some(Entry::Desc(desc, header)) => {
+                    self.consume_entry();
+                    if let Some(r) = self.on_desc(desc, &header) {
+                        return r;
+                    }
+                    continue;
+                }
+                Some(Entry::Fwd(desc, header)) => {
+                    self.consume_entry();
+                    if let Some(r) = self.on_fwd(desc, &header) {
+                        return r;
+                    }
+                    continue;
+                }
+                Some(Entry::Socket) => match self.next_socket_msg() {
+                    Ok(Some(msg)) => {
+                        self.consume_entry();
+                        if let Some(r) = self.on_socket_msg(msg) {
+                            return r;
+                        }
+                        continue;
+                    }
+                    Ok(None) if self.closed.is_none() => {
+                        // Written (or about to be) before the marker was
+                        // published: it is on its way.
+                        self.read_more().await;
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.closed = Some(format!("protocol error earlier: {e}"));
+                        return Err(e);
+                    }
+                },
+                None => {}
             }
             if let Some(reason) = &self.closed {
                 // No FWD can name a forwarded segment any more: let the
@@ -988,7 +1114,10 @@ impl Subscriber for ShmPoolSubscriber {
                 self.link.hung_up();
                 return Err(Error::Disconnected(reason.clone()));
             }
-            self.read_more().await;
+            self.wait().await;
+            // WAKEs (and nothing else unannounced) may have come: drop them
+            // so that the buffer holds only what markers announce.
+            self.rx.skip_wakes();
         }
     }
 
