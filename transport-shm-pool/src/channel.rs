@@ -30,6 +30,12 @@
 //! the socket comes here" (a descriptor whose header is too long for an
 //! entry, SEGMENT, FORGET). Markers put the socket's messages in the ring's
 //! order, so the ring is the one order of everything a subscriber receives.
+//! When the ring is full (a subscriber that does not read, under
+//! `drop-oldest`), the publisher writes its last free entry as a *spill*
+//! marker and goes on over the socket, as before version 5, up to a RESUME
+//! message; the ring then goes on after the spill marker. So a stalled
+//! subscriber costs what it cost before: its socket buffer, then the
+//! publisher's bounded queue.
 //!
 //! # Parking
 //!
@@ -86,6 +92,7 @@ const REL_ENTRY: u64 = 16;
 const KIND_DESC: u64 = 1;
 const KIND_FWD: u64 = 2;
 const KIND_SOCKET: u64 = 3;
+const KIND_SPILL: u64 = 4;
 
 /// `kick` bit: the publisher waits for releases (every slot is held).
 pub const KICK_RELEASES: u64 = 1;
@@ -143,6 +150,9 @@ pub(crate) enum Entry {
     Fwd(FwdDesc, Bytes),
     /// The next message on the socket comes here.
     Socket,
+    /// The ring was full: every message on the socket up to RESUME comes
+    /// here, then the ring goes on after this entry.
+    Spill,
 }
 
 /// A descriptor ring the publisher broke (hostile or buggy).
@@ -279,9 +289,16 @@ impl ClaimTable {
     /// is ahead of `head` or further behind than the ring is long counts as
     /// no room: a hostile value never makes the publisher overwrite an
     /// entry it has not seen consumed.
+    #[cfg(test)]
     pub(crate) fn desc_space(&self, head: u64) -> bool {
+        self.desc_room(head) > 0
+    }
+
+    /// Publisher: free entries after `head` (0 for a tail the subscriber
+    /// broke, see [`desc_space`](Self::desc_space)).
+    pub(crate) fn desc_room(&self, head: u64) -> u64 {
         let tail = self.at(W_DESC_TAIL).load(Ordering::SeqCst);
-        head.wrapping_sub(tail) < desc_capacity(self.entries)
+        desc_capacity(self.entries).saturating_sub(head.wrapping_sub(tail))
     }
 
     /// Publisher: writes `entry` at `*head` and publishes it. The caller
@@ -311,6 +328,7 @@ impl ClaimTable {
                 (KIND_FWD, h)
             }
             Entry::Socket => (KIND_SOCKET, &[]),
+            Entry::Spill => (KIND_SPILL, &[]),
         };
         debug_assert!(header.len() <= INLINE_HEADER);
         let header = &header[..header.len().min(INLINE_HEADER)];
@@ -386,6 +404,7 @@ impl ClaimTable {
                 header,
             ),
             KIND_SOCKET => Entry::Socket,
+            KIND_SPILL => Entry::Spill,
             k => return Err(BadRing(format!("descriptor ring entry of unknown kind {k}"))),
         }))
     }

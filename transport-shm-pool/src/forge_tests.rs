@@ -380,6 +380,7 @@ impl FakeSubscriber {
                         self.claims.consume_desc(&mut self.tail);
                         return Ok(Msg::Fwd { desc, header });
                     }
+                    Some(Entry::Spill) => panic!("{what}: the ring spilled"),
                     Some(Entry::Socket) => loop {
                         match self.rx.recv(&self.stream, what).await? {
                             Msg::Wake => {}

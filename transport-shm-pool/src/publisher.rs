@@ -177,6 +177,8 @@ struct Out {
     carry: u64,
     /// Entries published in its descriptor ring.
     desc_head: u64,
+    /// The ring was full: messages go over the socket until RESUME.
+    spilling: bool,
 }
 
 impl Out {
@@ -821,45 +823,60 @@ impl Shared {
         ReadOutcome::Open
     }
 
-    /// Delivers queued messages until done (`Ok`), the descriptor ring is
-    /// full (`Ok`, with the rest still queued and the subscriber asked to
-    /// wake this side when it makes room), or the socket is full
+    /// Delivers queued messages until done (`Ok`) or the socket is full
     /// (`WouldBlock`). Descriptors go into the ring; what needs the socket
     /// (a header too long for a ring entry, SEGMENT, FORGET) is serialized
-    /// for it behind a marker entry, which keeps one order. A subscriber
-    /// that parked is woken once (WAKE) after entries were published.
-    /// Raw non-blocking sends: callable from any context.
+    /// for it behind a marker entry, which keeps one order. When the ring
+    /// is full, its last entry becomes a spill marker and messages go over
+    /// the socket until RESUME (see the channel). A subscriber that parked
+    /// is woken once (WAKE) after entries were published. Raw non-blocking
+    /// sends: callable from any context.
     fn flush_out(&self, conn: &Conn, out: &mut Out) -> io::Result<()> {
         loop {
             if out.wbuf.is_empty() {
                 let mut published = false;
                 while let Some(front) = out.queue.front() {
-                    // Everything but READY (sent before any descriptor,
-                    // read by the handshake) takes a ring entry.
-                    let needs_entry = !matches!(front, Outgoing::Ready(_));
                     // A SEGMENT must start a write (its fd travels with the
                     // write's first byte): it waits for the next batch.
                     if matches!(front, Outgoing::Segment { .. }) && !out.wbuf.is_empty() {
                         break;
                     }
-                    if needs_entry && !conn.claims.desc_space(out.desc_head) {
-                        conn.claims.request_kick(KICK_SPACE);
-                        if !conn.claims.desc_space(out.desc_head) {
+                    // Everything but READY (sent before any descriptor,
+                    // read by the handshake) goes in the ring's order.
+                    let ordered = !matches!(front, Outgoing::Ready(_));
+                    if ordered {
+                        let room = conn.claims.desc_room(out.desc_head);
+                        if out.spilling && room > 1 {
+                            // Back to the ring, after the spill marker.
+                            wire::encode(&Msg::Resume, &mut out.wbuf);
+                            out.spilling = false;
+                        } else if !out.spilling && room == 1 {
+                            conn.claims.push_desc(&mut out.desc_head, &Entry::Spill);
+                            published = true;
+                            out.spilling = true;
+                        } else if !out.spilling && room == 0 {
+                            // Only a subscriber that broke its tail gets here.
+                            conn.claims.request_kick(KICK_SPACE);
                             break;
                         }
                     }
                     let Some(o) = out.queue.pop_front() else {
                         break;
                     };
+                    let inline = ordered && !out.spilling;
                     let msg = match o {
                         Outgoing::Ready(id) => Some(Msg::Ready { id }),
-                        Outgoing::Desc { desc, header } if header.len() <= INLINE_HEADER => {
+                        Outgoing::Desc { desc, header }
+                            if inline && header.len() <= INLINE_HEADER =>
+                        {
                             conn.claims
                                 .push_desc(&mut out.desc_head, &Entry::Desc(desc, header));
                             published = true;
                             None
                         }
-                        Outgoing::Fwd { desc, header } if header.len() <= INLINE_HEADER => {
+                        Outgoing::Fwd { desc, header }
+                            if inline && header.len() <= INLINE_HEADER =>
+                        {
                             conn.claims
                                 .push_desc(&mut out.desc_head, &Entry::Fwd(desc, header));
                             published = true;
@@ -881,7 +898,7 @@ impl Shared {
                     };
                     if let Some(msg) = msg {
                         wire::encode(&msg, &mut out.wbuf);
-                        if !matches!(msg, Msg::Ready { .. }) {
+                        if inline {
                             conn.claims.push_desc(&mut out.desc_head, &Entry::Socket);
                             published = true;
                         }

@@ -394,6 +394,8 @@ pub struct ShmPoolSubscriber {
     anchor: Arc<OwnedFd>,
     /// Entries consumed from the channel's descriptor ring.
     tail: u64,
+    /// After a spill marker: messages come from the socket until RESUME.
+    spilled: bool,
     missed: u64,
     held: Option<Frame>,
     closed: Option<String>,
@@ -605,6 +607,7 @@ impl ShmPoolSubscriber {
             over_max_held: AtomicU64::new(0),
             anchor,
             tail: 0,
+            spilled: false,
             missed: 0,
             held: None,
             closed: None,
@@ -1063,6 +1066,27 @@ impl Subscriber for ShmPoolSubscriber {
             if let Some(f) = self.held.take() {
                 return Ok(f);
             }
+            if self.spilled {
+                match self.next_socket_msg() {
+                    Ok(Some(Msg::Resume)) => self.spilled = false,
+                    Ok(Some(msg)) => {
+                        if let Some(r) = self.on_socket_msg(msg) {
+                            return r;
+                        }
+                    }
+                    Ok(None) if self.closed.is_none() => self.read_more().await,
+                    Ok(None) => {
+                        self.link.hung_up();
+                        let reason = self.closed.clone().unwrap_or_default();
+                        return Err(Error::Disconnected(reason));
+                    }
+                    Err(e) => {
+                        self.closed = Some(format!("protocol error earlier: {e}"));
+                        return Err(e);
+                    }
+                }
+                continue;
+            }
             let entry = match self.link.claims.peek_desc(self.tail) {
                 Ok(e) => e,
                 Err(BadRing(e)) => {
@@ -1084,6 +1108,11 @@ impl Subscriber for ShmPoolSubscriber {
                     if let Some(r) = self.on_fwd(desc, &header) {
                         return r;
                     }
+                    continue;
+                }
+                Some(Entry::Spill) => {
+                    self.consume_entry();
+                    self.spilled = true;
                     continue;
                 }
                 Some(Entry::Socket) => match self.next_socket_msg() {

@@ -152,6 +152,7 @@ const K_DESC: u8 = 0x84;
 const K_SEGMENT: u8 = 0x85;
 const K_FWD: u8 = 0x86;
 const K_FORGET: u8 = 0x87;
+const K_RESUME: u8 = 0x88;
 
 /// [`Hello::flags`] bit: the publisher runs `drop-oldest` and may reclaim
 /// descriptors that were not read yet, so a stale descriptor is a drop, not
@@ -301,6 +302,9 @@ pub enum Msg {
     /// descriptor ring while the publisher waited for that (see the
     /// channel's "Parking").
     Wake,
+    /// Publisher -> subscriber: the end of a spill (the descriptor ring was
+    /// full, see the channel): the ring goes on after its spill marker.
+    Resume,
     /// Subscriber -> publisher, before the subscriber's process forwards a
     /// frame of a slot it holds (see "Anchors"): if the subscriber dies,
     /// that slot waits for its anchor; slots it took and never forwarded do not.
@@ -392,6 +396,7 @@ pub fn encode(msg: &Msg, out: &mut BytesMut) {
         }
         Msg::Unsubscribe => out.put_u8(K_UNSUBSCRIBE),
         Msg::Wake => out.put_u8(K_WAKE),
+        Msg::Resume => out.put_u8(K_RESUME),
         Msg::Forwarded { index, generation } => {
             out.put_u8(K_FORWARDED);
             out.put_u32_le(*index);
@@ -519,6 +524,7 @@ pub fn decode(mut body: Bytes) -> Result<Msg> {
             Msg::Unsubscribe
         }
         K_WAKE => Msg::Wake,
+        K_RESUME => Msg::Resume,
         K_FORWARDED => {
             need(&body, 12, "FORWARDED")?;
             Msg::Forwarded {
@@ -745,6 +751,7 @@ mod tests {
         });
         round_trip(Msg::Unsubscribe);
         round_trip(Msg::Wake);
+        round_trip(Msg::Resume);
         round_trip(Msg::Forwarded {
             index: 5,
             generation: 2,
