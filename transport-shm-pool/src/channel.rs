@@ -538,12 +538,6 @@ impl ClaimTable {
     /// Tests: see [`DESC_TAIL`](Self::DESC_TAIL).
     #[cfg(test)]
     pub(crate) const PARKED: u64 = W_PARKED;
-
-    /// Tests: where release-ring entry `pos` starts.
-    #[cfg(test)]
-    pub(crate) fn rel_entry_offset(&self, pos: u64) -> u64 {
-        rel_offset(self.entries) + (pos & (rel_capacity(self.entries) - 1)) * REL_ENTRY
-    }
 }
 
 #[cfg(test)]

@@ -561,6 +561,78 @@ async fn bad_releases_are_ignored_and_counted() {
     assert_eq!(publ.subscriber_count(), Some(0));
 }
 
+/// A subscriber writes what it likes into its channel: releases of slots
+/// it does not hold, at wrong generations, twice, out of range; a release
+/// head far past the tail; a tail ahead of what was published; a parked
+/// word always set. The publisher frees each slot once, counts the rest,
+/// overwrites nothing it has not seen consumed, and keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_channel_is_ignored_and_counted() {
+    let (_, mut publ, mut fake) = with_fake_subscriber("channel").await;
+    publ.send(Frame::new(pattern::make(0, 100)))
+        .await
+        .expect("send");
+    let d = fake.next_desc().await;
+    assert_eq!(fake.claims.take(d.index, d.generation, false), Take::Taken);
+    assert_eq!(publ.free_slots(), 1);
+    let mut head = 0u64;
+    for (index, generation) in [
+        (d.index ^ 1, d.generation),
+        (d.index, d.generation + 1),
+        (d.index, d.generation),
+        (d.index, d.generation),
+        (77, 1),
+        (u32::MAX, u64::MAX),
+    ] {
+        assert!(fake.claims.push_release(&mut head, index, generation));
+    }
+    assert_eq!(publ.free_slots(), 2, "freed once, never twice");
+    assert_eq!(publ.stale_releases(), 5);
+
+    // A release head far past the tail: skipped and counted, nothing freed.
+    publ.send(Frame::new(pattern::make(1, 100)))
+        .await
+        .expect("send");
+    let d = fake.next_desc().await;
+    assert_eq!(fake.claims.take(d.index, d.generation, false), Take::Taken);
+    head += 1 << 40;
+    fake.claims.poke(ClaimTable::REL_HEAD, head);
+    assert_eq!(publ.free_slots(), 1);
+    assert_eq!(publ.stale_releases(), 6);
+    // Releases after it count again.
+    assert!(fake.claims.push_release(&mut head, d.index, d.generation));
+    assert_eq!(publ.free_slots(), 2);
+
+    // A descriptor tail ahead of the head: no room, nothing written into
+    // the ring; the frame waits in the publisher's bounded queue. A parked
+    // word always set costs at most a WAKE per publish, never a hang.
+    fake.claims.poke(ClaimTable::PARKED, 1);
+    fake.claims.poke(ClaimTable::DESC_TAIL, fake.tail + 5);
+    within(
+        "a send past a broken tail",
+        publ.send(Frame::new(pattern::make(2, 100))),
+    )
+    .await
+    .expect("send");
+    assert_eq!(publ.queued_messages(), 1, "queued, not written over");
+    assert!(
+        fake.claims.peek_desc(fake.tail).expect("ring").is_none(),
+        "nothing published"
+    );
+    // Its bad tail is fixed and it says so (WAKE): the frame arrives.
+    fake.claims.poke(ClaimTable::DESC_TAIL, fake.tail);
+    fake.claims.poke(ClaimTable::KICK, 0);
+    wire::send(&fake.stream, &Msg::Wake, None, "WAKE")
+        .await
+        .expect("WAKE");
+    let d = fake.next_desc().await;
+    assert_eq!(fake.claims.take(d.index, d.generation, false), Take::Taken);
+    // Gone: everything comes back.
+    drop(fake);
+    until("slots back after EOF", || publ.free_slots() == 2).await;
+    assert_eq!(publ.subscriber_count(), Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_claim_table_is_refused() {
     let name = name("claims");
