@@ -405,7 +405,11 @@ impl ClaimTable {
             ),
             KIND_SOCKET => Entry::Socket,
             KIND_SPILL => Entry::Spill,
-            k => return Err(BadRing(format!("descriptor ring entry of unknown kind {k}"))),
+            k => {
+                return Err(BadRing(format!(
+                    "descriptor ring entry of unknown kind {k}"
+                )));
+            }
         }))
     }
 

@@ -124,7 +124,10 @@ impl FakePublisher {
     /// what goes over the socket next).
     fn push(&self, entry: &Entry) {
         let mut head = self.head.get();
-        assert!(self.claims.desc_space(head), "the subscriber's ring is full");
+        assert!(
+            self.claims.desc_space(head),
+            "the subscriber's ring is full"
+        );
         self.claims.push_desc(&mut head, entry);
         self.head.set(head);
     }
@@ -169,7 +172,10 @@ impl FakePublisher {
             let mut got = Vec::with_capacity(1);
             let deadline = std::time::Instant::now() + WAIT;
             while got.is_empty() {
-                assert!(std::time::Instant::now() < deadline, "no release in the ring");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no release in the ring"
+                );
                 self.claims
                     .drain_releases(&mut self.rel_tail, &mut got)
                     .expect("a sound release ring");

@@ -90,8 +90,12 @@ struct Link {
     /// lock: views may drop on any thread).
     rel_head: Mutex<u64>,
     tx: mpsc::UnboundedSender<Ctl>,
-    /// Live views of pool slots and of forward slots (for `max_held`).
+    /// Live views of pool slots and of forward slots (for `max_held`),
+    /// not counting those forwarded.
     views: [AtomicUsize; 2],
+    /// Per claim index: the generation of its view if that view was
+    /// forwarded (and so no longer counts against `max_held`), else 0.
+    uncounted: Box<[AtomicU64]>,
     /// Segments the publisher forwards from, by the index it announced.
     /// Here rather than in the subscriber so that the hang-up watch can let
     /// them (and the anchors they hold) go without waiting for `recv`.
@@ -145,6 +149,11 @@ impl ForwardMark for Marker {
     }
 }
 
+/// Decrements a count, never below 0 (never panics: runs in drops).
+fn saturating_dec(n: &AtomicUsize) {
+    let _ = n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(1));
+}
+
 /// Index into [`Link::views`] of pool-slot views.
 const POOL_VIEWS: usize = 0;
 /// Index into [`Link::views`] of forward-slot views.
@@ -196,17 +205,57 @@ impl Link {
         }
         {
             let mut out = lock(&self.io.out);
-            for (index, generation) in held {
+            for &(index, generation) in &held {
                 wire::encode(&Msg::Forwarded { index, generation }, &mut out);
             }
         }
+        let uncount = |held: &[(u32, u64)]| {
+            for &(index, generation) in held {
+                self.uncount(index, generation);
+            }
+        };
         match self.io.flush() {
-            Ok(()) => true,
+            Ok(()) => {
+                uncount(&held);
+                true
+            }
             Err(_) => {
                 // Written later by the task; this frame is copied.
                 let _ = self.tx.send(Ctl::Kick);
                 false
             }
+        }
+    }
+
+    fn kind_of(&self, index: u32) -> usize {
+        if index < self.seg.geometry().slots {
+            POOL_VIEWS
+        } else {
+            FWD_VIEWS
+        }
+    }
+
+    /// The view of claim `index` at `generation` was forwarded: from now on
+    /// it does not count against `max_held` (the publisher it went to
+    /// bounds it with its own forward slots). Once per view.
+    fn uncount(&self, index: u32, generation: u64) {
+        let Some(w) = self.uncounted.get(index as usize) else {
+            return;
+        };
+        if w.swap(generation, Ordering::AcqRel) != generation {
+            saturating_dec(&self.views[self.kind_of(index)]);
+        }
+    }
+
+    /// A view of claim `index` at `generation` dropped: it stops counting,
+    /// unless it had already stopped (forwarded).
+    fn view_dropped(&self, index: u32, generation: u64) {
+        let forwarded = self.uncounted.get(index as usize).is_some_and(|w| {
+            w.compare_exchange(generation, 0, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        });
+        if !forwarded {
+            saturating_dec(&self.views[self.kind_of(index)]);
         }
     }
 
@@ -324,7 +373,7 @@ impl AsRef<[u8]> for SlotView {
 
 impl Drop for SlotView {
     fn drop(&mut self) {
-        self.link.views[POOL_VIEWS].fetch_sub(1, Ordering::Relaxed);
+        self.link.view_dropped(self.index, self.generation);
         // Never blocks, never panics: the release ring (atomics, a try-lock),
         // else a lock-free channel push. If the task is gone (runtime shut
         // down), the socket closes when the link does and the publisher
@@ -363,7 +412,7 @@ impl AsRef<[u8]> for FwdView {
 
 impl Drop for FwdView {
     fn drop(&mut self) {
-        self.link.views[FWD_VIEWS].fetch_sub(1, Ordering::Relaxed);
+        self.link.view_dropped(self.index, self.generation);
         // As for `SlotView`: a lock-free push, never blocking or panicking.
         let _ = self.link.tx.send(Ctl::Release(self.index, self.generation));
     }
@@ -583,6 +632,9 @@ impl ShmPoolSubscriber {
             rel_head: Mutex::new(0),
             tx,
             views: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            uncounted: (0..wire::claim_entries(hello.slots))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             fwd: Mutex::new((0..wire::MAX_FORWARD_SEGMENTS).map(|_| None).collect()),
             fwd_ranges: Mutex::new(vec![None; hello.slots as usize]),
             dead: AtomicBool::new(false),
@@ -1016,9 +1068,8 @@ impl ShmPoolSubscriber {
                 None
             }
             other => {
-                let e = Error::Protocol(format!(
-                    "unexpected message from the publisher: {other:?}"
-                ));
+                let e =
+                    Error::Protocol(format!("unexpected message from the publisher: {other:?}"));
                 self.closed = Some(e.to_string());
                 Some(Err(e))
             }

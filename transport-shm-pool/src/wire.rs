@@ -114,8 +114,7 @@ use crate::sys;
 
 pub(crate) use crate::channel::{ClaimTable, Take};
 pub use crate::channel::{
-    DESC_ENTRY, INLINE_HEADER, MAX_GENERATION, OFFERED, RECLAIMED, TAKEN, claim_entries,
-    claims_len,
+    DESC_ENTRY, INLINE_HEADER, MAX_GENERATION, OFFERED, RECLAIMED, TAKEN, claim_entries, claims_len,
 };
 
 /// Version of this protocol; peers with another version are refused.
