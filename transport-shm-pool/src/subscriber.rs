@@ -1019,6 +1019,23 @@ impl ShmPoolSubscriber {
             self.link.claims.unpark();
             return;
         }
+        if on_multi_thread_runtime() {
+            // Wait on this thread, in the kernel, for a while: the WAKE then
+            // wakes the thread that called `recv`, not a reactor thread that
+            // would have to wake it in turn. `block_in_place` lets the
+            // runtime's other tasks go on meanwhile.
+            let fd = self.link.io.stream.as_fd();
+            let ready = tokio::task::block_in_place(|| sys::wait_readable(fd, PARK_SLICE));
+            if ready {
+                match self.rx.fill(fd) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    r => {
+                        self.link.claims.unpark();
+                        return self.after_read(r);
+                    }
+                }
+            }
+        }
         let r = sys::recv_some(&self.link.io.stream, &mut self.rx).await;
         self.link.claims.unpark();
         self.after_read(r);
@@ -1101,6 +1118,17 @@ impl ShmPoolSubscriber {
             }
         }
     }
+}
+
+/// Longest a parked `recv` on a multi-thread runtime waits on its own
+/// thread before it waits through the reactor (and so longest a `timeout`
+/// around it may fire late).
+const PARK_SLICE: Duration = Duration::from_millis(20);
+
+/// True on a multi-thread tokio runtime, where `block_in_place` is allowed.
+fn on_multi_thread_runtime() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 fn refused(name: &str, reason: String) -> Error {
