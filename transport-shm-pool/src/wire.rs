@@ -316,7 +316,7 @@ pub enum Msg {
 }
 
 fn bad(what: impl Into<String>) -> Error {
-    Error::Protocol(what.into())
+    Error::protocol("shm-pool", what)
 }
 
 /// Appends one framed message to `out`.
@@ -648,9 +648,10 @@ impl RecvBuf {
                 .await
                 .map_err(|e| Error::io(format!("reading {what}"), e))?;
             if n == 0 {
-                return Err(Error::Disconnected(format!(
-                    "the peer closed the socket before {what}"
-                )));
+                return Err(Error::disconnected(
+                    "shm-pool",
+                    format!("the peer closed the socket before {what}"),
+                ));
             }
         }
     }
@@ -772,7 +773,7 @@ mod tests {
         ] {
             assert!(matches!(
                 decode(Bytes::copy_from_slice(body)),
-                Err(Error::Protocol(_))
+                Err(Error::Protocol { .. })
             ));
         }
         let mut rx = RecvBuf::new();
@@ -783,7 +784,7 @@ mod tests {
         let mut rx = RecvBuf::new();
         rx.data
             .extend_from_slice(&(MAX_MESSAGE as u32).to_le_bytes());
-        assert!(matches!(rx.next_message(), Err(Error::Protocol(_))));
+        assert!(matches!(rx.next_message(), Err(Error::Protocol { .. })));
         assert!(
             rx.data.capacity() < 64 << 10,
             "{} B reserved",
