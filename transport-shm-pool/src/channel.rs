@@ -59,7 +59,38 @@ use bytes::Bytes;
 use memmap2::{MmapOptions, MmapRaw};
 
 use crate::sys;
-use crate::wire::{Desc, FwdDesc};
+
+/// A reference to one frame in shared memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Desc {
+    /// The segment (memfd inode number).
+    pub segment: u64,
+    /// The slot.
+    pub index: u32,
+    /// The slot's generation when the frame was written.
+    pub generation: u64,
+    /// Payload length.
+    pub len: u64,
+    /// Frames the publisher dropped for this subscriber since the previous descriptor.
+    pub missed: u64,
+}
+
+/// A reference to one forwarded frame: a byte range of a forwarded segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FwdDesc {
+    /// The forwarded segment's index (announced by a SEGMENT).
+    pub segment: u32,
+    /// The claim index: `slots + forward slot`.
+    pub index: u32,
+    /// The forward slot's generation.
+    pub generation: u64,
+    /// Where the payload starts in the segment.
+    pub offset: u64,
+    /// Payload length.
+    pub len: u64,
+    /// Frames the publisher dropped for this subscriber since the previous descriptor.
+    pub missed: u64,
+}
 
 /// State of a claim word: the publisher sent a descriptor.
 pub const OFFERED: u64 = 1;

@@ -1067,7 +1067,7 @@ impl ShmPoolSubscriber {
                 }
             }
         }
-        let r = sys::recv_some(&self.link.io.stream, &mut self.rx).await;
+        let r = wire::recv_some(&self.link.io.stream, &mut self.rx).await;
         self.link.claims.unpark();
         self.after_read(r);
     }
@@ -1075,7 +1075,7 @@ impl ShmPoolSubscriber {
     /// Reads more from the socket (a marker announced a message not yet
     /// here); records EOF.
     async fn read_more(&mut self) {
-        let r = sys::recv_some(&self.link.io.stream, &mut self.rx).await;
+        let r = wire::recv_some(&self.link.io.stream, &mut self.rx).await;
         self.after_read(r);
     }
 

@@ -105,7 +105,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use transport_core::{Error, Result, codec};
@@ -114,7 +114,8 @@ use crate::sys;
 
 pub(crate) use crate::channel::{ClaimTable, Take};
 pub use crate::channel::{
-    DESC_ENTRY, INLINE_HEADER, MAX_GENERATION, OFFERED, RECLAIMED, TAKEN, claim_entries, claims_len,
+    DESC_ENTRY, Desc, FwdDesc, INLINE_HEADER, MAX_GENERATION, OFFERED, RECLAIMED, TAKEN,
+    claim_entries, claims_len,
 };
 
 /// Version of this protocol; peers with another version are refused.
@@ -133,6 +134,7 @@ pub const MAX_MESSAGE: usize = codec::MAX_HEADER as usize + codec::PREFIX_LEN + 
 /// Most file descriptors a peer may have in flight before they are used
 /// (a SEGMENT's fd and its anchors, with room to spare).
 const MAX_PENDING_FDS: usize = 2 + MAX_ANCHORS as usize;
+const _: () = assert!(MAX_PENDING_FDS == sys::MAX_FDS_PER_READ);
 /// Most anchors a SEGMENT carries: how many forwarding hops a frame can
 /// travel without a copy (a publisher copies a payload whose segment came
 /// through more hops than this).
@@ -192,38 +194,6 @@ pub struct Hello {
     pub segment_len: u64,
     /// Bytes the subscriber's claim table must hold.
     pub claims_len: u64,
-}
-
-/// A reference to one frame in shared memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Desc {
-    /// The segment (memfd inode number).
-    pub segment: u64,
-    /// The slot.
-    pub index: u32,
-    /// The slot's generation when the frame was written.
-    pub generation: u64,
-    /// Payload length.
-    pub len: u64,
-    /// Frames the publisher dropped for this subscriber since the previous descriptor.
-    pub missed: u64,
-}
-
-/// A reference to one forwarded frame: a byte range of a forwarded segment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FwdDesc {
-    /// The forwarded segment's index (announced by a SEGMENT).
-    pub segment: u32,
-    /// The claim index: `slots + forward slot`.
-    pub index: u32,
-    /// The forward slot's generation.
-    pub generation: u64,
-    /// Where the payload starts in the segment.
-    pub offset: u64,
-    /// Payload length.
-    pub len: u64,
-    /// Frames the publisher dropped for this subscriber since the previous descriptor.
-    pub missed: u64,
 }
 
 /// One protocol message.
@@ -644,7 +614,7 @@ impl RecvBuf {
             if let Some(m) = self.next_message()? {
                 return decode(m);
             }
-            let n = sys::recv_some(stream, self)
+            let n = recv_some(stream, self)
                 .await
                 .map_err(|e| Error::io(format!("reading {what}"), e))?;
             if n == 0 {
@@ -653,6 +623,25 @@ impl RecvBuf {
                     format!("the peer closed the socket before {what}"),
                 ));
             }
+        }
+    }
+}
+
+/// Reads once (waiting until something arrives) into `rx`; 0 at end of stream.
+pub(crate) async fn recv_some(
+    stream: &tokio::net::UnixStream,
+    rx: &mut RecvBuf,
+) -> io::Result<usize> {
+    loop {
+        // Fast path first: the data may be there before the reactor has seen it.
+        match rx.fill(stream.as_fd()) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            other => return other,
+        }
+        stream.readable().await?;
+        match stream.try_io(tokio::io::Interest::READABLE, || rx.fill(stream.as_fd())) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            other => return other,
         }
     }
 }
