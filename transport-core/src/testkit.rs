@@ -200,7 +200,7 @@ fn layouts_for(len: usize) -> Vec<Layout> {
         },
         Layout::Parts(vec![len64 / 3, len64 / 3, len64 - 2 * (len64 / 3)]),
     ];
-    if len % 12 == 0 && len > 0 {
+    if len.is_multiple_of(12) && len > 0 {
         v[1] = Layout::Image {
             width: (len / 12) as u32,
             height: 4,

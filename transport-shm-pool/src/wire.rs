@@ -714,7 +714,7 @@ impl ClaimTable {
     }
 
     fn at(&self, offset: u64) -> &AtomicU64 {
-        debug_assert!(offset % 8 == 0 && offset + 8 <= self.map.len() as u64);
+        debug_assert!(offset.is_multiple_of(8) && offset + 8 <= self.map.len() as u64);
         // SAFETY: callers pass an 8-aligned offset inside the mapping (checked
         // above in debug builds and by `word`'s bounds check); the mapping is
         // page aligned, so the address is aligned for `AtomicU64`. The mapping
