@@ -190,6 +190,15 @@ pub struct Capabilities {
     pub queue_depth: usize,
     /// `subscriber_count` is known to the publisher (so `wait_for_subscribers` works).
     pub counts_subscribers: bool,
+    /// Several publishers may publish on one endpoint, and sequence numbers
+    /// and lag are tracked per publisher: each numbers its frames 0, 1, 2, ...
+    /// and a subscriber reports [`Error::Lagged`] only for a gap in one
+    /// publisher's numbering, never for frames of two publishers interleaving.
+    /// The backend tells publishers apart by an id it carries on the wire
+    /// (not part of [`Frame`]); an application that needs to tells them apart
+    /// by what it puts in its frames (topic, metadata, or a trace hop name).
+    /// When false, one publisher per endpoint is the contract.
+    pub per_publisher_seq: bool,
 }
 
 impl Capabilities {
@@ -207,6 +216,7 @@ impl Capabilities {
             max_payload: 0,
             queue_depth: 1,
             counts_subscribers: false,
+            per_publisher_seq: false,
         }
     }
 }
