@@ -1119,32 +1119,48 @@ pub async fn two_publishers_keep_their_own_sequence<H: Harness>(h: &'static H) {
     settle(&mut a, 1).await;
     settle(&mut b, 1).await;
     const N: u64 = 20;
-    for i in 0..N {
-        let payload = i.to_le_bytes().to_vec();
-        within("send", a.send(Frame::new(payload.clone()).with_metadata("a")))
-            .await
-            .expect("send from the first publisher");
-        within("send", b.send(Frame::new(payload).with_metadata("b")))
-            .await
-            .expect("send from the second publisher");
-    }
-    within("flush", a.flush()).await.expect("flush");
-    within("flush", b.flush()).await.expect("flush");
-    let mut seen: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
-    for _ in 0..2 * N {
-        let f = match recv(&mut sub).await {
-            Ok(f) => f,
-            Err(e) => panic!("two publishers on one endpoint: {e} (after {seen:?})"),
-        };
-        let who = match &f.metadata[..] {
-            b"a" => 0,
-            b"b" => 1,
-            other => panic!("a frame from neither publisher: metadata {other:?}"),
-        };
-        let sent = u64::from_le_bytes(f.payload[..].try_into().expect("an 8-byte payload"));
-        assert_eq!(f.seq, sent, "publisher {who}: the seq is the publisher's own count");
-        seen[who].push(f.seq);
-    }
+    // The first publisher is `AHEAD` frames ahead, so that one numbering for
+    // both would show gaps (a false lag) and repeats. Sent while the
+    // subscriber reads: under `block` a bounded queue would otherwise hold
+    // the publishers up.
+    const AHEAD: u64 = 5;
+    let send = async {
+        for i in 0..N + AHEAD {
+            if i < N {
+                let f = Frame::new(i.to_le_bytes().to_vec()).with_metadata("a");
+                within("send", a.send(f))
+                    .await
+                    .expect("send from the first publisher");
+            }
+            if i >= AHEAD {
+                let f = Frame::new((i - AHEAD).to_le_bytes().to_vec()).with_metadata("b");
+                within("send", b.send(f))
+                    .await
+                    .expect("send from the second publisher");
+            }
+        }
+        within("flush", a.flush()).await.expect("flush");
+        within("flush", b.flush()).await.expect("flush");
+    };
+    let receive = async {
+        let mut seen: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
+        for _ in 0..2 * N {
+            let f = match recv(&mut sub).await {
+                Ok(f) => f,
+                Err(e) => panic!("two publishers on one endpoint: {e} (after {seen:?})"),
+            };
+            let who = match &f.metadata[..] {
+                b"a" => 0,
+                b"b" => 1,
+                other => panic!("a frame from neither publisher: metadata {other:?}"),
+            };
+            let sent = u64::from_le_bytes(f.payload[..].try_into().expect("an 8-byte payload"));
+            assert_eq!(f.seq, sent, "publisher {who}: the seq is the publisher's own count");
+            seen[who].push(f.seq);
+        }
+        seen
+    };
+    let ((), seen) = tokio::join!(send, receive);
     let whole: Vec<u64> = (0..N).collect();
     assert_eq!(seen[0], whole, "the first publisher's numbering");
     assert_eq!(seen[1], whole, "the second publisher's numbering");
