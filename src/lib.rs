@@ -81,7 +81,7 @@ impl Registry {
     /// Adds a backend. Fails with [`Error::DuplicateScheme`] if one of its
     /// schemes is already taken.
     pub fn register(&mut self, backend: Arc<dyn DynTransport>) -> Result<()> {
-        for s in backend.schemes() {
+        for s in DynTransport::schemes(&*backend) {
             if self.find(s).is_some() {
                 return Err(Error::DuplicateScheme {
                     scheme: (*s).to_owned(),
@@ -96,12 +96,14 @@ impl Registry {
     pub fn schemes(&self) -> Vec<&'static str> {
         self.backends
             .iter()
-            .flat_map(|b| b.schemes().iter().copied())
+            .flat_map(|b| DynTransport::schemes(&**b).iter().copied())
             .collect()
     }
 
     fn find(&self, scheme: &str) -> Option<&Arc<dyn DynTransport>> {
-        self.backends.iter().find(|b| b.schemes().contains(&scheme))
+        self.backends
+            .iter()
+            .find(|b| DynTransport::schemes(&**b).contains(&scheme))
     }
 
     /// The backend for an endpoint, or an error that names what to enable.
@@ -132,7 +134,7 @@ impl Registry {
     /// What the backend of `url` can do there.
     pub fn capabilities(&self, url: &str) -> Result<Capabilities> {
         let ep = without_reconnect(url)?;
-        self.backend(&ep)?.capabilities(&ep)
+        DynTransport::capabilities(&*self.backend(&ep)?, &ep)
     }
 
     /// Creates a publisher for `url`, inside a tracing span (see the crate
@@ -177,7 +179,7 @@ impl Registry {
             reconnect::subscribe(backend, &ep, &opts).await?
         } else {
             // Options are checked once, up front: a bad one is an error now.
-            backend.capabilities(&stripped)?;
+            DynTransport::capabilities(&*backend, &stripped)?;
             let every = std::time::Duration::from_millis(50);
             reconnect::subscribe_patiently(backend, stripped, opts, (every, every), Some(patience))
                 .await?

@@ -38,7 +38,7 @@ impl Kind {
     pub fn layout(self, size: u64) -> Layout {
         match self {
             Kind::Bytes => Layout::Raw,
-            Kind::Tensor if size % 4 == 0 && size >= 4096 => Layout::Tensor {
+            Kind::Tensor if size.is_multiple_of(4) && size >= 4096 => Layout::Tensor {
                 dtype: DType::F32,
                 shape: vec![size / 4096, 1024],
             },

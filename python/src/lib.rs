@@ -825,7 +825,7 @@ impl Loan {
         let shape = match shape {
             Some(s) => s,
             None => {
-                if self.len as u64 % d.size() != 0 {
+                if !(self.len as u64).is_multiple_of(d.size()) {
                     return Err(invalid(
                         py,
                         "dtype",

@@ -253,7 +253,7 @@ mod tests {
             ..Frame::default()
         };
         // Either misaligned (the usual case) or, by luck, aligned: never a panic.
-        if (f.payload.as_ptr() as usize) % 4 != 0 {
+        if !(f.payload.as_ptr() as usize).is_multiple_of(4) {
             let e = f.array_view::<f32>().unwrap_err().to_string();
             assert!(e.contains("aligned"), "{e}");
         }

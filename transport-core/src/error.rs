@@ -305,7 +305,7 @@ pub fn fmt_size(n: u64) -> String {
             const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
             for (unit, scale) in UNITS {
                 if self.0 >= scale {
-                    return if self.0 % scale == 0 {
+                    return if self.0.is_multiple_of(scale) {
                         write!(f, "{} {unit}", self.0 / scale)
                     } else {
                         write!(

@@ -2,7 +2,7 @@
 //!
 //! Each test is written once, generic over a [`Harness`] that makes the
 //! backend's endpoints, and is selected by the [`Capabilities`] the backend
-//! declares (a test whose capability is missing prints why it skipped).
+//! declares (a test whose capability is missing reports `SKIPPED <name>: needs <what>`).
 //! Instantiate the whole suite in a backend's `tests/` with
 //! [`conformance_tests!`](crate::conformance_tests):
 //!
@@ -56,10 +56,34 @@ pub trait Harness: Send + Sync + 'static {
     }
 }
 
-/// Runs one suite test on a fresh two-thread runtime with an overall deadline.
+/// How a suite test ended, when it did not fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// It ran and every check held.
+    Passed,
+    /// It did not run: the backend (or harness) lacks what it needs.
+    Skipped {
+        /// What was missing (`"policy drop-oldest"`, `"zero_copy_views"`, ...).
+        needs: String,
+    },
+}
+
+/// Carried by unwinding from [`skip`] to [`run`]; not a failure.
+struct SkipSignal(String);
+
+/// Environment variable: set to `fail` to make every skipped test fail
+/// (for a backend that claims every capability, or CI that must see each
+/// test run).
+pub const SKIP_ENV: &str = "FRAMEWIRE_CONFORMANCE_SKIP";
+
+/// Runs the suite test `name` on a fresh two-thread runtime with an overall
+/// deadline, and reports it: a skipped test prints
+/// `SKIPPED <name>: needs <what>` on stderr, uncaptured, so that
+/// `cargo test` shows it next to the test's `ok` (and fails it when
+/// [`SKIP_ENV`] is `fail`).
 ///
 /// Used by [`conformance_tests!`](crate::conformance_tests).
-pub fn run<H, F, Fut>(harness: H, test: F)
+pub fn run<H, F, Fut>(name: &'static str, harness: H, test: F) -> Outcome
 where
     H: Harness,
     F: FnOnce(&'static H) -> Fut,
@@ -71,48 +95,79 @@ where
         .build()
         .expect("build a tokio runtime for the test");
     let h: &'static H = Box::leak(Box::new(harness));
-    rt.block_on(async move {
+    let outcome = rt.block_on(async move {
         match tokio::time::timeout(Duration::from_secs(120), tokio::spawn(test(h))).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Ok(Ok(())) => Outcome::Passed,
+            Ok(Err(e)) if e.is_panic() => match e.into_panic().downcast::<SkipSignal>() {
+                Ok(s) => Outcome::Skipped { needs: s.0 },
+                Err(payload) => std::panic::resume_unwind(payload),
+            },
             Ok(Err(e)) => panic!("test task failed: {e}"),
             Err(_) => panic!("conformance test did not finish in 120 s"),
         }
     });
     rt.shutdown_timeout(Duration::from_secs(5));
+    if let Outcome::Skipped { needs } = &outcome {
+        report_skip(name, needs);
+        if std::env::var(SKIP_ENV).is_ok_and(|v| v == "fail") {
+            panic!("{name} was skipped (needs {needs}) and {SKIP_ENV}=fail");
+        }
+    }
+    outcome
 }
 
-/// Instantiates every conformance test as a `#[test]` for a harness expression.
-#[macro_export]
-macro_rules! conformance_tests {
-    ($harness:expr) => {
-        $crate::conformance_tests!(@each $harness;
-            round_trip_every_layout_and_size,
-            ordering_and_sequence_numbers,
-            fan_out_to_three_subscribers,
-            late_subscriber_gets_later_frames,
-            slow_subscriber_under_block,
-            slow_subscriber_under_drop_oldest,
-            slow_subscriber_under_fail,
-            publisher_drop_disconnects_subscribers,
-            oversize_payload_is_refused,
-            loan_path_round_trip,
-            default_receive_mode_is_owned,
-            owned_frames_do_not_pin_publisher_memory,
-            views_are_not_copies,
-            cancelled_recv_loses_no_frame,
-            topic_prefix_filters,
-            close_then_exit_loses_nothing,
-            reconnect_follows_a_restarted_publisher,
-        );
-    };
-    (@each $harness:expr; $($name:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                $crate::testkit::run($harness, $crate::testkit::$name);
-            }
-        )*
+/// Writes straight to stderr: the test harness captures `eprintln!`, not
+/// this, so the line shows in a plain `cargo test`.
+fn report_skip(name: &str, needs: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {name}: needs {needs}");
+}
+
+/// A name no other test in this machine uses now: `<prefix>-<pid>-<n>`, for
+/// pool, ring, socket and channel names in harnesses (tests run in
+/// parallel, and other processes may run the same suite).
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Declares the suite: each test is defined once inside it, and the same
+/// definitions generate [`TESTS`] and the `#[test]`s of
+/// [`conformance_tests!`](crate::conformance_tests), so a test cannot be
+/// left out of either. (`$d` is a `$` handed in, for the inner macro's own
+/// variables.)
+macro_rules! suite {
+    ($d:tt;
+     $( $(#[$meta:meta])* pub async fn $name:ident<H: Harness>($h:ident: &'static H) $body:block )*
+    ) => {
+        $( $(#[$meta])* pub async fn $name<H: Harness>($h: &'static H) $body )*
+
+        /// Every test of the suite, by name, in the order defined.
+        pub const TESTS: &[&str] = &[$(stringify!($name)),*];
+
+        /// Instantiates every conformance test as a `#[test]` for a harness
+        /// expression; a test skipped for a missing capability prints
+        /// `SKIPPED <name>: needs <what>` (see [`testkit::run`](crate::testkit::run)).
+        #[macro_export]
+        macro_rules! conformance_tests {
+            ($d harness:expr) => {
+                $(
+                    #[test]
+                    fn $name() {
+                        let _ = $d crate::testkit::run(
+                            stringify!($name),
+                            $d harness,
+                            $d crate::testkit::$name,
+                        );
+                    }
+                )*
+            };
+        }
     };
 }
 
@@ -120,8 +175,15 @@ fn caps<H: Harness>(h: &H, ep: &Endpoint) -> Capabilities {
     Transport::capabilities(&h.transport(), ep).expect("capabilities of the harness's endpoint")
 }
 
-fn skip(test: &str, why: &str) {
-    eprintln!("conformance: {test} skipped: {why}");
+/// Ends the running test as skipped: it needs `what`, which this backend or
+/// harness lacks. Unwinds to [`run`] (without the panic hook), which reports it.
+fn skip(what: impl Into<String>) -> ! {
+    std::panic::resume_unwind(Box::new(SkipSignal(what.into())))
+}
+
+/// Reports a part of a test left out (the test goes on).
+fn skip_part(test: &str, why: &str) {
+    report_skip(test, why);
 }
 
 async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
@@ -200,7 +262,7 @@ fn layouts_for(len: usize) -> Vec<Layout> {
         },
         Layout::Parts(vec![len64 / 3, len64 / 3, len64 - 2 * (len64 / 3)]),
     ];
-    if len % 12 == 0 && len > 0 {
+    if len.is_multiple_of(12) && len > 0 {
         v[1] = Layout::Image {
             width: (len / 12) as u32,
             height: 4,
@@ -228,6 +290,8 @@ fn layouts_for(len: usize) -> Vec<Layout> {
     v
 }
 
+suite! {$;
+
 /// Every payload layout at 0 B, 1 B, 4 KiB, 1 MiB, 24 MiB and 64 MiB arrives
 /// intact, with its topic, metadata and layout.
 pub async fn round_trip_every_layout_and_size<H: Harness>(h: &'static H) {
@@ -245,8 +309,8 @@ pub async fn round_trip_every_layout_and_size<H: Harness>(h: &'static H) {
     let mut plan = Vec::new();
     for len in [0usize, 1, 4096, 1 << 20, 24 << 20, 64 << 20] {
         if len as u64 > max {
-            skip(
-                "round_trip sizes",
+            skip_part(
+                "round_trip_every_layout_and_size",
                 &format!("{len} B exceeds max_payload {max}"),
             );
             continue;
@@ -452,7 +516,7 @@ pub async fn slow_subscriber_under_drop_oldest<H: Harness>(h: &'static H) {
     let ep = h.endpoint(Some(depth));
     let c = caps(h, &ep);
     if !c.policies.contains(&Policy::DropOldest) {
-        return skip("slow_subscriber_under_drop_oldest", "policy not supported");
+        skip("policy drop-oldest");
     }
     let (mut publ, mut subs) = connect(
         h,
@@ -513,7 +577,7 @@ pub async fn slow_subscriber_under_fail<H: Harness>(h: &'static H) {
     let ep = h.endpoint(Some(depth));
     let c = caps(h, &ep);
     if !c.policies.contains(&Policy::Fail) {
-        return skip("slow_subscriber_under_fail", "policy not supported");
+        skip("policy fail");
     }
     let (mut publ, mut subs) = connect(
         h,
@@ -602,7 +666,7 @@ pub async fn oversize_payload_is_refused<H: Harness>(h: &'static H) {
     let ep = h.endpoint(None);
     let max = caps(h, &ep).max_payload;
     let Ok(len) = usize::try_from(max + 1) else {
-        return skip("oversize_payload_is_refused", "max_payload exceeds memory");
+        skip("a max_payload below usize::MAX (a payload one byte over it must fit in memory)");
     };
     let (mut publ, mut subs) = connect(
         h,
@@ -745,10 +809,7 @@ pub async fn views_are_not_copies<H: Harness>(h: &'static H) {
     let ep = h.endpoint(Some(depth));
     let c = caps(h, &ep);
     if !c.zero_copy_views || !c.policies.contains(&Policy::Fail) {
-        return skip(
-            "views_are_not_copies",
-            "backend declares no zero-copy views",
-        );
+        skip("zero_copy_views and policy fail");
     }
     let (mut publ, mut subs) = connect(
         h,
@@ -947,10 +1008,7 @@ pub async fn reconnect_follows_a_restarted_publisher<H: Harness>(h: &'static H) 
         .expect("create publisher");
     let published = first.endpoint().clone();
     let Some(again) = h.restart_endpoint(&published) else {
-        return skip(
-            "reconnect_follows_a_restarted_publisher",
-            "the harness cannot restart a publisher on the same endpoint",
-        );
+        skip("Harness::restart_endpoint (a publisher restarted on the same endpoint)");
     };
     let cfg = Reconnect::default()
         .backoff(Duration::from_millis(10), Duration::from_millis(100))
@@ -1034,4 +1092,103 @@ pub async fn reconnect_follows_a_restarted_publisher<H: Harness>(h: &'static H) 
     assert_eq!(st.reconnects, 1);
     assert_eq!(st.lagged, 0, "a restarted numbering is not lag");
     assert_eq!(st.frames_received, 8);
+}
+
+
+/// On backends that declare [`Capabilities::per_publisher_seq`], two
+/// publishers on one endpoint each number their frames 0, 1, 2, ...: the
+/// subscriber receives both numberings whole and in order (told apart here by
+/// the frames' metadata), with no false [`Error::Lagged`].
+pub async fn two_publishers_keep_their_own_sequence<H: Harness>(h: &'static H) {
+    let ep = h.endpoint(None);
+    if !caps(h, &ep).per_publisher_seq {
+        skip("per_publisher_seq (several publishers numbered apart on one endpoint)");
+    }
+    let t = h.transport();
+    let mut a = within("publish", t.publish(&ep, &PublishOptions::default()))
+        .await
+        .expect("first publisher");
+    // The endpoint subscribers use; the second publisher joins it.
+    let shared = a.endpoint().clone();
+    let mut b = within("publish", t.publish(&shared, &PublishOptions::default()))
+        .await
+        .expect("second publisher on the same endpoint");
+    let mut sub = within("subscribe", t.subscribe(&shared, &SubscribeOptions::default()))
+        .await
+        .expect("subscribe");
+    settle(&mut a, 1).await;
+    settle(&mut b, 1).await;
+    const N: u64 = 20;
+    // The first publisher is `AHEAD` frames ahead, so that one numbering for
+    // both would show gaps (a false lag) and repeats. Sent while the
+    // subscriber reads: under `block` a bounded queue would otherwise hold
+    // the publishers up.
+    const AHEAD: u64 = 5;
+    let send = async {
+        for i in 0..N + AHEAD {
+            if i < N {
+                let f = Frame::new(i.to_le_bytes().to_vec()).with_metadata("a");
+                within("send", a.send(f))
+                    .await
+                    .expect("send from the first publisher");
+            }
+            if i >= AHEAD {
+                let f = Frame::new((i - AHEAD).to_le_bytes().to_vec()).with_metadata("b");
+                within("send", b.send(f))
+                    .await
+                    .expect("send from the second publisher");
+            }
+        }
+        within("flush", a.flush()).await.expect("flush");
+        within("flush", b.flush()).await.expect("flush");
+    };
+    let receive = async {
+        let mut seen: [Vec<u64>; 2] = [Vec::new(), Vec::new()];
+        for _ in 0..2 * N {
+            let f = match recv(&mut sub).await {
+                Ok(f) => f,
+                Err(e) => panic!("two publishers on one endpoint: {e} (after {seen:?})"),
+            };
+            let who = match &f.metadata[..] {
+                b"a" => 0,
+                b"b" => 1,
+                other => panic!("a frame from neither publisher: metadata {other:?}"),
+            };
+            let sent = u64::from_le_bytes(f.payload[..].try_into().expect("an 8-byte payload"));
+            assert_eq!(f.seq, sent, "publisher {who}: the seq is the publisher's own count");
+            seen[who].push(f.seq);
+        }
+        seen
+    };
+    let ((), seen) = tokio::join!(send, receive);
+    let whole: Vec<u64> = (0..N).collect();
+    assert_eq!(seen[0], whole, "the first publisher's numbering");
+    assert_eq!(seen[1], whole, "the second publisher's numbering");
+    assert_eq!(sub.stats().lagged, 0, "interleaved publishers are not lag");
+    within("close", a.close()).await.expect("close");
+    within("close", b.close()).await.expect("close");
+}
+
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_list_comes_from_the_definitions() {
+        assert!(TESTS.contains(&"round_trip_every_layout_and_size"));
+        assert!(TESTS.contains(&"two_publishers_keep_their_own_sequence"));
+        let mut names = TESTS.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), TESTS.len(), "each test once");
+    }
+
+    #[test]
+    fn unique_names_differ() {
+        let (a, b) = (unique_name("x"), unique_name("x"));
+        assert_ne!(a, b);
+        assert!(a.starts_with(&format!("x-{}-", std::process::id())), "{a}");
+    }
 }

@@ -190,6 +190,15 @@ pub struct Capabilities {
     pub queue_depth: usize,
     /// `subscriber_count` is known to the publisher (so `wait_for_subscribers` works).
     pub counts_subscribers: bool,
+    /// Several publishers may publish on one endpoint, and sequence numbers
+    /// and lag are tracked per publisher: each numbers its frames 0, 1, 2, ...
+    /// and a subscriber reports [`Error::Lagged`] only for a gap in one
+    /// publisher's numbering, never for frames of two publishers interleaving.
+    /// The backend tells publishers apart by an id it carries on the wire
+    /// (not part of [`Frame`]); an application that needs to tells them apart
+    /// by what it puts in its frames (topic, metadata, or a trace hop name).
+    /// When false, one publisher per endpoint is the contract.
+    pub per_publisher_seq: bool,
 }
 
 impl Capabilities {
@@ -207,6 +216,7 @@ impl Capabilities {
             max_payload: 0,
             queue_depth: 1,
             counts_subscribers: false,
+            per_publisher_seq: false,
         }
     }
 }
@@ -409,7 +419,18 @@ pub trait Publisher: Send + Sync {
     /// Lends a writable buffer of `len` bytes. On backends with
     /// [`Capabilities::loan_in_place`] it is the memory the frame is sent from.
     /// Under [`Policy::Block`] this waits for room.
+    ///
+    /// The default lends heap memory after checking `len` against
+    /// [`Publisher::max_payload`] ([`Error::PayloadTooLarge`] beyond it).
     async fn loan(&mut self, len: usize) -> Result<Loan> {
+        let limit = self.max_payload();
+        if len as u64 > limit {
+            return Err(Error::PayloadTooLarge {
+                len: len as u64,
+                limit,
+                option: "max_payload",
+            });
+        }
         Ok(Loan::heap(len))
     }
 
@@ -442,6 +463,15 @@ pub trait Publisher: Send + Sync {
 
     /// Waits until at least `n` subscribers are connected.
     async fn wait_for_subscribers(&mut self, n: usize, timeout: Duration) -> Result<()>;
+
+    /// The largest payload this publisher sends: its endpoint's
+    /// [`Capabilities::max_payload`]. The default [`Publisher::loan`]
+    /// refuses longer loans with it. The default is the envelope's own limit
+    /// ([`crate::codec::MAX_PAYLOAD`]); a backend with a lower one overrides
+    /// it.
+    fn max_payload(&self) -> u64 {
+        crate::codec::MAX_PAYLOAD
+    }
 
     /// Counters.
     fn stats(&self) -> Stats;
@@ -542,47 +572,130 @@ impl<T: Transport> DynTransport for T {
     }
 }
 
-#[async_trait]
-impl Publisher for Box<dyn Publisher> {
-    async fn send(&mut self, frame: Frame) -> Result<()> {
-        (**self).send(frame).await
-    }
-    async fn loan(&mut self, len: usize) -> Result<Loan> {
-        (**self).loan(len).await
-    }
-    async fn send_loan(&mut self, loan: Loan) -> Result<()> {
-        (**self).send_loan(loan).await
-    }
-    async fn flush(&mut self) -> Result<()> {
-        (**self).flush().await
-    }
-    async fn close(&mut self) -> Result<()> {
-        (**self).close().await
-    }
-    fn endpoint(&self) -> &Endpoint {
-        (**self).endpoint()
-    }
-    fn subscriber_count(&self) -> Option<usize> {
-        (**self).subscriber_count()
-    }
-    async fn wait_for_subscribers(&mut self, n: usize, timeout: Duration) -> Result<()> {
-        (**self).wait_for_subscribers(n, timeout).await
-    }
-    fn stats(&self) -> Stats {
-        (**self).stats()
-    }
-}
+// Forwarding impls. Each forwards every method, the provided ones too:
+// `missing_trait_methods` is denied on them, so that a method added to a
+// trait with a default cannot silently bypass a backend's override when the
+// backend is used through a box, an `Arc`, a `&mut` or `dyn DynTransport`.
 
+macro_rules! forward_publisher {
+    ($($head:tt)*) => {
+        #[deny(clippy::missing_trait_methods)]
+        #[async_trait]
+        $($head)* {
+            async fn send(&mut self, frame: Frame) -> Result<()> {
+                (**self).send(frame).await
+            }
+            async fn loan(&mut self, len: usize) -> Result<Loan> {
+                (**self).loan(len).await
+            }
+            async fn send_loan(&mut self, loan: Loan) -> Result<()> {
+                (**self).send_loan(loan).await
+            }
+            async fn flush(&mut self) -> Result<()> {
+                (**self).flush().await
+            }
+            async fn close(&mut self) -> Result<()> {
+                (**self).close().await
+            }
+            fn endpoint(&self) -> &Endpoint {
+                (**self).endpoint()
+            }
+            fn subscriber_count(&self) -> Option<usize> {
+                (**self).subscriber_count()
+            }
+            async fn wait_for_subscribers(&mut self, n: usize, timeout: Duration) -> Result<()> {
+                (**self).wait_for_subscribers(n, timeout).await
+            }
+            fn max_payload(&self) -> u64 {
+                (**self).max_payload()
+            }
+            fn stats(&self) -> Stats {
+                (**self).stats()
+            }
+        }
+    };
+}
+forward_publisher!(impl<P: Publisher + ?Sized> Publisher for Box<P>);
+forward_publisher!(impl<P: Publisher + ?Sized> Publisher for &mut P);
+
+macro_rules! forward_subscriber {
+    ($($head:tt)*) => {
+        #[deny(clippy::missing_trait_methods)]
+        #[async_trait]
+        $($head)* {
+            async fn recv(&mut self) -> Result<Frame> {
+                (**self).recv().await
+            }
+            fn recv_mode(&self) -> RecvMode {
+                (**self).recv_mode()
+            }
+            fn stats(&self) -> Stats {
+                (**self).stats()
+            }
+        }
+    };
+}
+forward_subscriber!(impl<S: Subscriber + ?Sized> Subscriber for Box<S>);
+forward_subscriber!(impl<S: Subscriber + ?Sized> Subscriber for &mut S);
+
+macro_rules! forward_transport {
+    ($($head:tt)*) => {
+        #[deny(clippy::missing_trait_methods)]
+        #[async_trait]
+        $($head)* {
+            type Publisher = T::Publisher;
+            type Subscriber = T::Subscriber;
+            fn schemes(&self) -> &'static [&'static str] {
+                Transport::schemes(&**self)
+            }
+            fn capabilities(&self, endpoint: &Endpoint) -> Result<Capabilities> {
+                Transport::capabilities(&**self, endpoint)
+            }
+            async fn publish(
+                &self,
+                endpoint: &Endpoint,
+                opts: &PublishOptions,
+            ) -> Result<Self::Publisher> {
+                (**self).publish(endpoint, opts).await
+            }
+            async fn subscribe(
+                &self,
+                endpoint: &Endpoint,
+                opts: &SubscribeOptions,
+            ) -> Result<Self::Subscriber> {
+                (**self).subscribe(endpoint, opts).await
+            }
+        }
+    };
+}
+forward_transport!(impl<T: Transport + ?Sized> Transport for Box<T>);
+forward_transport!(impl<T: Transport + ?Sized> Transport for Arc<T>);
+forward_transport!(impl<T: Transport + ?Sized> Transport for &'static T);
+
+/// A backend chosen at run time is a [`Transport`] too: code generic over
+/// `T: Transport` takes the registry's `Arc<dyn DynTransport>` (through the
+/// `Arc` forwarding impl) or a `&dyn DynTransport`, with boxed publishers and
+/// subscribers.
+#[deny(clippy::missing_trait_methods)]
 #[async_trait]
-impl Subscriber for Box<dyn Subscriber> {
-    async fn recv(&mut self) -> Result<Frame> {
-        (**self).recv().await
+impl Transport for dyn DynTransport {
+    type Publisher = Box<dyn Publisher>;
+    type Subscriber = Box<dyn Subscriber>;
+    fn schemes(&self) -> &'static [&'static str] {
+        DynTransport::schemes(self)
     }
-    fn recv_mode(&self) -> RecvMode {
-        (**self).recv_mode()
+    fn capabilities(&self, endpoint: &Endpoint) -> Result<Capabilities> {
+        DynTransport::capabilities(self, endpoint)
     }
-    fn stats(&self) -> Stats {
-        (**self).stats()
+    async fn publish(&self, endpoint: &Endpoint, opts: &PublishOptions) -> Result<Self::Publisher> {
+        self.publish_dyn(endpoint, opts).await
+    }
+    async fn subscribe(
+        &self,
+        endpoint: &Endpoint,
+        opts: &SubscribeOptions,
+    ) -> Result<Self::Subscriber> {
+        self.subscribe_dyn(endpoint, opts).await
     }
 }
 
@@ -661,5 +774,198 @@ pub async fn wait_until(
             _ = &mut notified => {}
             _ = tokio::time::sleep_until(tick.min(deadline)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backend that keeps nothing but the default methods and a limit.
+    struct Fake;
+
+    struct FakePub {
+        endpoint: Endpoint,
+        limit: Option<u64>,
+        sent: Vec<usize>,
+    }
+
+    #[async_trait]
+    impl Publisher for FakePub {
+        async fn send(&mut self, frame: Frame) -> Result<()> {
+            self.sent.push(frame.payload.len());
+            Ok(())
+        }
+        async fn flush(&mut self) -> Result<()> {
+            Ok(())
+        }
+        fn endpoint(&self) -> &Endpoint {
+            &self.endpoint
+        }
+        fn subscriber_count(&self) -> Option<usize> {
+            Some(0)
+        }
+        async fn wait_for_subscribers(&mut self, _: usize, timeout: Duration) -> Result<()> {
+            Err(Error::timeout(timeout, "for subscribers of the fake"))
+        }
+        fn max_payload(&self) -> u64 {
+            self.limit.unwrap_or(crate::codec::MAX_PAYLOAD)
+        }
+        fn stats(&self) -> Stats {
+            Stats {
+                frames_sent: self.sent.len() as u64,
+                ..Stats::default()
+            }
+        }
+    }
+
+    struct FakeSub;
+
+    #[async_trait]
+    impl Subscriber for FakeSub {
+        async fn recv(&mut self) -> Result<Frame> {
+            Err(Error::disconnected("fake", "nothing is ever sent"))
+        }
+        fn recv_mode(&self) -> RecvMode {
+            RecvMode::View
+        }
+        fn stats(&self) -> Stats {
+            Stats::default()
+        }
+    }
+
+    #[async_trait]
+    impl Transport for Fake {
+        type Publisher = FakePub;
+        type Subscriber = FakeSub;
+        fn schemes(&self) -> &'static [&'static str] {
+            &["fake"]
+        }
+        fn capabilities(&self, endpoint: &Endpoint) -> Result<Capabilities> {
+            let mut c = Capabilities::new("fake");
+            c.max_payload = endpoint.parse_param("max_payload")?.unwrap_or(16);
+            Ok(c)
+        }
+        async fn publish(&self, endpoint: &Endpoint, _: &PublishOptions) -> Result<FakePub> {
+            Ok(FakePub {
+                endpoint: endpoint.clone(),
+                limit: Some(Transport::capabilities(self, endpoint)?.max_payload),
+                sent: Vec::new(),
+            })
+        }
+        async fn subscribe(&self, _: &Endpoint, _: &SubscribeOptions) -> Result<FakeSub> {
+            Ok(FakeSub)
+        }
+    }
+
+    /// Code written against the static API.
+    async fn round<T: Transport + ?Sized>(
+        t: &T,
+        url: &str,
+    ) -> Result<(Stats, Capabilities, Error)> {
+        let ep = Endpoint::parse(url)?;
+        let caps = t.capabilities(&ep)?;
+        let mut p = t.publish(&ep, &PublishOptions::default()).await?;
+        let mut s = t.subscribe(&ep, &SubscribeOptions::default()).await?;
+        let mut l = p.loan(4).await?;
+        l.copy_from_slice(b"abcd");
+        p.send_loan(l).await?;
+        p.send(Frame::new(vec![0u8; 3])).await?;
+        assert_eq!(s.recv_mode(), RecvMode::View);
+        let e = s.recv().await.expect_err("the fake sends nothing");
+        Ok((p.stats(), caps, e))
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn a_dyn_transport_is_a_transport() {
+        block_on(async {
+            let url = "fake://x?max_payload=8";
+            let (stats, caps, e) = round(&Fake, url).await.unwrap();
+            assert_eq!((stats.frames_sent, caps.max_payload), (2, 8));
+            assert!(e.is_disconnect(), "{e}");
+
+            // As the registry holds it, behind Arc<dyn DynTransport>...
+            let registered: Arc<dyn DynTransport> = Arc::new(Fake);
+            let (stats, caps, e) = round(&registered, url).await.unwrap();
+            assert_eq!((stats.frames_sent, caps.max_payload), (2, 8));
+            assert!(e.is_disconnect(), "{e}");
+            // ... as a bare `dyn DynTransport`, and boxed.
+            let (stats, ..) = round(&*registered, url).await.unwrap();
+            assert_eq!(stats.frames_sent, 2);
+            let boxed: Box<dyn DynTransport> = Box::new(Fake);
+            let (stats, ..) = round(&boxed, url).await.unwrap();
+            assert_eq!(stats.frames_sent, 2);
+            assert_eq!(Transport::schemes(&boxed), ["fake"]);
+        });
+    }
+
+    #[test]
+    fn forwarding_keeps_the_overrides() {
+        block_on(async {
+            let ep = Endpoint::parse("fake://x?max_payload=5").unwrap();
+            let t: Arc<dyn DynTransport> = Arc::new(Fake);
+            let mut p = t.publish(&ep, &PublishOptions::default()).await.unwrap();
+            // Box<dyn Publisher> forwards max_payload to the backend's override.
+            assert_eq!(p.max_payload(), 5);
+            let by_ref: &mut Box<dyn Publisher> = &mut p;
+            assert_eq!(Publisher::max_payload(&by_ref), 5);
+            let e = by_ref.loan(6).await.expect_err("over the fake's limit");
+            assert!(
+                matches!(
+                    e,
+                    Error::PayloadTooLarge {
+                        len: 6,
+                        limit: 5,
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+            let e = by_ref
+                .wait_for_subscribers(1, Duration::from_millis(1))
+                .await
+                .expect_err("the fake has none");
+            assert!(matches!(e, Error::Timeout { .. }), "{e}");
+        });
+    }
+
+    #[test]
+    fn the_default_loan_enforces_max_payload() {
+        block_on(async {
+            let mut p = FakePub {
+                endpoint: Endpoint::parse("fake://x").unwrap(),
+                limit: Some(16),
+                sent: Vec::new(),
+            };
+            assert_eq!(p.loan(16).await.unwrap().len(), 16);
+            let e = p.loan(17).await.expect_err("over max_payload");
+            assert!(
+                matches!(
+                    e,
+                    Error::PayloadTooLarge {
+                        len: 17,
+                        limit: 16,
+                        option: "max_payload"
+                    }
+                ),
+                "{e}"
+            );
+            // Without an override, the envelope's limit: a loan that could not
+            // be sent is refused rather than allocated (or aborting the process).
+            p.limit = None;
+            let e = p
+                .loan(usize::MAX)
+                .await
+                .expect_err("over the envelope's limit");
+            assert!(matches!(e, Error::PayloadTooLarge { .. }), "{e}");
+        });
     }
 }

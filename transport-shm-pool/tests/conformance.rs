@@ -1,9 +1,7 @@
 //! The framewire conformance suite against `shm-pool://`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use transport_core::Endpoint;
-use transport_core::testkit::Harness;
+use transport_core::testkit::{Harness, unique_name};
 use transport_shm_pool::ShmPoolTransport;
 
 struct ShmPool;
@@ -22,12 +20,10 @@ impl Harness for ShmPool {
     /// fill the pool, which the default `max_held` (all but one slot) is there
     /// to prevent (`tests/max_held.rs` tests the default).
     fn endpoint(&self, depth: Option<usize>) -> Endpoint {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
         let slots = depth.unwrap_or(8);
         Endpoint::parse(&format!(
-            "shm-pool://conformance-{}-{n}?slots={slots}&max_held={slots}&slot_size=64MiB",
-            std::process::id()
+            "shm-pool://{}?slots={slots}&max_held={slots}&slot_size=64MiB",
+            unique_name("conformance")
         ))
         .expect("a valid endpoint")
     }

@@ -99,7 +99,7 @@ pub(crate) unsafe fn copy_portable(dst: *mut u8, src: *const u8, len: usize) {
     };
     let mut i = 0;
     if (src as usize) % 8 == (dst as usize) % 8 {
-        while i < len && (src as usize + i) % 8 != 0 {
+        while i < len && !(src as usize + i).is_multiple_of(8) {
             byte(i);
             i += 1;
         }

@@ -164,7 +164,10 @@ impl RecordHeader {
         if self.stamp != pos {
             return Err(format!("record at {pos} is stamped {}", self.stamp));
         }
-        if self.rec_len < RECORD_HEADER || self.rec_len % ALIGN != 0 || self.rec_len > capacity {
+        if self.rec_len < RECORD_HEADER
+            || !self.rec_len.is_multiple_of(ALIGN)
+            || self.rec_len > capacity
+        {
             return Err(format!("record at {pos} has length {}", self.rec_len));
         }
         if pos.checked_add(self.rec_len).is_none_or(|end| end > head) {

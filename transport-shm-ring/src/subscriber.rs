@@ -170,9 +170,9 @@ fn attach(hello: &ServerHello, fd: OwnedFd) -> Result<Ring> {
     let cap = hello.capacity;
     if hello.data_offset != page
         || cap == 0
-        || cap % page != 0
+        || !cap.is_multiple_of(page)
         || cap > MAX_CAPACITY
-        || hello.start % layout::ALIGN != 0
+        || !hello.start.is_multiple_of(layout::ALIGN)
     {
         return Err(Error::protocol(
             "shm-ring",
@@ -320,7 +320,7 @@ impl ShmRingSubscriber {
             if pos < horizon {
                 // Lapped (drop-oldest): resume at the oldest intact record.
                 // The sequence numbers tell `SeqTracker` how many we missed.
-                if horizon > head || horizon % layout::ALIGN != 0 {
+                if horizon > head || !horizon.is_multiple_of(layout::ALIGN) {
                     return Err(self.corrupt(format!("horizon {horizon} with head {head}")));
                 }
                 self.cursor = horizon;

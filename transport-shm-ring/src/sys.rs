@@ -238,7 +238,11 @@ impl Mapping {
         populate: bool,
     ) -> io::Result<Mapping> {
         let page = page_size();
-        if head_len == 0 || ring_len == 0 || head_len % page != 0 || ring_len % page != 0 {
+        if head_len == 0
+            || ring_len == 0
+            || !head_len.is_multiple_of(page)
+            || !ring_len.is_multiple_of(page)
+        {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "mirrored mapping lengths must be non-zero multiples of the page size",

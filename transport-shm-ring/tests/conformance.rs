@@ -5,10 +5,8 @@
 //! so the ring holds `d` of its frames and `queue_depth == d`. Without a
 //! depth the ring is 160 MiB, room for the suite's 64 MiB payloads.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-
 use transport_core::Endpoint;
-use transport_core::testkit::Harness;
+use transport_core::testkit::{Harness, unique_name};
 use transport_shm_ring::ShmRingTransport;
 
 struct Ring;
@@ -19,12 +17,7 @@ impl Harness for Ring {
         ShmRingTransport
     }
     fn endpoint(&self, depth: Option<usize>) -> Endpoint {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "conf-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = unique_name("conf");
         let url = match depth {
             None => format!("shm-ring://{name}?capacity=160MiB"),
             Some(d) => format!("shm-ring://{name}?capacity={}MiB&max_records={d}", d + 1),

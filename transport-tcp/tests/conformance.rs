@@ -1,7 +1,7 @@
 //! The shared conformance suite, over TCP and over Unix-domain sockets.
 
 use transport_core::Endpoint;
-use transport_core::testkit::Harness;
+use transport_core::testkit::{Harness, unique_name};
 use transport_tcp::TcpTransport;
 
 fn with_depth(url: String, depth: Option<usize>) -> Endpoint {
@@ -33,13 +33,7 @@ impl Harness for Unix {
         TcpTransport
     }
     fn endpoint(&self, depth: Option<usize>) -> Endpoint {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "framewire-conf-{}-{}.sock",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
+        let path = std::env::temp_dir().join(format!("{}.sock", unique_name("framewire-conf")));
         with_depth(format!("unix://{}", path.display()), depth)
     }
 }

@@ -374,6 +374,7 @@ impl Transport for ZenohTransport {
         c.max_payload = cfg.max_payload;
         c.queue_depth = cfg.queue;
         c.counts_subscribers = true;
+        c.per_publisher_seq = true;
         Ok(c)
     }
 

@@ -1,9 +1,7 @@
 //! The shared conformance suite over Zenoh (peer to peer on loopback).
 
-use std::sync::atomic::{AtomicU32, Ordering};
-
 use transport_core::Endpoint;
-use transport_core::testkit::Harness;
+use transport_core::testkit::{Harness, unique_name};
 use transport_zenoh::ZenohTransport;
 
 struct Zenoh;
@@ -14,12 +12,11 @@ impl Harness for Zenoh {
         ZenohTransport
     }
     fn endpoint(&self, depth: Option<usize>) -> Endpoint {
-        static N: AtomicU32 = AtomicU32::new(0);
         // Port 0: the publisher hands out `connect=` with the port it got.
+        // The key is `fwtest/<pid>/<n>` as before: `/` separates key chunks.
         let url = format!(
-            "zenoh://fwtest/{}/{}?listen=tcp/127.0.0.1:0",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
+            "zenoh://{}?listen=tcp/127.0.0.1:0",
+            unique_name("fwtest").replacen('-', "/", 2)
         );
         let e = Endpoint::parse(&url).expect("valid test endpoint");
         match depth {

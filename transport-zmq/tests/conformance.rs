@@ -2,7 +2,7 @@
 //! temporary path, removed afterwards).
 
 use transport_core::Endpoint;
-use transport_core::testkit::Harness;
+use transport_core::testkit::{Harness, unique_name};
 use transport_zmq::ZmqTransport;
 
 fn with_depth(url: String, depth: Option<usize>) -> Endpoint {
@@ -36,13 +36,7 @@ impl Harness for Ipc {
         ZmqTransport
     }
     fn endpoint(&self, depth: Option<usize>) -> Endpoint {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "framewire-zmq-conf-{}-{}.ipc",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
+        let path = std::env::temp_dir().join(format!("{}.ipc", unique_name("framewire-zmq-conf")));
         with_depth(format!("zmq+ipc://{}", path.display()), depth)
     }
 }

@@ -1,10 +1,8 @@
 //! The shared conformance suite, run against the inproc backend.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use inproc_backend::InprocTransport;
 use transport_core::Endpoint;
-use transport_core::testkit::Harness;
+use transport_core::testkit::{Harness, unique_name};
 
 struct Inproc;
 
@@ -17,8 +15,7 @@ impl Harness for Inproc {
 
     fn endpoint(&self, depth: Option<usize>) -> Endpoint {
         // Channels are process-wide and the tests run in parallel: one name each.
-        static N: AtomicU64 = AtomicU64::new(0);
-        let name = format!("conformance-{}", N.fetch_add(1, Ordering::Relaxed));
+        let name = unique_name("conformance");
         let e = Endpoint::parse(&format!("inproc://{name}")).expect("valid test endpoint");
         match depth {
             Some(d) => e.with_param("queue", d),

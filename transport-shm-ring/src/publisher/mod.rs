@@ -283,10 +283,6 @@ impl AsRef<[u8]> for RingBytes {
 }
 
 impl ShmRingPublisher {
-    fn max_payload(&self) -> u64 {
-        self.shared.cfg.max_payload()
-    }
-
     fn capacity(&self) -> u64 {
         self.ring.capacity()
     }
@@ -701,6 +697,10 @@ impl Publisher for ShmRingPublisher {
 
     fn subscriber_count(&self) -> Option<usize> {
         Some(self.shared.readers().len())
+    }
+
+    fn max_payload(&self) -> u64 {
+        self.shared.cfg.max_payload()
     }
 
     async fn wait_for_subscribers(&mut self, n: usize, timeout: Duration) -> Result<()> {
