@@ -286,7 +286,7 @@ impl Closer {
     }
 
     fn closed_error() -> Error {
-        Error::Disconnected("this subscriber was closed (Closer::close)".into())
+        Error::disconnected("blocking", "this subscriber was closed (Closer::close)")
     }
 }
 
@@ -463,7 +463,7 @@ impl BlockingSubscriber {
 }
 
 fn unreachable_timeout(what: &str) -> Error {
-    Error::Protocol(format!("{what} returned no frame"))
+    Error::protocol("blocking", format!("{what} returned no frame"))
 }
 
 impl Drop for BlockingSubscriber {

@@ -78,13 +78,13 @@ impl Registry {
         r
     }
 
-    /// Adds a backend. Fails if one of its schemes is already taken.
+    /// Adds a backend. Fails with [`Error::DuplicateScheme`] if one of its
+    /// schemes is already taken.
     pub fn register(&mut self, backend: Arc<dyn DynTransport>) -> Result<()> {
         for s in backend.schemes() {
             if self.find(s).is_some() {
-                return Err(Error::InvalidOption {
-                    option: "scheme".into(),
-                    reason: format!("scheme `{s}` is already registered"),
+                return Err(Error::DuplicateScheme {
+                    scheme: (*s).to_owned(),
                 });
             }
         }

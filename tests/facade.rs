@@ -58,4 +58,8 @@ async fn schemes_of_disabled_features_name_the_feature() {
 fn a_scheme_cannot_be_registered_twice() {
     let e = framewire::register(std::sync::Arc::new(framewire::tcp::TcpTransport)).unwrap_err();
     assert!(e.to_string().contains("already registered"), "{e}");
+    assert!(
+        matches!(&e, framewire::Error::DuplicateScheme { scheme } if scheme == "tcp"),
+        "{e:?}"
+    );
 }

@@ -117,7 +117,7 @@ pub async fn run_stage(stage: Stage) -> Result<(), String> {
                         // The same payload goes on: zero-copy where the backend can.
                         publ.send(f).await.map_err(err)?;
                     }
-                    Err(Error::Disconnected(_)) => break,
+                    Err(Error::Disconnected { .. }) => break,
                     Err(e) => return Err(format!("{}: {e}", stage.name)),
                 }
             }

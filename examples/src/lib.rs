@@ -340,7 +340,9 @@ pub async fn receive_frames_slowly(
                 eprintln!("subscriber: {e}");
                 tally.record_reconnect();
             }
-            Ok(Err(Error::Disconnected(why))) => break StopReason::Disconnected(why),
+            Ok(Err(Error::Disconnected { reason: why, .. })) => {
+                break StopReason::Disconnected(why);
+            }
             Ok(Err(e)) => {
                 // Backends end a broken connection with `Disconnected` on the
                 // next call; stop anyway if one keeps failing.

@@ -57,7 +57,7 @@ async fn registered_custom_backend_routes_through_the_facade() {
         assert_eq!((f.seq, f.topic.as_str()), (seq, topic));
         assert!(pattern::check(f.seq, &f.payload));
     }
-    assert!(matches!(sub.recv().await, Err(Error::Disconnected(_))));
+    assert!(matches!(sub.recv().await, Err(Error::Disconnected { .. })));
 }
 
 #[test]
@@ -67,6 +67,10 @@ fn a_scheme_is_registered_once() {
     assert!(
         e.to_string().contains("`inproc` is already registered"),
         "{e}"
+    );
+    assert!(
+        matches!(&e, Error::DuplicateScheme { scheme } if scheme == "inproc"),
+        "{e:?}"
     );
 }
 

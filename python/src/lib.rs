@@ -78,11 +78,11 @@ fn py_str(py: Python<'_>, s: &str) -> Py<PyAny> {
 fn to_py(py: Python<'_>, e: framewire::Error) -> PyErr {
     let msg = e.to_string();
     match e {
-        framewire::Error::Disconnected(_) => make_exc(py, "Disconnected", msg, &[]),
+        framewire::Error::Disconnected { .. } => make_exc(py, "Disconnected", msg, &[]),
         framewire::Error::Lagged { missed } => {
             make_exc(py, "Lagged", msg, &[("missed", py_int(py, missed))])
         }
-        framewire::Error::Timeout(..) => make_exc(py, "Timeout", msg, &[]),
+        framewire::Error::Timeout { .. } => make_exc(py, "Timeout", msg, &[]),
         framewire::Error::PayloadTooLarge { len, limit, option } => make_exc(
             py,
             "PayloadTooLarge",

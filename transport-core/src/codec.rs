@@ -80,10 +80,13 @@ impl Prefix {
     /// Decodes and checks a prefix; `max_payload` is the receiver's limit.
     pub fn decode(buf: &[u8; PREFIX_LEN], max_payload: u64) -> Result<Prefix> {
         if buf[0..4] != MAGIC {
-            return Err(Error::Protocol(format!(
-                "bad magic {:02x?}: the peer does not speak framewire",
-                &buf[0..4]
-            )));
+            return Err(Error::protocol(
+                "codec",
+                format!(
+                    "bad magic {:02x?}: the peer does not speak framewire",
+                    &buf[0..4]
+                ),
+            ));
         }
         let version = u16::from_le_bytes([buf[4], buf[5]]);
         if !(MIN_VERSION..=VERSION).contains(&version) {
@@ -94,13 +97,17 @@ impl Prefix {
         }
         let flags = u16::from_le_bytes([buf[6], buf[7]]);
         if flags != 0 {
-            return Err(Error::Protocol(format!("unknown flags {flags:#06x}")));
+            return Err(Error::protocol(
+                "codec",
+                format!("unknown flags {flags:#06x}"),
+            ));
         }
         let header_len = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]);
         if header_len > MAX_HEADER {
-            return Err(Error::Protocol(format!(
-                "header length {header_len} exceeds the cap of {MAX_HEADER}"
-            )));
+            return Err(Error::protocol(
+                "codec",
+                format!("header length {header_len} exceeds the cap of {MAX_HEADER}"),
+            ));
         }
         let mut p = [0u8; 8];
         p.copy_from_slice(&buf[12..20]);
@@ -308,10 +315,13 @@ impl<'a> Reader<'a> {
     /// The next `n` bytes.
     pub fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
         if self.buf.len() < n {
-            return Err(Error::Protocol(format!(
-                "truncated reading {what}: need {n} bytes, {} left",
-                self.buf.len()
-            )));
+            return Err(Error::protocol(
+                "codec",
+                format!(
+                    "truncated reading {what}: need {n} bytes, {} left",
+                    self.buf.len()
+                ),
+            ));
         }
         let (head, tail) = self.buf.split_at(n);
         self.buf = tail;
@@ -343,31 +353,34 @@ impl<'a> Reader<'a> {
         if self.buf.is_empty() {
             Ok(())
         } else {
-            Err(Error::Protocol(format!(
-                "{what}: {} unexpected trailing bytes",
-                self.buf.len()
-            )))
+            Err(Error::protocol(
+                "codec",
+                format!("{what}: {} unexpected trailing bytes", self.buf.len()),
+            ))
         }
     }
     /// A count, checked against `cap` and against the bytes left (each item
     /// taking at least `min_item` bytes) before anything is allocated for it.
     fn count(&mut self, n: usize, cap: usize, min_item: usize, what: &str) -> Result<usize> {
         if n > cap {
-            return Err(Error::Protocol(format!(
-                "{what} count {n} exceeds the cap of {cap}"
-            )));
+            return Err(Error::protocol(
+                "codec",
+                format!("{what} count {n} exceeds the cap of {cap}"),
+            ));
         }
         if n.saturating_mul(min_item) > self.buf.len() {
-            return Err(Error::Protocol(format!(
-                "{what} count {n} needs more bytes than the header holds"
-            )));
+            return Err(Error::protocol(
+                "codec",
+                format!("{what} count {n} needs more bytes than the header holds"),
+            ));
         }
         Ok(n)
     }
     fn string(&mut self, n: usize, cap: usize, what: &str) -> Result<String> {
         let n = self.count(n, cap, 1, what)?;
         let b = self.take(n, what)?;
-        String::from_utf8(b.to_vec()).map_err(|_| Error::Protocol(format!("{what} is not UTF-8")))
+        String::from_utf8(b.to_vec())
+            .map_err(|_| Error::protocol("codec", format!("{what} is not UTF-8")))
     }
 }
 
@@ -389,7 +402,7 @@ pub fn decode_header(buf: &[u8], payload_len: u64) -> Result<Frame> {
             let height = r.u32("image height")?;
             let code = r.u8("pixel format")?;
             let format = PixelFormat::from_code(code)
-                .ok_or_else(|| Error::Protocol(format!("unknown pixel format {code}")))?;
+                .ok_or_else(|| Error::protocol("codec", format!("unknown pixel format {code}")))?;
             Layout::Image {
                 width,
                 height,
@@ -401,7 +414,7 @@ pub fn decode_header(buf: &[u8], payload_len: u64) -> Result<Frame> {
             let height = r.u32("image height")?;
             let code = r.u8("pixel format")?;
             let format = PixelFormat::from_code(code)
-                .ok_or_else(|| Error::Protocol(format!("unknown pixel format {code}")))?;
+                .ok_or_else(|| Error::protocol("codec", format!("unknown pixel format {code}")))?;
             let row_pitch = r.u32("row pitch")?;
             Layout::StridedImage {
                 width,
@@ -413,7 +426,7 @@ pub fn decode_header(buf: &[u8], payload_len: u64) -> Result<Frame> {
         TAG_STRIDED_TENSOR => {
             let code = r.u8("dtype")?;
             let dtype = DType::from_code(code)
-                .ok_or_else(|| Error::Protocol(format!("unknown dtype {code}")))?;
+                .ok_or_else(|| Error::protocol("codec", format!("unknown dtype {code}")))?;
             let n = usize::from(r.u8("tensor rank")?);
             let n = r.count(n, MAX_DIMS, 16, "tensor dims")?;
             let mut shape = Vec::with_capacity(n);
@@ -433,7 +446,7 @@ pub fn decode_header(buf: &[u8], payload_len: u64) -> Result<Frame> {
         TAG_TENSOR => {
             let code = r.u8("dtype")?;
             let dtype = DType::from_code(code)
-                .ok_or_else(|| Error::Protocol(format!("unknown dtype {code}")))?;
+                .ok_or_else(|| Error::protocol("codec", format!("unknown dtype {code}")))?;
             let n = usize::from(r.u8("tensor rank")?);
             let n = r.count(n, MAX_DIMS, 8, "tensor dims")?;
             let mut shape = Vec::with_capacity(n);
@@ -451,7 +464,12 @@ pub fn decode_header(buf: &[u8], payload_len: u64) -> Result<Frame> {
             }
             Layout::Parts(parts)
         }
-        tag => return Err(Error::Protocol(format!("unknown layout tag {tag}"))),
+        tag => {
+            return Err(Error::protocol(
+                "codec",
+                format!("unknown layout tag {tag}"),
+            ));
+        }
     };
     let n = usize::from(r.u16("hop count")?);
     let n = r.count(n, MAX_HOPS, 18, "hops")?;
@@ -470,7 +488,7 @@ pub fn decode_header(buf: &[u8], payload_len: u64) -> Result<Frame> {
     r.finish("header")?;
     layout
         .check(payload_len)
-        .map_err(|e| Error::Protocol(e.to_string()))?;
+        .map_err(|e| Error::protocol("codec", e.to_string()).with_source(e))?;
     Ok(Frame {
         topic,
         seq,
@@ -490,19 +508,22 @@ pub fn decode(buf: &Bytes, max_payload: u64) -> Result<Frame> {
         .get(..PREFIX_LEN)
         .and_then(|p| p.try_into().ok())
         .ok_or_else(|| {
-            Error::Protocol(format!(
-                "message of {} bytes is shorter than the prefix",
-                buf.len()
-            ))
+            Error::protocol(
+                "codec",
+                format!("message of {} bytes is shorter than the prefix", buf.len()),
+            )
         })?;
     let p = Prefix::decode(prefix, max_payload)?;
     let hend = PREFIX_LEN + p.header_len as usize;
     let total = (hend as u64).saturating_add(p.payload_len);
     if total != buf.len() as u64 {
-        return Err(Error::Protocol(format!(
-            "message is {} bytes but its prefix announces {total}",
-            buf.len()
-        )));
+        return Err(Error::protocol(
+            "codec",
+            format!(
+                "message is {} bytes but its prefix announces {total}",
+                buf.len()
+            ),
+        ));
     }
     let mut frame = decode_header(&buf[PREFIX_LEN..hend], p.payload_len)?;
     frame.payload = buf.slice(hend..);
@@ -629,7 +650,7 @@ mod tests {
         p[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(
             Prefix::decode(&p, u64::MAX),
-            Err(Error::Protocol(_))
+            Err(Error::Protocol { .. })
         ));
         p[4] = 9;
         assert!(matches!(
@@ -643,7 +664,7 @@ mod tests {
         h.extend_from_slice(&0u32.to_le_bytes());
         h.push(TAG_PARTS);
         h.extend_from_slice(&(MAX_PARTS as u32).to_le_bytes());
-        assert!(matches!(decode_header(&h, 0), Err(Error::Protocol(_))));
+        assert!(matches!(decode_header(&h, 0), Err(Error::Protocol { .. })));
     }
 
     #[test]

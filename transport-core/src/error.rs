@@ -83,8 +83,17 @@ pub enum Error {
 
     /// The peer went away (the publisher was dropped, the process died, the
     /// connection closed). Nothing more will arrive on this subscriber.
-    #[error("disconnected: {0}")]
-    Disconnected(String),
+    #[error("disconnected ({backend}): {reason}")]
+    Disconnected {
+        /// The backend (or layer) that saw the peer go: `tcp`, `shm-pool`, ...
+        backend: &'static str,
+        /// What happened, in words.
+        reason: String,
+        /// The lower-level error behind it, if any (also reachable through
+        /// [`std::error::Error::source`]).
+        #[source]
+        source: Option<BoxError>,
+    },
 
     /// A reconnecting subscriber lost its publisher and found one again on
     /// the same endpoint (see [`crate::reconnect`]); returned once, by the
@@ -107,8 +116,16 @@ pub enum Error {
     /// The peer sent bytes that do not follow the framewire protocol.
     ///
     /// The connection or message concerned is dropped; others are unaffected.
-    #[error("protocol error: {0}")]
-    Protocol(String),
+    #[error("protocol error ({backend}): {message}")]
+    Protocol {
+        /// The backend (or layer, e.g. `codec`) that found the bytes wrong.
+        backend: &'static str,
+        /// What is wrong with them.
+        message: String,
+        /// The lower-level error behind it, if any.
+        #[source]
+        source: Option<BoxError>,
+    },
 
     /// The peer speaks another protocol version.
     #[error(
@@ -122,12 +139,36 @@ pub enum Error {
     },
 
     /// A shared-memory reference that does not name a live slot (forged, stale, or out of range).
-    #[error("invalid shared-memory reference: {0}")]
-    InvalidReference(String),
+    #[error("invalid shared-memory reference ({backend}): {message}")]
+    InvalidReference {
+        /// The backend that checked the reference.
+        backend: &'static str,
+        /// Why it does not name a live slot.
+        message: String,
+        /// The lower-level error behind it, if any.
+        #[source]
+        source: Option<BoxError>,
+    },
 
     /// A wait ran past its deadline.
-    #[error("timed out after {0:?} {1}")]
-    Timeout(std::time::Duration, &'static str),
+    #[error("timed out after {after:?} {what}")]
+    Timeout {
+        /// How long we waited.
+        after: std::time::Duration,
+        /// What we were waiting for, worded to follow "timed out after 5s"
+        /// (`"for the publisher's handshake"`, `"connecting to the publisher"`).
+        what: &'static str,
+    },
+
+    /// A backend was registered for a URL scheme that another backend
+    /// registered already.
+    #[error(
+        "scheme `{scheme}` is already registered; register the backend under another scheme or use the one registered"
+    )]
+    DuplicateScheme {
+        /// The scheme taken twice.
+        scheme: String,
+    },
 
     /// The operation is not supported by this backend.
     #[error("not supported by the `{backend}` backend: {what}")]
@@ -166,6 +207,70 @@ pub enum Error {
 }
 
 impl Error {
+    /// A [`Error::Protocol`] found by `backend`; add a cause with [`Error::with_source`].
+    pub fn protocol(backend: &'static str, message: impl Into<String>) -> Self {
+        Error::Protocol {
+            backend,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A [`Error::Disconnected`] seen by `backend`; add a cause with [`Error::with_source`].
+    pub fn disconnected(backend: &'static str, reason: impl Into<String>) -> Self {
+        Error::Disconnected {
+            backend,
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// A [`Error::InvalidReference`] found by `backend`; add a cause with [`Error::with_source`].
+    pub fn invalid_reference(backend: &'static str, message: impl Into<String>) -> Self {
+        Error::InvalidReference {
+            backend,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A [`Error::Timeout`]: waited `after` for `what` (worded to follow
+    /// "timed out after 5s", e.g. `"for the publisher's handshake"`).
+    pub fn timeout(after: std::time::Duration, what: &'static str) -> Self {
+        Error::Timeout { after, what }
+    }
+
+    /// Attaches the lower-level error behind a [`Error::Protocol`],
+    /// [`Error::Disconnected`] or [`Error::InvalidReference`] (replacing any
+    /// earlier one), so that [`std::error::Error::source`] returns it. The
+    /// message is unchanged: keep what the cause says in it where a reader
+    /// needs it.
+    ///
+    /// The other variants have no free source slot: they are returned as
+    /// they are (an [`Error::Io`] or [`Error::Backend`] already carries its
+    /// source), so call this on the value a constructor just made.
+    pub fn with_source(mut self, cause: impl Into<BoxError>) -> Self {
+        match &mut self {
+            Error::Protocol { source, .. }
+            | Error::Disconnected { source, .. }
+            | Error::InvalidReference { source, .. } => *source = Some(cause.into()),
+            _ => {}
+        }
+        self
+    }
+
+    /// The backend (or layer) named in the error, where it names one.
+    pub fn backend(&self) -> Option<&'static str> {
+        match self {
+            Error::Protocol { backend, .. }
+            | Error::Disconnected { backend, .. }
+            | Error::InvalidReference { backend, .. }
+            | Error::Unsupported { backend, .. }
+            | Error::Backend { backend, .. } => Some(backend),
+            _ => None,
+        }
+    }
+
     /// Wraps an I/O error with what we were doing.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
@@ -176,7 +281,19 @@ impl Error {
 
     /// True for errors after which the subscriber or publisher cannot go on.
     pub fn is_disconnect(&self) -> bool {
-        matches!(self, Error::Disconnected(_))
+        matches!(self, Error::Disconnected { .. })
+    }
+}
+
+/// An I/O error without more context (`?` in codecs and readers that
+/// `tokio_util`-style traits require to be `From<io::Error>`). Where the
+/// caller knows what it was doing, [`Error::io`] says more.
+impl From<std::io::Error> for Error {
+    fn from(source: std::io::Error) -> Self {
+        Error::Io {
+            context: "I/O error".into(),
+            source,
+        }
     }
 }
 
@@ -227,6 +344,61 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "payload of 40 MiB exceeds slot_size 32 MiB; raise `slot_size` in the endpoint URL"
+        );
+    }
+
+    #[test]
+    fn structured_errors_name_the_backend_and_keep_the_source() {
+        use std::error::Error as _;
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, "bad fd");
+        let e = Error::protocol("shm-ring", "the ring's fd is unusable: bad fd").with_source(io);
+        assert_eq!(
+            e.to_string(),
+            "protocol error (shm-ring): the ring's fd is unusable: bad fd"
+        );
+        assert_eq!(e.backend(), Some("shm-ring"));
+        assert_eq!(e.source().map(|s| s.to_string()).as_deref(), Some("bad fd"));
+
+        let e = Error::disconnected("tcp", "the publisher is gone");
+        assert!(e.is_disconnect());
+        assert!(e.source().is_none());
+        assert_eq!(e.to_string(), "disconnected (tcp): the publisher is gone");
+
+        let e = Error::invalid_reference("shm-pool", "slot 9 is out of range");
+        assert!(
+            matches!(&e, Error::InvalidReference { message, .. } if message.contains("slot 9"))
+        );
+        assert_eq!(
+            e.to_string(),
+            "invalid shared-memory reference (shm-pool): slot 9 is out of range"
+        );
+
+        let e = Error::timeout(
+            std::time::Duration::from_secs(5),
+            "for the publisher's hello",
+        );
+        assert!(matches!(e, Error::Timeout { after, .. } if after.as_secs() == 5));
+        assert_eq!(
+            e.to_string(),
+            "timed out after 5s for the publisher's hello"
+        );
+
+        // Variants without a source slot are left as they are.
+        let e = Error::ForeignLoan.with_source(std::io::Error::other("x"));
+        assert!(matches!(e, Error::ForeignLoan) && e.source().is_none());
+
+        let e: Error = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "eof").into();
+        assert!(
+            matches!(&e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::UnexpectedEof)
+        );
+        assert_eq!(e.to_string(), "I/O error: eof");
+
+        let e = Error::DuplicateScheme {
+            scheme: "inproc".into(),
+        };
+        assert!(
+            e.to_string()
+                .contains("scheme `inproc` is already registered")
         );
     }
 }

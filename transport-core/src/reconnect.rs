@@ -174,7 +174,7 @@ impl Reconnect {
 pub fn is_not_there_yet(e: &Error) -> bool {
     matches!(
         e,
-        Error::Io { .. } | Error::Timeout(..) | Error::Disconnected(_)
+        Error::Io { .. } | Error::Timeout { .. } | Error::Disconnected { .. }
     )
 }
 
@@ -216,7 +216,7 @@ pub async fn subscribe_patiently(
         let result = match deadline {
             Some(d) => match tokio::time::timeout_at(d, attempt).await {
                 Ok(r) => r,
-                Err(_) => Err(Error::Timeout(
+                Err(_) => Err(Error::timeout(
                     patience.unwrap_or_default(),
                     "for a publisher (reconnect_timeout)",
                 )),
@@ -396,7 +396,7 @@ impl Subscriber for Reconnecting {
                         }
                     }
                 }
-                State::Ended(why) => return Err(Error::Disconnected(why.clone())),
+                State::Ended(why) => return Err(Error::disconnected("reconnect", why.clone())),
             }
         }
     }
@@ -444,8 +444,9 @@ mod tests {
                     ..Frame::new(vec![1u8; 8])
                 })
             } else {
-                Err(Error::Disconnected(
-                    "the publisher closed the connection".into(),
+                Err(Error::disconnected(
+                    "reconnect",
+                    "the publisher closed the connection",
                 ))
             }
         }
@@ -615,7 +616,7 @@ mod tests {
         let start = std::time::Instant::now();
         let e = within(sub.recv()).await.unwrap_err();
         assert!(
-            matches!(&e, Error::Disconnected(m) if m.contains("no publisher came back")),
+            matches!(&e, Error::Disconnected { reason: m, .. } if m.contains("no publisher came back")),
             "{e}"
         );
         assert!(start.elapsed() >= Duration::from_millis(400));

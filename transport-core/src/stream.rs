@@ -110,7 +110,7 @@ impl<S: Subscriber + 'static> Stream for FrameStream<S> {
                         return Poll::Pending;
                     }
                     Poll::Ready((sub, r)) => {
-                        let end = matches!(r, Err(Error::Disconnected(_)));
+                        let end = matches!(r, Err(Error::Disconnected { .. }));
                         this.state = if end {
                             State::Done(Some(sub))
                         } else {
@@ -143,7 +143,7 @@ pub trait SubscriberExt: Subscriber + Sized + 'static {
     /// # #[async_trait]
     /// # impl Subscriber for Three {
     /// #     async fn recv(&mut self) -> Result<Frame> {
-    /// #         if self.0 == 3 { return Err(Error::Disconnected("done".into())); }
+    /// #         if self.0 == 3 { return Err(Error::disconnected("stream", "done")); }
     /// #         self.0 += 1;
     /// #         let mut f = Frame::new(vec![0u8; 4]);
     /// #         f.seq = self.0 - 1;
@@ -191,7 +191,7 @@ mod tests {
     impl Subscriber for Gated {
         async fn recv(&mut self) -> Result<Frame> {
             if self.next == self.end {
-                return Err(Error::Disconnected("the test publisher left".into()));
+                return Err(Error::disconnected("stream", "the test publisher left"));
             }
             self.go.notified().await;
             self.next += 1;

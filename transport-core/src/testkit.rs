@@ -585,11 +585,14 @@ pub async fn publisher_drop_disconnects_subscribers<H: Harness>(h: &'static H) {
             assert_eq!(recv(&mut sub).await.expect("queued frame").seq, i);
         }
         match recv(&mut sub).await {
-            Err(Error::Disconnected(_)) => {}
+            Err(Error::Disconnected { .. }) => {}
             other => panic!("expected Disconnected, got {other:?}"),
         }
         // And it stays that way.
-        assert!(matches!(recv(&mut sub).await, Err(Error::Disconnected(_))));
+        assert!(matches!(
+            recv(&mut sub).await,
+            Err(Error::Disconnected { .. })
+        ));
     }
 }
 

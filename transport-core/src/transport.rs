@@ -655,7 +655,7 @@ pub async fn wait_until(
         }
         let tick = tokio::time::Instant::now() + Duration::from_millis(50);
         if tokio::time::Instant::now() >= deadline {
-            return Err(Error::Timeout(timeout, what));
+            return Err(Error::timeout(timeout, what));
         }
         tokio::select! {
             _ = &mut notified => {}

@@ -147,7 +147,7 @@ impl FakePublisher {
 
 async fn expect_invalid<S: Subscriber>(sub: &mut S, what: &str) {
     match within(what, sub.recv()).await {
-        Err(Error::InvalidReference(msg)) => eprintln!("{what}: {msg}"),
+        Err(Error::InvalidReference { message: msg, .. }) => eprintln!("{what}: {msg}"),
         other => panic!("{what}: expected InvalidReference, got {other:?}"),
     }
 }
@@ -221,7 +221,7 @@ async fn forged_descriptors(mode: RecvMode) {
     )
     .await;
     match within("a garbage header", sub.recv()).await {
-        Err(Error::Protocol(_)) => {}
+        Err(Error::Protocol { .. }) => {}
         other => panic!("expected a protocol error, got {other:?}"),
     }
     fake.expect_release(1, 4).await;
@@ -251,7 +251,7 @@ async fn forged_descriptors(mode: RecvMode) {
     assert_eq!(sub.stats().frames_received, 2);
     drop(fake);
     match within("the end", sub.recv()).await {
-        Err(Error::Disconnected(_)) => {}
+        Err(Error::Disconnected { .. }) => {}
         other => panic!("expected Disconnected, got {other:?}"),
     }
 }
@@ -637,13 +637,13 @@ async fn forged_forwards(mode: RecvMode) {
     // memfd: each refused, the subscriber goes on.
     fake.send_segment(0, &upstream).await;
     match within("a duplicate SEGMENT", sub.recv()).await {
-        Err(Error::Protocol(m)) => assert!(m.contains("already in use"), "{m}"),
+        Err(Error::Protocol { message: m, .. }) => assert!(m.contains("already in use"), "{m}"),
         other => panic!("expected a protocol error, got {other:?}"),
     }
     fake.send_segment(wire::MAX_FORWARD_SEGMENTS, &upstream)
         .await;
     match within("an out-of-range SEGMENT", sub.recv()).await {
-        Err(Error::Protocol(m)) => assert!(m.contains("out of range"), "{m}"),
+        Err(Error::Protocol { message: m, .. }) => assert!(m.contains("out of range"), "{m}"),
         other => panic!("expected a protocol error, got {other:?}"),
     }
     let unsealed = sys::memfd("unsealed", 8192).expect("memfd");
@@ -678,7 +678,7 @@ async fn forged_forwards(mode: RecvMode) {
     .await
     .expect("SEGMENT");
     match within("a SEGMENT with too many anchors", sub.recv()).await {
-        Err(Error::Protocol(m)) => assert!(m.contains("anchors"), "{m}"),
+        Err(Error::Protocol { message: m, .. }) => assert!(m.contains("anchors"), "{m}"),
         other => panic!("expected a protocol error, got {other:?}"),
     }
     let (pipe_r, _pipe_w) = sys::anchor_pipe().expect("pipe");
@@ -690,7 +690,9 @@ async fn forged_forwards(mode: RecvMode) {
             .await
             .expect("SEGMENT");
         match within("a SEGMENT with a bad anchor", sub.recv()).await {
-            Err(Error::Protocol(m)) => assert!(m.contains("pipe's write end"), "{what}: {m}"),
+            Err(Error::Protocol { message: m, .. }) => {
+                assert!(m.contains("pipe's write end"), "{what}: {m}")
+            }
             other => panic!("{what}: expected a protocol error, got {other:?}"),
         }
     }

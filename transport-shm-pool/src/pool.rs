@@ -84,20 +84,28 @@ impl Geometry {
 
     /// The geometry a peer announced, checked to be self-consistent.
     pub(crate) fn from_hello(h: &Hello) -> Result<Geometry> {
-        let g = Geometry::new(h.slots as usize, h.slot_size)
-            .map_err(|e| Error::Protocol(format!("the publisher announced a bad pool: {e}")))?;
+        let g = Geometry::new(h.slots as usize, h.slot_size).map_err(|e| {
+            Error::protocol(
+                "shm-pool",
+                format!("the publisher announced a bad pool: {e}"),
+            )
+            .with_source(e)
+        })?;
         if (g.stride, g.data_offset, g.len) != (h.stride, h.data_offset, h.segment_len) {
-            return Err(Error::Protocol(format!(
-                "the publisher announced stride {} / data offset {} / length {}, but {} slots of {} B need {} / {} / {}",
-                h.stride,
-                h.data_offset,
-                h.segment_len,
-                h.slots,
-                h.slot_size,
-                g.stride,
-                g.data_offset,
-                g.len
-            )));
+            return Err(Error::protocol(
+                "shm-pool",
+                format!(
+                    "the publisher announced stride {} / data offset {} / length {}, but {} slots of {} B need {} / {} / {}",
+                    h.stride,
+                    h.data_offset,
+                    h.segment_len,
+                    h.slots,
+                    h.slot_size,
+                    g.stride,
+                    g.data_offset,
+                    g.len
+                ),
+            ));
         }
         Ok(g)
     }
@@ -488,10 +496,13 @@ impl SegmentMap {
         sys::check_allocated(fd.as_fd(), geo.len).map_err(io)?;
         let id = sys::inode(fd.as_fd()).map_err(io)?;
         if id != hello.segment {
-            return Err(Error::Protocol(format!(
-                "the segment fd is inode {id}, the publisher announced {}",
-                hello.segment
-            )));
+            return Err(Error::protocol(
+                "shm-pool",
+                format!(
+                    "the segment fd is inode {id}, the publisher announced {}",
+                    hello.segment
+                ),
+            ));
         }
         let fd = read_only(fd).map_err(io)?;
         let len = usize::try_from(geo.len).map_err(|e| io(std::io::Error::other(e)))?;
@@ -505,8 +516,9 @@ impl SegmentMap {
         // written once, before the segment is sealed and shared, and never again.
         unsafe { std::ptr::copy_nonoverlapping(map.as_ptr(), header.as_mut_ptr(), header.len()) };
         if header != geo.header_bytes() {
-            return Err(Error::Protocol(
-                "the segment's control header does not match the announced pool".into(),
+            return Err(Error::protocol(
+                "shm-pool",
+                "the segment's control header does not match the announced pool",
             ));
         }
         let reg = registry::register(map.as_ptr(), geo.len, fd, id, anchors);
@@ -672,17 +684,21 @@ impl ForeignMap {
         let io = |e: std::io::Error| Error::io("mapping a forwarded segment", e);
         let max = max_forwarded_len();
         if len == 0 || len > max {
-            return Err(Error::Protocol(format!(
-                "a forwarded segment of {len} bytes (1 to {max} accepted: the largest segment a publisher creates)"
-            )));
+            return Err(Error::protocol(
+                "shm-pool",
+                format!(
+                    "a forwarded segment of {len} bytes (1 to {max} accepted: the largest segment a publisher creates)"
+                ),
+            ));
         }
         sys::check_sealed(fd.as_fd(), len).map_err(io)?;
         sys::check_allocated(fd.as_fd(), len).map_err(io)?;
         let id = sys::inode(fd.as_fd()).map_err(io)?;
         if id != inode {
-            return Err(Error::Protocol(format!(
-                "the forwarded segment fd is inode {id}, the publisher announced {inode}"
-            )));
+            return Err(Error::protocol(
+                "shm-pool",
+                format!("the forwarded segment fd is inode {id}, the publisher announced {inode}"),
+            ));
         }
         let fd = read_only(fd).map_err(io)?;
         let n = usize::try_from(len).map_err(|e| io(std::io::Error::other(e)))?;
@@ -823,7 +839,7 @@ mod tests {
         let ro = sys::reopen_read_only(pool.fd()).unwrap();
         let too_long = max_forwarded_len() + sys::page_size() as u64;
         match ForeignMap::open(ro, pool.segment_id(), too_long, Vec::new(), u64::MAX) {
-            Err(Error::Protocol(m)) => {
+            Err(Error::Protocol { message: m, .. }) => {
                 assert!(m.contains("largest segment a publisher creates"), "{m}")
             }
             other => panic!("expected a protocol error, got {other:?}"),

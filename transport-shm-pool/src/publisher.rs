@@ -1244,9 +1244,10 @@ async fn handshake(shared: &Arc<Shared>, stream: UnixStream) -> Result<()> {
             });
         }
         other => {
-            return Err(Error::Protocol(format!(
-                "expected SUBSCRIBE, got {other:?}"
-            )));
+            return Err(Error::protocol(
+                "shm-pool",
+                format!("expected SUBSCRIBE, got {other:?}"),
+            ));
         }
     };
     let hello = shared.hello();
@@ -1269,11 +1270,16 @@ async fn handshake(shared: &Arc<Shared>, stream: UnixStream) -> Result<()> {
         .map_err(|e| Error::io("watching the subscriber's anchor", io::Error::from(e)))?;
     match rx.recv(&stream, "CLAIMS").await? {
         Msg::Claims { len } if len == hello.claims_len => {}
-        other => return Err(Error::Protocol(format!("expected CLAIMS, got {other:?}"))),
+        other => {
+            return Err(Error::protocol(
+                "shm-pool",
+                format!("expected CLAIMS, got {other:?}"),
+            ));
+        }
     }
     let fd = rx
         .take_fd()
-        .ok_or_else(|| Error::Protocol("CLAIMS arrived without its memfd".into()))?;
+        .ok_or_else(|| Error::protocol("shm-pool", "CLAIMS arrived without its memfd"))?;
     let claims = match ClaimTable::open(&fd, wire::claim_entries(hello.slots)) {
         Ok(c) => c,
         Err(e) => {
@@ -1287,7 +1293,7 @@ async fn handshake(shared: &Arc<Shared>, stream: UnixStream) -> Result<()> {
                 "REJECT",
             )
             .await?;
-            return Err(Error::Protocol(reason));
+            return Err(Error::protocol("shm-pool", reason));
         }
     };
     drop(fd);
@@ -1297,7 +1303,7 @@ async fn handshake(shared: &Arc<Shared>, stream: UnixStream) -> Result<()> {
     let conn = {
         let mut st = lock(&shared.state);
         if shared.closed.load(Ordering::Acquire) {
-            return Err(Error::Disconnected("the publisher is closing".into()));
+            return Err(Error::disconnected("shm-pool", "the publisher is closing"));
         }
         match st.conns.iter().position(Option::is_none) {
             Some(bit) => {
@@ -1344,7 +1350,7 @@ async fn handshake(shared: &Arc<Shared>, stream: UnixStream) -> Result<()> {
                 "REJECT",
             )
             .await?;
-            Err(Error::Protocol(reason))
+            Err(Error::protocol("shm-pool", reason))
         }
     }
 }

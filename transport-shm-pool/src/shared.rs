@@ -90,10 +90,10 @@ impl SlotRef {
     /// Whether the reference names a live slot is checked when it is used.
     pub fn decode(b: &[u8]) -> Result<SlotRef> {
         let b: &[u8; SLOT_REF_LEN] = b.try_into().map_err(|_| {
-            Error::InvalidReference(format!(
-                "a slot reference is {SLOT_REF_LEN} bytes, got {}",
-                b.len()
-            ))
+            Error::invalid_reference(
+                "shm-pool",
+                format!("a slot reference is {SLOT_REF_LEN} bytes, got {}", b.len()),
+            )
         })?;
         let u64_at = |i: usize| {
             let mut a = [0u8; 8];
@@ -263,10 +263,13 @@ impl SharedPool {
     /// from being reused while the bytes live.
     pub fn hold_bytes(self: &Arc<Self>, r: &SlotRef, holder: u32) -> Result<Bytes> {
         if holder >= MAX_HOLDERS || self.holders(r) & (1 << holder) == 0 {
-            return Err(Error::InvalidReference(format!(
-                "holder {holder} does not hold slot {} generation {}",
-                r.index, r.generation
-            )));
+            return Err(Error::invalid_reference(
+                "shm-pool",
+                format!(
+                    "holder {holder} does not hold slot {} generation {}",
+                    r.index, r.generation
+                ),
+            ));
         }
         Ok(Bytes::from_owner(HeldBytes {
             pool: self.clone(),
@@ -408,7 +411,7 @@ async fn hand_over(
     };
     tokio::time::timeout(Duration::from_secs(5), send)
         .await
-        .map_err(|_| Error::Timeout(Duration::from_secs(5), "handing a segment over"))?
+        .map_err(|_| Error::timeout(Duration::from_secs(5), "handing a segment over"))?
 }
 
 /// Serves a [`SharedPool`]'s segment (see [`SharedPool::serve`]); stops
@@ -603,23 +606,33 @@ impl Attached {
                 .map_err(|e| Error::io(format!("connecting to @{name}"), e))?;
             let uid = sys::peer_uid(stream.as_fd()).map_err(|e| Error::io("SO_PEERCRED", e))?;
             if uid != sys::euid() {
-                return Err(Error::Protocol(format!(
-                    "@{name} is served by uid {uid}, not ours ({})",
-                    sys::euid()
-                )));
+                return Err(Error::protocol(
+                    "shm-pool",
+                    format!("@{name} is served by uid {uid}, not ours ({})", sys::euid()),
+                ));
             }
             let mut rx = RecvBuf::new();
             let hello = match rx.recv(&stream, "HELLO").await? {
                 Msg::Hello(h) => h,
-                other => return Err(Error::Protocol(format!("expected HELLO, got {other:?}"))),
+                other => {
+                    return Err(Error::protocol(
+                        "shm-pool",
+                        format!("expected HELLO, got {other:?}"),
+                    ));
+                }
             };
             let fd = rx
                 .take_fd()
-                .ok_or_else(|| Error::Protocol("HELLO came without the segment fd".into()))?;
+                .ok_or_else(|| Error::protocol("shm-pool", "HELLO came without the segment fd"))?;
             let seg = SegmentMap::open(fd, &hello, Vec::new())?;
             let conn = match rx.recv(&stream, "READY").await? {
                 Msg::Ready { id } => id,
-                other => return Err(Error::Protocol(format!("expected READY, got {other:?}"))),
+                other => {
+                    return Err(Error::protocol(
+                        "shm-pool",
+                        format!("expected READY, got {other:?}"),
+                    ));
+                }
             };
             Ok(Arc::new(Attached {
                 seg,
@@ -629,7 +642,7 @@ impl Attached {
         };
         tokio::time::timeout(timeout, go)
             .await
-            .map_err(|_| Error::Timeout(timeout, "attaching a shared pool"))?
+            .map_err(|_| Error::timeout(timeout, "attaching a shared pool"))?
     }
 
     /// The segment's identity.
@@ -658,30 +671,42 @@ impl Attached {
     pub fn check(&self, r: &SlotRef) -> Result<()> {
         let geo = self.seg.geometry();
         if r.segment != self.seg.id() {
-            return Err(Error::InvalidReference(format!(
-                "it names segment {}, but the attached segment is {}",
-                r.segment,
-                self.seg.id()
-            )));
+            return Err(Error::invalid_reference(
+                "shm-pool",
+                format!(
+                    "it names segment {}, but the attached segment is {}",
+                    r.segment,
+                    self.seg.id()
+                ),
+            ));
         }
         if r.index >= geo.slots {
-            return Err(Error::InvalidReference(format!(
-                "slot index {} is out of range ({} slots)",
-                r.index, geo.slots
-            )));
+            return Err(Error::invalid_reference(
+                "shm-pool",
+                format!(
+                    "slot index {} is out of range ({} slots)",
+                    r.index, geo.slots
+                ),
+            ));
         }
         if r.len > geo.slot_size {
-            return Err(Error::InvalidReference(format!(
-                "length {} runs past the end of slot {} (slot_size {})",
-                r.len, r.index, geo.slot_size
-            )));
+            return Err(Error::invalid_reference(
+                "shm-pool",
+                format!(
+                    "length {} runs past the end of slot {} (slot_size {})",
+                    r.len, r.index, geo.slot_size
+                ),
+            ));
         }
         let (generation, len) = self.seg.header(r.index);
         if r.generation == 0 || generation != r.generation || len != r.len {
-            return Err(Error::InvalidReference(format!(
-                "slot {} holds generation {generation} ({len} B) but the reference says generation {} ({} B)",
-                r.index, r.generation, r.len
-            )));
+            return Err(Error::invalid_reference(
+                "shm-pool",
+                format!(
+                    "slot {} holds generation {generation} ({len} B) but the reference says generation {} ({} B)",
+                    r.index, r.generation, r.len
+                ),
+            ));
         }
         Ok(())
     }
@@ -734,10 +759,10 @@ impl Attached {
         // invalidation visible to the header load below.
         fence(Ordering::Acquire);
         if let Err(e) = self.check(r) {
-            return Err(Error::InvalidReference(format!(
-                "slot {} was reused while it was being copied: {e}",
-                r.index
-            )));
+            return Err(Error::invalid_reference(
+                "shm-pool",
+                format!("slot {} was reused while it was being copied: {e}", r.index),
+            ));
         }
         Ok(Bytes::from(b))
     }
@@ -817,7 +842,7 @@ mod tests {
         // Being refilled, not yet published.
         let mut w = pool.try_alloc(4096).unwrap().unwrap();
         w.as_mut_slice()[..100].fill(2);
-        assert!(matches!(att.check(&r), Err(Error::InvalidReference(_))));
+        assert!(matches!(att.check(&r), Err(Error::InvalidReference { .. })));
         assert!(att.view(&r, || panic!("not run")).is_err());
         assert!(att.copy(&r).is_err());
         let r2 = w.publish(4096, 0b1);
@@ -951,7 +976,10 @@ mod tests {
             SlotRef { segment: 0, ..r },
             SlotRef { len: 2, ..r },
         ] {
-            assert!(matches!(att.check(&bad), Err(Error::InvalidReference(_))));
+            assert!(matches!(
+                att.check(&bad),
+                Err(Error::InvalidReference { .. })
+            ));
             assert!(att.view(&bad, || panic!("not run")).is_err());
         }
         assert!(server_open(&server, &att));

@@ -361,18 +361,20 @@ fn take_anchor(rx: &mut RecvBuf, what: &str) -> Result<Arc<OwnedFd>> {
 
 /// `fd`, checked to be an anchor (a pipe's write end).
 fn check_anchor(fd: Option<OwnedFd>, what: &str) -> Result<Arc<OwnedFd>> {
-    let fd = fd.ok_or_else(|| Error::Protocol(format!("{what} arrived without its anchor")))?;
+    let fd = fd
+        .ok_or_else(|| Error::protocol("shm-pool", format!("{what} arrived without its anchor")))?;
     match sys::is_pipe_write_end(fd.as_fd()) {
         Ok(true) => Ok(Arc::new(fd)),
-        Ok(false) => Err(Error::Protocol(format!(
-            "{what} came with an anchor that is not a pipe's write end"
-        ))),
+        Ok(false) => Err(Error::protocol(
+            "shm-pool",
+            format!("{what} came with an anchor that is not a pipe's write end"),
+        )),
         Err(e) => Err(Error::io(format!("checking the anchor of {what}"), e)),
     }
 }
 
 fn invalid(what: String) -> Error {
-    Error::InvalidReference(what)
+    Error::invalid_reference("shm-pool", what)
 }
 
 /// Decodes the frame header carried by a descriptor for a payload of `len` bytes.
@@ -381,22 +383,31 @@ fn decode_frame_header(header: &[u8], len: u64, max: u64) -> Result<Frame> {
         .get(..PREFIX_LEN)
         .and_then(|p| p.try_into().ok())
         .ok_or_else(|| {
-            Error::Protocol("descriptor header shorter than the envelope prefix".into())
+            Error::protocol(
+                "shm-pool",
+                "descriptor header shorter than the envelope prefix",
+            )
         })?;
     let p = Prefix::decode(prefix, max)?;
     if p.payload_len != len {
-        return Err(Error::Protocol(format!(
-            "descriptor says {len} bytes, its frame header {}",
-            p.payload_len
-        )));
+        return Err(Error::protocol(
+            "shm-pool",
+            format!(
+                "descriptor says {len} bytes, its frame header {}",
+                p.payload_len
+            ),
+        ));
     }
     let body = &header[PREFIX_LEN..];
     if body.len() != p.header_len as usize {
-        return Err(Error::Protocol(format!(
-            "frame header of {} bytes, its prefix announces {}",
-            body.len(),
-            p.header_len
-        )));
+        return Err(Error::protocol(
+            "shm-pool",
+            format!(
+                "frame header of {} bytes, its prefix announces {}",
+                body.len(),
+                p.header_len
+            ),
+        ));
     }
     codec::decode_header(body, len)
 }
@@ -437,7 +448,7 @@ impl ShmPoolSubscriber {
             .await
         {
             Ok(r) => r,
-            Err(_) => Err(Error::Timeout(HANDSHAKE_TIMEOUT, "the shm-pool handshake")),
+            Err(_) => Err(Error::timeout(HANDSHAKE_TIMEOUT, "the shm-pool handshake")),
         }
     }
 
@@ -463,7 +474,12 @@ impl ShmPoolSubscriber {
         let hello = match rx.recv(&stream, "HELLO").await? {
             Msg::Hello(h) => h,
             Msg::Reject { reason } => return Err(refused(&cfg.name, reason)),
-            other => return Err(Error::Protocol(format!("expected HELLO, got {other:?}"))),
+            other => {
+                return Err(Error::protocol(
+                    "shm-pool",
+                    format!("expected HELLO, got {other:?}"),
+                ));
+            }
         };
         if hello.version != wire::VERSION {
             return Err(Error::VersionMismatch {
@@ -473,17 +489,20 @@ impl ShmPoolSubscriber {
         }
         let fd = rx
             .take_fd()
-            .ok_or_else(|| Error::Protocol("HELLO arrived without the segment fd".into()))?;
+            .ok_or_else(|| Error::protocol("shm-pool", "HELLO arrived without the segment fd"))?;
         let anchor = take_anchor(&mut rx, "HELLO")?;
         let seg = SegmentMap::open(fd, &hello, vec![anchor.clone()])?;
         let entries = wire::claim_entries(hello.slots);
         if hello.claims_len != wire::claims_len(entries) {
-            return Err(Error::Protocol(format!(
-                "HELLO asks for a claim table of {} bytes, {} slots need {}",
-                hello.claims_len,
-                hello.slots,
-                wire::claims_len(entries)
-            )));
+            return Err(Error::protocol(
+                "shm-pool",
+                format!(
+                    "HELLO asks for a claim table of {} bytes, {} slots need {}",
+                    hello.claims_len,
+                    hello.slots,
+                    wire::claims_len(entries)
+                ),
+            ));
         }
         let (claims, claims_fd) = ClaimTable::create(entries)
             .map_err(|e| Error::io("creating the claim table memfd", e))?;
@@ -495,7 +514,12 @@ impl ShmPoolSubscriber {
         match rx.recv(&stream, "READY").await? {
             Msg::Ready { .. } => {}
             Msg::Reject { reason } => return Err(refused(&cfg.name, reason)),
-            other => return Err(Error::Protocol(format!("expected READY, got {other:?}"))),
+            other => {
+                return Err(Error::protocol(
+                    "shm-pool",
+                    format!("expected READY, got {other:?}"),
+                ));
+            }
         }
         // Frames follow: descriptors carry frame headers up to MAX_MESSAGE.
         rx.open_up(wire::MAX_MESSAGE);
@@ -711,17 +735,20 @@ impl ShmPoolSubscriber {
         let fd = self
             .rx
             .take_fd()
-            .ok_or_else(|| Error::Protocol("SEGMENT arrived without its fd".into()))?;
+            .ok_or_else(|| Error::protocol("shm-pool", "SEGMENT arrived without its fd"))?;
         // Take every descriptor this SEGMENT announced before checking any,
         // so that a refused one leaves none behind for the next message.
         let announced: Vec<Option<OwnedFd>> = (0..anchors.min(wire::MAX_ANCHORS + 1))
             .map(|_| self.rx.take_fd())
             .collect();
         if anchors > wire::MAX_ANCHORS {
-            return Err(Error::Protocol(format!(
-                "SEGMENT with {anchors} anchors (at most {})",
-                wire::MAX_ANCHORS
-            )));
+            return Err(Error::protocol(
+                "shm-pool",
+                format!(
+                    "SEGMENT with {anchors} anchors (at most {})",
+                    wire::MAX_ANCHORS
+                ),
+            ));
         }
         // The hops before this publisher's, then this connection's own.
         let mut held = Vec::with_capacity(anchors as usize + 1);
@@ -737,15 +764,19 @@ impl ShmPoolSubscriber {
         }
         let mut table = lock(&self.link.fwd);
         let Some(entry) = table.get_mut(index as usize) else {
-            return Err(Error::Protocol(format!(
-                "SEGMENT index {index} is out of range (below {})",
-                wire::MAX_FORWARD_SEGMENTS
-            )));
+            return Err(Error::protocol(
+                "shm-pool",
+                format!(
+                    "SEGMENT index {index} is out of range (below {})",
+                    wire::MAX_FORWARD_SEGMENTS
+                ),
+            ));
         };
         if entry.is_some() {
-            return Err(Error::Protocol(format!(
-                "SEGMENT index {index} is already in use (FORGET comes first)"
-            )));
+            return Err(Error::protocol(
+                "shm-pool",
+                format!("SEGMENT index {index} is already in use (FORGET comes first)"),
+            ));
         }
         // Pre-faulted only up to the size of the pool announced in HELLO.
         let populate_up_to = self.link.seg.geometry().len;
@@ -970,9 +1001,10 @@ impl Subscriber for ShmPoolSubscriber {
                         }
                     }
                     Ok(other) => {
-                        let e = Error::Protocol(format!(
-                            "unexpected message from the publisher: {other:?}"
-                        ));
+                        let e = Error::protocol(
+                            "shm-pool",
+                            format!("unexpected message from the publisher: {other:?}"),
+                        );
                         self.closed = Some(e.to_string());
                         return Err(e);
                     }
@@ -986,7 +1018,7 @@ impl Subscriber for ShmPoolSubscriber {
                 // No FWD can name a forwarded segment any more: let the
                 // mappings (and the anchors they hold) go with their last view.
                 self.link.hung_up();
-                return Err(Error::Disconnected(reason.clone()));
+                return Err(Error::disconnected("shm-pool", reason.clone()));
             }
             self.read_more().await;
         }

@@ -286,7 +286,7 @@ pub enum Msg {
 }
 
 fn bad(what: impl Into<String>) -> Error {
-    Error::Protocol(what.into())
+    Error::protocol("shm-pool", what)
 }
 
 /// Appends one framed message to `out`.
@@ -605,9 +605,10 @@ impl RecvBuf {
                 .await
                 .map_err(|e| Error::io(format!("reading {what}"), e))?;
             if n == 0 {
-                return Err(Error::Disconnected(format!(
-                    "the peer closed the socket before {what}"
-                )));
+                return Err(Error::disconnected(
+                    "shm-pool",
+                    format!("the peer closed the socket before {what}"),
+                ));
             }
         }
     }
@@ -890,7 +891,7 @@ mod tests {
         ] {
             assert!(matches!(
                 decode(Bytes::copy_from_slice(body)),
-                Err(Error::Protocol(_))
+                Err(Error::Protocol { .. })
             ));
         }
         let mut rx = RecvBuf::new();
@@ -901,7 +902,7 @@ mod tests {
         let mut rx = RecvBuf::new();
         rx.data
             .extend_from_slice(&(MAX_MESSAGE as u32).to_le_bytes());
-        assert!(matches!(rx.next_message(), Err(Error::Protocol(_))));
+        assert!(matches!(rx.next_message(), Err(Error::Protocol { .. })));
         assert!(
             rx.data.capacity() < 64 << 10,
             "{} B reserved",

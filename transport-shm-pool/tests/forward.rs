@@ -467,7 +467,7 @@ async fn forwarder_dropped_under_a_view() {
     drop(b);
     let view = recv(&mut c).await.expect("recv C");
     match recv(&mut c).await {
-        Err(Error::Disconnected(_)) => {}
+        Err(Error::Disconnected { .. }) => {}
         other => panic!("expected Disconnected, got {other:?}"),
     }
     stays("A's slot held by C's view", || a.free_slots() == 1).await;

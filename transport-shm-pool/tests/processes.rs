@@ -370,7 +370,7 @@ fn killed_publisher_disconnects_subscribers() {
         publ.kill();
         let (r, at) = waiting.await.expect("recv task");
         match r {
-            Ok(Err(Error::Disconnected(_))) => {}
+            Ok(Err(Error::Disconnected { .. })) => {}
             other => panic!("expected Disconnected, got {other:?}"),
         }
         let took = at.saturating_duration_since(killed);
@@ -497,7 +497,7 @@ fn forwarding_across_processes() {
             }
         }
         match tokio::time::timeout(WAIT, sub.recv()).await {
-            Ok(Err(Error::Disconnected(_))) => {}
+            Ok(Err(Error::Disconnected { .. })) => {}
             other => panic!("expected Disconnected, got {other:?}"),
         }
         let clone = views[1].payload.clone();
@@ -674,7 +674,7 @@ fn a_killed_forwarder_in_the_middle_of_a_chain() {
         })
         .await;
         match tokio::time::timeout(WAIT, relay_in.recv()).await {
-            Ok(Err(Error::Disconnected(_))) => {}
+            Ok(Err(Error::Disconnected { .. })) => {}
             other => panic!("expected Disconnected at the relay, got {other:?}"),
         }
         for _ in 0..30 {

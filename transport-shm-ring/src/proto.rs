@@ -38,10 +38,13 @@ pub(crate) fn client_hello() -> [u8; CLIENT_HELLO_LEN] {
 /// Checks a subscriber's hello.
 pub(crate) fn check_client_hello(b: &[u8; CLIENT_HELLO_LEN]) -> Result<()> {
     if b[..4] != CLIENT_MAGIC {
-        return Err(Error::Protocol(format!(
-            "bad hello {:02x?}: the peer does not speak the shm-ring protocol",
-            &b[..4]
-        )));
+        return Err(Error::protocol(
+            "shm-ring",
+            format!(
+                "bad hello {:02x?}: the peer does not speak the shm-ring protocol",
+                &b[..4]
+            ),
+        ));
     }
     let theirs = u16::from_le_bytes([b[4], b[5]]);
     if theirs != VERSION {
@@ -87,10 +90,13 @@ impl ServerHello {
     /// Decodes and checks magic and version.
     pub fn decode(b: &[u8; SERVER_HELLO_LEN]) -> Result<ServerHello> {
         if b[..4] != SERVER_MAGIC {
-            return Err(Error::Protocol(format!(
-                "bad hello {:02x?}: the peer does not speak the shm-ring protocol",
-                &b[..4]
-            )));
+            return Err(Error::protocol(
+                "shm-ring",
+                format!(
+                    "bad hello {:02x?}: the peer does not speak the shm-ring protocol",
+                    &b[..4]
+                ),
+            ));
         }
         let version = u16::from_le_bytes([b[4], b[5]]);
         if version != VERSION {
@@ -130,7 +136,7 @@ mod tests {
         ));
         assert!(matches!(
             check_client_hello(&[0u8; 8]),
-            Err(Error::Protocol(_))
+            Err(Error::Protocol { .. })
         ));
         let h = ServerHello {
             version: VERSION,

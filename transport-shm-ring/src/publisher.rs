@@ -283,10 +283,13 @@ async fn handshake(
     let uid = sys::peer_uid(stream.as_fd())
         .map_err(|e| Error::io("reading the peer's credentials", e))?;
     if uid != sys::my_uid() {
-        return Err(Error::Protocol(format!(
-            "a process of uid {uid} tried to subscribe; only uid {} may",
-            sys::my_uid()
-        )));
+        return Err(Error::protocol(
+            "shm-ring",
+            format!(
+                "a process of uid {uid} tried to subscribe; only uid {} may",
+                sys::my_uid()
+            ),
+        ));
     }
     let mut hello = [0u8; CLIENT_HELLO_LEN];
     let mut got = 0;
@@ -300,8 +303,9 @@ async fn handshake(
             .map_err(|e| Error::io("reading a subscriber's hello", e))?;
         fds.extend(more);
         if n == 0 {
-            return Err(Error::Disconnected(
-                "the subscriber hung up during the handshake".into(),
+            return Err(Error::disconnected(
+                "shm-ring",
+                "the subscriber hung up during the handshake",
             ));
         }
         got += n;
@@ -322,27 +326,35 @@ async fn handshake(
         return Err(e);
     }
     let [page_fd] = <[OwnedFd; 1]>::try_from(fds).map_err(|fds| {
-        Error::Protocol(format!(
-            "a subscriber's hello carried {} descriptors, not 1",
-            fds.len()
-        ))
+        Error::protocol(
+            "shm-ring",
+            format!(
+                "a subscriber's hello carried {} descriptors, not 1",
+                fds.len()
+            ),
+        )
     })?;
-    let info = sys::inspect_shared_fd(page_fd.as_fd())
-        .map_err(|e| Error::Protocol(format!("a subscriber's page is unusable: {e}")))?;
+    let info = sys::inspect_shared_fd(page_fd.as_fd()).map_err(|e| {
+        Error::protocol("shm-ring", format!("a subscriber's page is unusable: {e}")).with_source(e)
+    })?;
     let need = rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW;
     if info.len < sys::page_size() as u64 || !info.seals.contains(need) {
-        return Err(Error::Protocol(format!(
-            "a subscriber's page must be a memfd of at least one page sealed against shrinking \
+        return Err(Error::protocol(
+            "shm-ring",
+            format!(
+                "a subscriber's page must be a memfd of at least one page sealed against shrinking \
              and growing (got {} bytes, seals {:?})",
-            info.len, info.seals
-        )));
+                info.len, info.seals
+            ),
+        ));
     }
     let page = PageMap::attach(page_fd.as_fd())
         .map_err(|e| Error::io("mapping a subscriber's page", e))?;
     drop(page_fd);
     if page.get().magic.load(Ordering::Relaxed) != READER_MAGIC {
-        return Err(Error::Protocol(
-            "a subscriber's page does not start with the reader magic".into(),
+        return Err(Error::protocol(
+            "shm-ring",
+            "a subscriber's page does not start with the reader magic",
         ));
     }
     let stream = Arc::new(stream);
@@ -352,7 +364,7 @@ async fn handshake(
     let (slot, reply) = {
         let mut readers = shared.readers();
         if shared.closed.load(Ordering::Acquire) {
-            return Err(Error::Disconnected("the publisher is closing".into()));
+            return Err(Error::disconnected("shm-ring", "the publisher is closing"));
         }
         let start = shared.head.load(Ordering::Relaxed);
         let slot = Arc::new(ReaderSlot {
@@ -395,8 +407,9 @@ async fn send_hello(stream: &UnixStream, hello: &ServerHello, shared: &Shared) -
             .await
             .map_err(|e| Error::io("answering a subscriber's hello", e))?;
         if n == 0 {
-            return Err(Error::Disconnected(
-                "the subscriber hung up during the handshake".into(),
+            return Err(Error::disconnected(
+                "shm-ring",
+                "the subscriber hung up during the handshake",
             ));
         }
         sent += n;
@@ -803,7 +816,7 @@ impl ShmRingPublisher {
         let head = self.head;
         tokio::time::timeout(timeout, self.wait_readers(head))
             .await
-            .map_err(|_| Error::Timeout(timeout, "for every subscriber to read what was sent"))
+            .map_err(|_| Error::timeout(timeout, "for every subscriber to read what was sent"))
     }
 
     /// Frames each subscriber has not read yet, summed.

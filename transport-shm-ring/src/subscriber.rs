@@ -82,7 +82,7 @@ pub(crate) async fn connect(
     let timeout = cfg.handshake_timeout;
     let (hello, ring_fd) = tokio::time::timeout(timeout, handshake(&stream, page_fd))
         .await
-        .map_err(|_| Error::Timeout(timeout, "for the publisher's hello"))??;
+        .map_err(|_| Error::timeout(timeout, "for the publisher's hello"))??;
     let ring = attach(&hello, ring_fd)?;
     let stats = Arc::new(StatCounters::default());
     let mut tracker = SeqTracker::new(stats.clone());
@@ -117,9 +117,10 @@ async fn handshake(stream: &UnixStream, page_fd: OwnedFd) -> Result<(ServerHello
         .map_err(|e| Error::io("sending the hello", e))?;
     if n != hello.len() {
         // A fresh Unix stream takes 8 bytes in one go; anything else is broken.
-        return Err(Error::Protocol(format!(
-            "the hello went out short ({n} bytes)"
-        )));
+        return Err(Error::protocol(
+            "shm-ring",
+            format!("the hello went out short ({n} bytes)"),
+        ));
     }
     drop(page_fd);
     let mut reply = [0u8; SERVER_HELLO_LEN];
@@ -138,20 +139,26 @@ async fn handshake(stream: &UnixStream, page_fd: OwnedFd) -> Result<(ServerHello
                 // Enough to see a version mismatch announced before hanging up.
                 match ServerHello::decode(&reply) {
                     Err(e @ Error::VersionMismatch { .. }) => e,
-                    _ => Error::Disconnected("the publisher hung up during the handshake".into()),
+                    _ => Error::disconnected(
+                        "shm-ring",
+                        "the publisher hung up during the handshake",
+                    ),
                 }
             } else {
-                Error::Disconnected("the publisher hung up during the handshake".into())
+                Error::disconnected("shm-ring", "the publisher hung up during the handshake")
             });
         }
         got += n;
     }
     let hello = ServerHello::decode(&reply)?;
     let [fd] = <[OwnedFd; 1]>::try_from(fds).map_err(|fds| {
-        Error::Protocol(format!(
-            "the publisher's hello carried {} descriptors, not 1",
-            fds.len()
-        ))
+        Error::protocol(
+            "shm-ring",
+            format!(
+                "the publisher's hello carried {} descriptors, not 1",
+                fds.len()
+            ),
+        )
     })?;
     Ok((hello, fd))
 }
@@ -166,51 +173,64 @@ fn attach(hello: &ServerHello, fd: OwnedFd) -> Result<Ring> {
         || cap > MAX_CAPACITY
         || hello.start % layout::ALIGN != 0
     {
-        return Err(Error::Protocol(format!(
-            "unusable ring geometry from the publisher: capacity {cap}, data offset {}, start {}",
-            hello.data_offset, hello.start
-        )));
+        return Err(Error::protocol(
+            "shm-ring",
+            format!(
+                "unusable ring geometry from the publisher: capacity {cap}, data offset {}, start {}",
+                hello.data_offset, hello.start
+            ),
+        ));
     }
-    let info = sys::inspect_shared_fd(fd.as_fd())
-        .map_err(|e| Error::Protocol(format!("the ring's fd is unusable: {e}")))?;
+    let info = sys::inspect_shared_fd(fd.as_fd()).map_err(|e| {
+        Error::protocol("shm-ring", format!("the ring's fd is unusable: {e}")).with_source(e)
+    })?;
     if info.hugetlb() {
         // Its pages come from the huge-page pool when first touched: once
         // the pool runs dry, a read raises SIGBUS.
-        return Err(Error::Protocol(
+        return Err(Error::protocol(
+            "shm-ring",
             "the ring is a hugetlb memfd, whose reads fault (SIGBUS) when the huge-page pool \
-             runs out; refusing it"
-                .into(),
+             runs out; refusing it",
         ));
     }
     if !info.on_tmpfs() {
-        return Err(Error::Protocol(format!(
-            "the ring must be a memfd on tmpfs (file system type {:#x})",
-            info.fs_magic
-        )));
+        return Err(Error::protocol(
+            "shm-ring",
+            format!(
+                "the ring must be a memfd on tmpfs (file system type {:#x})",
+                info.fs_magic
+            ),
+        ));
     }
     // FUTURE_WRITE (or WRITE) also forbids punching holes: no page of the
     // ring can go away under our mapping, however the publisher behaves.
     let need = rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW;
     let no_holes = rustix::fs::SealFlags::FUTURE_WRITE | rustix::fs::SealFlags::WRITE;
     if info.len != page + cap || !info.seals.contains(need) || !info.seals.intersects(no_holes) {
-        return Err(Error::Protocol(format!(
-            "the ring must be a memfd of {} bytes sealed against shrinking, growing and \
+        return Err(Error::protocol(
+            "shm-ring",
+            format!(
+                "the ring must be a memfd of {} bytes sealed against shrinking, growing and \
              writing (got {} bytes, seals {:?})",
-            page + cap,
-            info.len,
-            info.seals
-        )));
+                page + cap,
+                info.len,
+                info.seals
+            ),
+        ));
     }
     // A publisher pre-faults its whole ring when it creates it, so mapping
     // (and pre-faulting) it here allocates nothing. A sparse one would make
     // this process allocate up to its size (1 TiB at most): refuse it.
     if info.allocated < info.len {
-        return Err(Error::Protocol(format!(
-            "the ring is not allocated ({} of its {} in memory); a publisher pre-faults its \
+        return Err(Error::protocol(
+            "shm-ring",
+            format!(
+                "the ring is not allocated ({} of its {} in memory); a publisher pre-faults its \
              ring, and mapping a sparse one would allocate the rest here; refusing it",
-            transport_core::fmt_size(info.allocated),
-            transport_core::fmt_size(info.len)
-        )));
+                transport_core::fmt_size(info.allocated),
+                transport_core::fmt_size(info.len)
+            ),
+        ));
     }
     if !info.read_only {
         tracing::warn!(
@@ -223,8 +243,9 @@ fn attach(hello: &ServerHello, fd: OwnedFd) -> Result<Ring> {
         && ctl.capacity.load(Ordering::Relaxed) == cap
         && ctl.data_offset.load(Ordering::Relaxed) == page;
     if !ok {
-        return Err(Error::Protocol(
-            "the ring's control page does not match the hello".into(),
+        return Err(Error::protocol(
+            "shm-ring",
+            "the ring's control page does not match the hello",
         ));
     }
     Ok(ring)
@@ -278,7 +299,7 @@ impl ShmRingSubscriber {
     fn corrupt(&mut self, what: String) -> Error {
         self.broken = true;
         tracing::warn!(%what, "corrupt shared-memory ring");
-        Error::Protocol(format!("corrupt shared-memory ring: {what}"))
+        Error::protocol("shm-ring", format!("corrupt shared-memory ring: {what}"))
     }
 
     /// Copies the next record out of the ring, if one is committed.
@@ -363,25 +384,31 @@ impl ShmRingSubscriber {
             .env
             .get(..PREFIX_LEN)
             .and_then(|p| p.try_into().ok())
-            .ok_or_else(|| Error::Protocol("envelope shorter than its prefix".into()))?;
+            .ok_or_else(|| Error::protocol("shm-ring", "envelope shorter than its prefix"))?;
         let p = Prefix::decode(prefix, layout::MAX_CAPACITY)?;
         if p.payload_len != header.payload_len
             || PREFIX_LEN + p.header_len as usize != self.env.len()
         {
-            return Err(Error::Protocol(format!(
-                "envelope announces {} + {} bytes, the record holds {} + {}",
-                p.header_len,
-                p.payload_len,
-                self.env.len() - PREFIX_LEN,
-                header.payload_len
-            )));
+            return Err(Error::protocol(
+                "shm-ring",
+                format!(
+                    "envelope announces {} + {} bytes, the record holds {} + {}",
+                    p.header_len,
+                    p.payload_len,
+                    self.env.len() - PREFIX_LEN,
+                    header.payload_len
+                ),
+            ));
         }
         let mut frame = codec::decode_header(&self.env[PREFIX_LEN..], p.payload_len)?;
         if frame.seq != header.seq {
-            return Err(Error::Protocol(format!(
-                "record says frame {}, envelope says {}",
-                header.seq, frame.seq
-            )));
+            return Err(Error::protocol(
+                "shm-ring",
+                format!(
+                    "record says frame {}, envelope says {}",
+                    header.seq, frame.seq
+                ),
+            ));
         }
         frame.payload = payload.into_bytes();
         Ok(frame)
@@ -465,8 +492,9 @@ impl Subscriber for ShmRingSubscriber {
                 }
             }
             if self.broken {
-                return Err(Error::Disconnected(
-                    "the shared-memory ring is corrupt".into(),
+                return Err(Error::disconnected(
+                    "shm-ring",
+                    "the shared-memory ring is corrupt",
                 ));
             }
             // Synchronous from here to the `await` below: a cancelled `recv`
@@ -490,7 +518,7 @@ impl Subscriber for ShmRingSubscriber {
                 continue;
             }
             if self.publisher_gone {
-                return Err(Error::Disconnected("the publisher is gone".into()));
+                return Err(Error::disconnected("shm-ring", "the publisher is gone"));
             }
             if self.spin_for_data() || !self.park() {
                 continue;

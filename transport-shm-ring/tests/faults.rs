@@ -195,7 +195,7 @@ async fn wait_consumed_waits_for_readers_and_times_out() {
         .wait_consumed(Duration::from_millis(100))
         .await
         .unwrap_err();
-    assert!(matches!(e, Error::Timeout(..)), "{e}");
+    assert!(matches!(e, Error::Timeout { .. }), "{e}");
     let reader = tokio::spawn(async move {
         let f = within("recv", s.recv()).await.expect("recv");
         (f.seq, s)
@@ -450,7 +450,7 @@ async fn forged_rings_are_refused() {
         .await
         .unwrap_err();
     assert!(
-        matches!(e, Error::Protocol(_)) && e.to_string().contains("sealed"),
+        matches!(e, Error::Protocol { .. }) && e.to_string().contains("sealed"),
         "{e}"
     );
     server.join().expect("fake publisher");
@@ -465,7 +465,7 @@ async fn forged_rings_are_refused() {
         .subscribe(&endpoint(&format!("shm-ring://{n}")), &Default::default())
         .await
         .unwrap_err();
-    assert!(matches!(e, Error::Protocol(_)), "{e}");
+    assert!(matches!(e, Error::Protocol { .. }), "{e}");
     server.join().expect("fake publisher");
     // No fd at all.
     let n = name("forged");
@@ -474,7 +474,7 @@ async fn forged_rings_are_refused() {
         .subscribe(&endpoint(&format!("shm-ring://{n}")), &Default::default())
         .await
         .unwrap_err();
-    assert!(matches!(e, Error::Protocol(_)), "{e}");
+    assert!(matches!(e, Error::Protocol { .. }), "{e}");
     server.join().expect("fake publisher");
     // A well-formed ring whose head runs over garbage records.
     let n = name("forged");
@@ -492,12 +492,12 @@ async fn forged_rings_are_refused() {
         .expect("the geometry is fine");
     let e = within("recv", sub.recv()).await.unwrap_err();
     assert!(
-        matches!(e, Error::Protocol(_)) && e.to_string().contains("corrupt"),
+        matches!(e, Error::Protocol { .. }) && e.to_string().contains("corrupt"),
         "{e}"
     );
     assert!(matches!(
         within("recv", sub.recv()).await,
-        Err(Error::Disconnected(_))
+        Err(Error::Disconnected { .. })
     ));
     server.join().expect("fake publisher");
 }
@@ -523,7 +523,7 @@ async fn forged_rings_that_would_fault_or_allocate_are_refused() {
     let server = fake(&n, hello(cap, 0), Some(ring));
     let e = refused_by_subscriber(&n).await;
     assert!(
-        matches!(e, Error::Protocol(_)) && e.to_string().contains("not allocated"),
+        matches!(e, Error::Protocol { .. }) && e.to_string().contains("not allocated"),
         "{e}"
     );
     server.join().expect("fake publisher");
@@ -545,7 +545,7 @@ async fn forged_rings_that_would_fault_or_allocate_are_refused() {
     let server = fake(&n, hello(cap, 0), Some(ring));
     let e = refused_by_subscriber(&n).await;
     assert!(
-        matches!(e, Error::Protocol(_)) && e.to_string().contains("writing"),
+        matches!(e, Error::Protocol { .. }) && e.to_string().contains("writing"),
         "{e}"
     );
     server.join().expect("fake publisher");
@@ -571,7 +571,7 @@ async fn forged_rings_that_would_fault_or_allocate_are_refused() {
             let server = fake(&n, hello(len - page, 0), Some(ring));
             let e = refused_by_subscriber(&n).await;
             assert!(
-                matches!(e, Error::Protocol(_)) && e.to_string().contains("hugetlb"),
+                matches!(e, Error::Protocol { .. }) && e.to_string().contains("hugetlb"),
                 "{e}"
             );
             server.join().expect("fake publisher");

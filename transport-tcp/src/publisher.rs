@@ -308,7 +308,9 @@ where
             tracing::debug!(%peer, "subscriber connection closed");
         }
         // A subscriber that leaves is ordinary; anything else is worth a warning.
-        Err(Error::Disconnected(why)) => tracing::debug!(%peer, %why, "subscriber left"),
+        Err(Error::Disconnected { reason: why, .. }) => {
+            tracing::debug!(%peer, %why, "subscriber left")
+        }
         Err(e) => tracing::warn!(%peer, error = %e, "dropping subscriber connection"),
     }
 }
@@ -370,27 +372,33 @@ async fn watch<R: AsyncRead + Unpin>(r: &mut R, q: &SubQueue, liveness: Duration
     loop {
         let n = match r.read(&mut buf).await {
             Ok(0) => {
-                return Err(Error::Disconnected(format!(
-                    "{} closed its connection",
-                    q.peer
-                )));
+                return Err(Error::disconnected(
+                    "tcp",
+                    format!("{} closed its connection", q.peer),
+                ));
             }
             Ok(n) => n,
             Err(_) if r.expired => {
-                return Err(Error::Disconnected(format!(
-                    "{} stopped answering: no heartbeat for {liveness:?} (liveness); \
+                return Err(Error::disconnected(
+                    "tcp",
+                    format!(
+                        "{} stopped answering: no heartbeat for {liveness:?} (liveness); \
                      its host or the link may be down",
-                    q.peer
-                )));
+                        q.peer
+                    ),
+                ));
             }
             Err(e) => return Err(Error::io("watching the subscriber", e)),
         };
         for &b in &buf[..n] {
             if b != wire::HEARTBEAT[at] {
-                return Err(Error::Protocol(format!(
-                    "{} sent bytes other than heartbeats after the handshake",
-                    q.peer
-                )));
+                return Err(Error::protocol(
+                    "tcp",
+                    format!(
+                        "{} sent bytes other than heartbeats after the handshake",
+                        q.peer
+                    ),
+                ));
             }
             at = (at + 1) % wire::HEARTBEAT.len();
         }
@@ -414,7 +422,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return Err(Error::io("sending a heartbeat", e)),
                 Err(_) => {
-                    return Err(Error::Timeout(
+                    return Err(Error::timeout(
                         stall,
                         "for the subscriber to read (write_timeout); it stopped reading",
                     ));

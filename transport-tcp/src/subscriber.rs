@@ -128,7 +128,7 @@ async fn within<T>(
             format!("connecting to {addr} (is a publisher running there?)"),
             e,
         )),
-        Err(_) => Err(Error::Timeout(timeout, "connecting to the publisher")),
+        Err(_) => Err(Error::timeout(timeout, "connecting to the publisher")),
     }
 }
 
@@ -146,8 +146,9 @@ where
             .map_err(|e| Error::io("sending the handshake", e))?;
         let closed = |e: std::io::Error| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                Error::Disconnected(
-                    "the publisher closed the connection during the handshake".into(),
+                Error::disconnected(
+                    "tcp",
+                    "the publisher closed the connection during the handshake",
                 )
             } else {
                 Error::io("reading the handshake", e)
@@ -168,7 +169,7 @@ where
     };
     tokio::time::timeout(timeout, exchange)
         .await
-        .map_err(|_| Error::Timeout(timeout, "for the publisher's handshake"))?
+        .map_err(|_| Error::timeout(timeout, "for the publisher's handshake"))?
 }
 
 async fn read_loop<R>(r: R, cfg: Config, tx: mpsc::Sender<Result<Frame>>, stats: Arc<StatCounters>)
@@ -187,15 +188,19 @@ where
             }
             Ok(None) => return,
             // Whatever part of a frame had arrived is dropped with it.
-            Err(_) if r.expired => Err(Error::Disconnected(format!(
-                "the publisher stopped answering: nothing received for {:?} (liveness); \
+            Err(_) if r.expired => Err(Error::disconnected(
+                "tcp",
+                format!(
+                    "the publisher stopped answering: nothing received for {:?} (liveness); \
                  its host or the link may be down",
-                cfg.liveness
-            ))),
+                    cfg.liveness
+                ),
+            )),
             // A publisher that goes away with bytes of ours (heartbeats)
             // unread in its socket is reset rather than closed (tcp RST, or
             // ECONNRESET on a unix socket): it left, as with EOF.
-            Err(Error::Io { source, .. }) if is_reset(&source) => Err(Error::Disconnected(
+            Err(Error::Io { source, .. }) if is_reset(&source) => Err(Error::disconnected(
+                "tcp",
                 format!("the publisher reset the connection ({source}); it went away"),
             )),
             Err(e) => Err(e),
@@ -221,7 +226,7 @@ impl Subscriber for TcpSubscriber {
                 Some(f) => f,
                 None => {
                     if self.ended {
-                        return Err(Error::Disconnected("the publisher is gone".into()));
+                        return Err(Error::disconnected("tcp", "the publisher is gone"));
                     }
                     // Cancellation-safe: nothing is lost if this future is dropped here.
                     match self.rx.recv().await {
@@ -233,8 +238,9 @@ impl Subscriber for TcpSubscriber {
                         }
                         None => {
                             self.ended = true;
-                            return Err(Error::Disconnected(
-                                "the publisher closed the connection".into(),
+                            return Err(Error::disconnected(
+                                "tcp",
+                                "the publisher closed the connection",
                             ));
                         }
                     }

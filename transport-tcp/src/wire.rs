@@ -108,7 +108,7 @@ pub(crate) fn foreign_peer(b: &[u8]) -> String {
 /// Checks a hello's magic and version (its first [`HELLO_HEAD_LEN`] bytes).
 pub(crate) fn check_hello(b: &[u8]) -> Result<()> {
     if b.len() < HELLO_HEAD_LEN || b[..4] != HELLO_MAGIC {
-        return Err(Error::Protocol(foreign_peer(b)));
+        return Err(Error::protocol("tcp", foreign_peer(b)));
     }
     let theirs = u16::from_le_bytes([b[4], b[5]]);
     if theirs != VERSION {
@@ -127,8 +127,9 @@ pub(crate) fn client_hello_liveness(b: &[u8; CLIENT_HELLO_LEN]) -> Result<Durati
 
 fn liveness_field(b: [u8; 4]) -> Result<Duration> {
     match u32::from_le_bytes(b) {
-        0 => Err(Error::Protocol(
-            "the peer announced a liveness of 0 ms".into(),
+        0 => Err(Error::protocol(
+            "tcp",
+            "the peer announced a liveness of 0 ms",
         )),
         ms => Ok(Duration::from_millis(u64::from(ms))),
     }
@@ -266,14 +267,15 @@ pub(crate) async fn write_encoded<W: AsyncWrite + Unpin>(
         let slices = [IoSlice::new(&header), IoSlice::new(&payload)];
         let n = match tokio::time::timeout_at(until, w.write_vectored(&slices)).await {
             Ok(Ok(0)) => {
-                return Err(Error::Disconnected(
-                    "subscriber closed its connection".into(),
+                return Err(Error::disconnected(
+                    "tcp",
+                    "subscriber closed its connection",
                 ));
             }
             Ok(Ok(n)) => n,
             Ok(Err(e)) => return Err(Error::io("writing a frame", e)),
             Err(_) => {
-                return Err(Error::Timeout(
+                return Err(Error::timeout(
                     deadline,
                     "for the subscriber to take a whole frame (write_timeout); it reads too slowly or stopped reading",
                 ));
@@ -373,9 +375,12 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
                 return if got == 0 {
                     Ok(None)
                 } else {
-                    Err(Error::Protocol(format!(
-                        "connection closed after {got} bytes of a {PREFIX_LEN}-byte prefix"
-                    )))
+                    Err(Error::protocol(
+                        "tcp",
+                        format!(
+                            "connection closed after {got} bytes of a {PREFIX_LEN}-byte prefix"
+                        ),
+                    ))
                 };
             }
             got += n;
@@ -385,10 +390,13 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
         }
     }
     if prefix[..4] != MAGIC {
-        return Err(Error::Protocol(format!(
-            "bad magic {:02x?}: neither a frame nor a heartbeat",
-            &prefix[..4]
-        )));
+        return Err(Error::protocol(
+            "tcp",
+            format!(
+                "bad magic {:02x?}: neither a frame nor a heartbeat",
+                &prefix[..4]
+            ),
+        ));
     }
     r.read_exact(&mut prefix[4..])
         .await
@@ -425,7 +433,10 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
 
 fn truncated(e: std::io::Error, what: &str) -> Error {
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
-        Error::Protocol(format!("connection closed in the middle of a {what}"))
+        Error::protocol(
+            "tcp",
+            format!("connection closed in the middle of a {what}"),
+        )
     } else {
         Error::io(format!("reading a {what}"), e)
     }
@@ -538,7 +549,7 @@ mod tests {
         .await
         .expect("a trickled frame ran past the per-frame deadline");
         assert!(
-            matches!(&r, Err(Error::Timeout(d, why)) if *d == deadline && why.contains("write_timeout")),
+            matches!(&r, Err(Error::Timeout { after: d, what: why }) if *d == deadline && why.contains("write_timeout")),
             "{r:?}"
         );
         assert!(peer.taken > 0 && peer.taken < 64 << 10);

@@ -80,7 +80,7 @@ async fn garbage_from_the_publisher_is_a_protocol_error() {
     )
     .await;
     let e = first_error_then_disconnect(ep).await;
-    assert!(matches!(e, Error::Protocol(_)), "{e}");
+    assert!(matches!(e, Error::Protocol { .. }), "{e}");
 }
 
 #[tokio::test]
@@ -108,7 +108,7 @@ async fn hostile_length_prefix_is_refused_without_allocating() {
     // A header length over the header cap.
     let ep = fake_publisher(PROTOCOL_VERSION, prefix(u32::MAX, 0)).await;
     let e = first_error_then_disconnect(ep).await;
-    assert!(matches!(e, Error::Protocol(_)), "{e}");
+    assert!(matches!(e, Error::Protocol { .. }), "{e}");
 }
 
 #[tokio::test]
@@ -117,7 +117,7 @@ async fn truncated_frame_is_a_protocol_error() {
     bytes.extend_from_slice(&[0u8; 12]);
     let ep = fake_publisher(PROTOCOL_VERSION, bytes).await;
     let e = first_error_then_disconnect(ep).await;
-    assert!(matches!(e, Error::Protocol(_)), "{e}");
+    assert!(matches!(e, Error::Protocol { .. }), "{e}");
 }
 
 #[tokio::test]

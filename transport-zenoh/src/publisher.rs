@@ -240,7 +240,7 @@ impl Publisher for ZenohPublisher {
         let session = self
             .session
             .as_ref()
-            .ok_or_else(|| Error::Disconnected("the zenoh session is closed".into()))?;
+            .ok_or_else(|| Error::disconnected("zenoh", "the zenoh session is closed"))?;
         let replies = session
             .get(key)
             .target(QueryTarget::All)
@@ -268,7 +268,7 @@ impl Publisher for ZenohPublisher {
             .dropped
             .store(self.lost.values().sum(), Ordering::Relaxed);
         if timed_out {
-            return Err(Error::Timeout(
+            return Err(Error::timeout(
                 self.cfg.flush_timeout,
                 "for subscribers to confirm a flush; raise `flush_timeout` or read faster",
             ));

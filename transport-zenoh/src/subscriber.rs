@@ -422,8 +422,9 @@ impl ZenohSubscriber {
             }
         }
         if !st.pubs.is_empty() && st.pubs.values().all(|p| p.ended) {
-            return Poll::Ready(Err(Error::Disconnected(
-                "every zenoh publisher seen on this key expression has ended".into(),
+            return Poll::Ready(Err(Error::disconnected(
+                "zenoh",
+                "every zenoh publisher seen on this key expression has ended",
             )));
         }
         Poll::Pending(wake)

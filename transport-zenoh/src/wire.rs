@@ -41,8 +41,9 @@ pub fn end_attachment(pub_id: u64) -> Bytes {
 pub fn decode_end(att: &[u8]) -> Result<u64> {
     let mut r = codec::Reader::new(att);
     if r.take(4, "end magic")? != END_MAGIC {
-        return Err(Error::Protocol(
-            "a DELETE sample without the FWZE end-of-stream attachment".into(),
+        return Err(Error::protocol(
+            "zenoh",
+            "a DELETE sample without the FWZE end-of-stream attachment",
         ));
     }
     let id = r.u64("publisher id")?;
@@ -67,25 +68,34 @@ pub fn decode_attachment(att: &[u8], payload_len: u64, max_payload: u64) -> Resu
         .get(..PREFIX_LEN)
         .and_then(|p| p.try_into().ok())
         .ok_or_else(|| {
-            Error::Protocol(format!(
-                "attachment of {} B is shorter than the {PREFIX_LEN}-byte envelope prefix",
-                att.len()
-            ))
+            Error::protocol(
+                "zenoh",
+                format!(
+                    "attachment of {} B is shorter than the {PREFIX_LEN}-byte envelope prefix",
+                    att.len()
+                ),
+            )
         })?;
     let p = Prefix::decode(prefix, max_payload)?;
     if p.payload_len != payload_len {
-        return Err(Error::Protocol(format!(
-            "the envelope announces {} payload bytes, the sample carries {payload_len}",
-            p.payload_len
-        )));
+        return Err(Error::protocol(
+            "zenoh",
+            format!(
+                "the envelope announces {} payload bytes, the sample carries {payload_len}",
+                p.payload_len
+            ),
+        ));
     }
     let hend = PREFIX_LEN + p.header_len as usize;
     let header = att.get(PREFIX_LEN..hend).ok_or_else(|| {
-        Error::Protocol(format!(
-            "attachment of {} B is shorter than its header ({} B)",
-            att.len(),
-            p.header_len
-        ))
+        Error::protocol(
+            "zenoh",
+            format!(
+                "attachment of {} B is shorter than its header ({} B)",
+                att.len(),
+                p.header_len
+            ),
+        )
     })?;
     let frame = codec::decode_header(header, payload_len)?;
     let trailer = &att[hend..];
@@ -97,14 +107,20 @@ pub fn decode_attachment(att: &[u8], payload_len: u64, max_payload: u64) -> Resu
             let policy = match r.u8("policy")? {
                 0 => Policy::Block,
                 1 => Policy::DropOldest,
-                other => return Err(Error::Protocol(format!("unknown policy code {other}"))),
+                other => {
+                    return Err(Error::protocol(
+                        "zenoh",
+                        format!("unknown policy code {other}"),
+                    ));
+                }
             };
             (id, policy)
         }
         n => {
-            return Err(Error::Protocol(format!(
-                "attachment trailer of {n} B; expected none or {TRAILER_LEN}"
-            )));
+            return Err(Error::protocol(
+                "zenoh",
+                format!("attachment trailer of {n} B; expected none or {TRAILER_LEN}"),
+            ));
         }
     };
     Ok(Header {

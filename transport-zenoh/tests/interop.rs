@@ -130,7 +130,7 @@ async fn python_publisher_writes_framewire_frames() {
         assert!(pattern::check(i, &f.payload), "payload of frame {i}");
     }
     match tokio::time::timeout(Duration::from_secs(30), sub.recv()).await {
-        Ok(Err(Error::Disconnected(_))) => {}
+        Ok(Err(Error::Disconnected { .. })) => {}
         other => panic!("expected Disconnected after the python DELETE, got {other:?}"),
     }
     let (ok, out) = tokio::task::spawn_blocking(move || child.finish(Duration::from_secs(40)))

@@ -466,7 +466,7 @@ impl ZmqPublisher {
     }
 
     fn gone(why: &str) -> Error {
-        Error::Disconnected(format!("the publisher's socket task ended: {why}"))
+        Error::disconnected("zmq", format!("the publisher's socket task ended: {why}"))
     }
 
     /// Under `fail`: an error when a subscriber `topic` goes to has a full queue.
@@ -493,7 +493,7 @@ impl ZmqPublisher {
     #[cfg(feature = "shm")]
     async fn alloc_slot(&self, len: usize) -> Result<SlotWriter> {
         let Some(pool) = self.shared.pool.clone() else {
-            return Err(Error::Protocol("no pool".into()));
+            return Err(Error::protocol("zmq", "no pool"));
         };
         if let Some(w) = pool.try_alloc(len)? {
             return Ok(w);
@@ -560,7 +560,7 @@ impl ZmqPublisher {
     #[cfg(feature = "shm")]
     async fn send_shared(&mut self, mut frame: Frame, loaned: Option<SlotWriter>) -> Result<()> {
         let Some(pool) = self.shared.pool.clone() else {
-            return Err(Error::Protocol("no pool".into()));
+            return Err(Error::protocol("zmq", "no pool"));
         };
         let is_loan = loaned.is_some();
         if !is_loan {

@@ -115,7 +115,7 @@ pub struct ZmqSubscriber {
 fn zmtp_err(what: &str, e: ZmtpError) -> Error {
     match e {
         ZmtpError::Io(io) => Error::io(format!("{what} (is a publisher running there?)"), io),
-        other => Error::Protocol(format!("{what}: {other}")),
+        other => Error::protocol("zmq", format!("{what}: {other}")),
     }
 }
 
@@ -165,9 +165,12 @@ async fn join(cfg: &Config, id: &SubscriberId, prefix: &str) -> Result<Joined> {
         .map_err(|e| zmtp_err("the ZeroMQ handshake with the publisher", e))?;
     let st = md.socket_type();
     if !st.eq_ignore_ascii_case("PUB") && !st.eq_ignore_ascii_case("XPUB") {
-        return Err(Error::Protocol(format!(
-            "the peer is a ZeroMQ `{st}` socket; a subscriber connects to a PUB or XPUB socket"
-        )));
+        return Err(Error::protocol(
+            "zmq",
+            format!(
+                "the peer is a ZeroMQ `{st}` socket; a subscriber connects to a PUB or XPUB socket"
+            ),
+        ));
     }
     let framewire = match md.get(wire::PROPERTY) {
         None => false,
@@ -180,10 +183,10 @@ async fn join(cfg: &Config, id: &SubscriberId, prefix: &str) -> Result<Joined> {
                 });
             }
             None => {
-                return Err(Error::Protocol(format!(
-                    "an empty {} property",
-                    wire::PROPERTY
-                )));
+                return Err(Error::protocol(
+                    "zmq",
+                    format!("an empty {} property", wire::PROPERTY),
+                ));
             }
         },
     };
@@ -226,7 +229,7 @@ async fn join(cfg: &Config, id: &SubscriberId, prefix: &str) -> Result<Joined> {
                         theirs: u16::from(version),
                     }
                 } else {
-                    Error::Disconnected(format!("the publisher refused us: {reason}"))
+                    Error::disconnected("zmq", format!("the publisher refused us: {reason}"))
                 });
             }
             Ok(other) => tracing::debug!(?other, "ignoring a message before the welcome"),
@@ -252,7 +255,7 @@ pub(crate) async fn connect(cfg: Config, mode: RecvMode, prefix: String) -> Resu
     let joined = tokio::time::timeout(limit, join(&cfg, &id, &prefix))
         .await
         .map_err(|_| {
-            Error::Timeout(
+            Error::timeout(
                 limit,
                 "for the publisher's welcome (is a framewire or ZeroMQ publisher running there?)",
             )
@@ -314,7 +317,7 @@ pub(crate) async fn connect(cfg: Config, mode: RecvMode, prefix: String) -> Resu
             wr.flush().await
         })
         .await
-        .map_err(|_| Error::Timeout(left, "telling the publisher how we take payloads"))?
+        .map_err(|_| Error::timeout(left, "telling the publisher how we take payloads"))?
         .map_err(|e| Error::io("telling the publisher how we take payloads", e))?;
     }
     tracing::debug!(subscriber = %id, next_seq = welcome.next_seq, policy = %welcome.policy, "subscribed");
@@ -496,7 +499,7 @@ impl Subscriber for ZmqSubscriber {
                         StatCounters::add(&self.shared.stats.lagged, lag);
                         return Err(Error::Lagged { missed: lag });
                     }
-                    return Err(Error::Disconnected(why));
+                    return Err(Error::disconnected("zmq", why));
                 }
             }
             notified.await;
@@ -707,10 +710,10 @@ impl Io {
                 }
             };
             let out = if r.len != len {
-                Err(Error::InvalidReference(format!(
-                    "it is {} bytes long, the envelope announces {len}",
-                    r.len
-                )))
+                Err(Error::invalid_reference(
+                    "zmq",
+                    format!("it is {} bytes long, the envelope announces {len}", r.len),
+                ))
             } else if let Some(att) = &self.att {
                 match (att.check(&r), self.mode) {
                     // Checked first, so that a refused reference is released below.
@@ -719,10 +722,10 @@ impl Io {
                     (Err(e), _) => Err(e),
                 }
             } else {
-                Err(Error::InvalidReference(
+                Err(Error::invalid_reference(
+                    "zmq",
                     "the publisher sent a shared-memory reference, but this subscriber did not \
-                     attach its pool (it asked for inline payloads)"
-                        .into(),
+                     attach its pool (it asked for inline payloads)",
                 ))
             };
             // A copy, or nothing: the slot goes back (a stale or forged
@@ -733,10 +736,10 @@ impl Io {
         #[cfg(not(feature = "shm"))]
         {
             let _ = (len, reference, &self.att, &self.rel_tx, self.mode);
-            Err(Error::InvalidReference(
+            Err(Error::invalid_reference(
+                "zmq",
                 "the publisher sent a shared-memory reference, but this build lacks the `shm` \
-                 feature"
-                    .into(),
+                 feature",
             ))
         }
     }
@@ -790,18 +793,24 @@ impl Io {
         match parsed {
             Ok(Downstream::Data(mut f)) => {
                 if f.seq < self.next_seq {
-                    self.shared.error(Error::Protocol(format!(
-                        "frame {} arrived after frame {}: sequence numbers went backwards",
-                        f.seq,
-                        self.next_seq - 1
-                    )));
+                    self.shared.error(Error::protocol(
+                        "zmq",
+                        format!(
+                            "frame {} arrived after frame {}: sequence numbers went backwards",
+                            f.seq,
+                            self.next_seq - 1
+                        ),
+                    ));
                     return Ok(false);
                 }
                 if !f.topic.starts_with(&self.prefix) {
-                    self.shared.error(Error::Protocol(format!(
-                        "the publisher sent topic `{}` outside our prefix `{}`",
-                        f.topic, self.prefix
-                    )));
+                    self.shared.error(Error::protocol(
+                        "zmq",
+                        format!(
+                            "the publisher sent topic `{}` outside our prefix `{}`",
+                            f.topic, self.prefix
+                        ),
+                    ));
                     return Ok(false);
                 }
                 self.next_seq = f.seq.saturating_add(1);

@@ -152,12 +152,18 @@ pub fn publisher_property(instance: u64) -> Vec<u8> {
 /// meaningful when the version is ours.
 pub fn parse_subscriber_property(v: &[u8]) -> Result<(u8, SubscriberId)> {
     let Some((&version, rest)) = v.split_first() else {
-        return Err(Error::Protocol(format!("an empty {PROPERTY} property")));
+        return Err(Error::protocol(
+            "zmq",
+            format!("an empty {PROPERTY} property"),
+        ));
     };
     let mut id = [0u8; ID_LEN];
     if version == VERSION {
         if rest.len() != ID_LEN {
-            return Err(Error::Protocol(format!("a malformed {PROPERTY} property")));
+            return Err(Error::protocol(
+                "zmq",
+                format!("a malformed {PROPERTY} property"),
+            ));
         }
         id.copy_from_slice(rest);
     }
@@ -183,7 +189,7 @@ pub struct Subscription {
 
 /// Parses a ZeroMQ subscription message (first byte 0x01 or 0x00).
 pub fn parse_subscription(msg: &[u8]) -> Result<Subscription> {
-    let bad = |why: &str| Err(Error::Protocol(format!("subscription: {why}")));
+    let bad = |why: &str| Err(Error::protocol("zmq", format!("subscription: {why}")));
     let Some((&kind, rest)) = msg.split_first() else {
         return bad("empty");
     };
@@ -196,13 +202,15 @@ pub fn parse_subscription(msg: &[u8]) -> Result<Subscription> {
 /// A subscription from its prefix bytes (a SUBSCRIBE or CANCEL command's data).
 pub fn subscription_of(subscribe: bool, prefix: &[u8]) -> Result<Subscription> {
     if prefix.len() > codec::MAX_TOPIC {
-        return Err(Error::Protocol(
-            "subscription: topic prefix longer than a topic can be".into(),
+        return Err(Error::protocol(
+            "zmq",
+            "subscription: topic prefix longer than a topic can be",
         ));
     }
     let Ok(prefix) = std::str::from_utf8(prefix) else {
-        return Err(Error::Protocol(
-            "subscription: topic prefix is not UTF-8 (framewire topics are)".into(),
+        return Err(Error::protocol(
+            "zmq",
+            "subscription: topic prefix is not UTF-8 (framewire topics are)",
         ));
     };
     Ok(Subscription {
@@ -320,8 +328,9 @@ pub fn encode_control(c: &Control) -> Bytes {
 pub fn decode_control(part: &[u8]) -> Result<Control> {
     let mut r = Reader::new(part);
     if r.take(4, "control")? != CONTROL_MAGIC {
-        return Err(Error::Protocol(
-            "a two-part message that is not a framewire control".into(),
+        return Err(Error::protocol(
+            "zmq",
+            "a two-part message that is not a framewire control",
         ));
     }
     let c = match r.u8("control kind")? {
@@ -332,11 +341,19 @@ pub fn decode_control(part: &[u8]) -> Result<Control> {
                 0 => Policy::Block,
                 1 => Policy::DropOldest,
                 2 => Policy::Fail,
-                p => return Err(Error::Protocol(format!("welcome: unknown policy {p}"))),
+                p => {
+                    return Err(Error::protocol(
+                        "zmq",
+                        format!("welcome: unknown policy {p}"),
+                    ));
+                }
             };
             let queue = r.u32("welcome")?;
             if queue == 0 || queue as usize > crate::config::MAX_QUEUE {
-                return Err(Error::Protocol(format!("welcome: queue depth {queue}")));
+                return Err(Error::protocol(
+                    "zmq",
+                    format!("welcome: queue depth {queue}"),
+                ));
             }
             Control::Welcome(Welcome {
                 instance,
@@ -362,7 +379,7 @@ pub fn decode_control(part: &[u8]) -> Result<Control> {
             let slot_size = r.u64("shm")?;
             let n = usize::from(r.u8("shm")?);
             let socket = std::str::from_utf8(r.take(n, "shm")?)
-                .map_err(|_| Error::Protocol("shm: socket name is not UTF-8".into()))?
+                .map_err(|_| Error::protocol("zmq", "shm: socket name is not UTF-8"))?
                 .to_owned();
             Control::Shm {
                 socket,
@@ -370,7 +387,7 @@ pub fn decode_control(part: &[u8]) -> Result<Control> {
                 slot_size,
             }
         }
-        k => return Err(Error::Protocol(format!("unknown control kind {k}"))),
+        k => return Err(Error::protocol("zmq", format!("unknown control kind {k}"))),
     };
     r.finish("control")?;
     Ok(c)
@@ -402,7 +419,7 @@ fn announced_len(env: &[u8], max_payload: u64) -> Result<u64> {
     let prefix: &[u8; PREFIX_LEN] = env
         .get(..PREFIX_LEN)
         .and_then(|p| p.try_into().ok())
-        .ok_or_else(|| Error::Protocol("envelope shorter than its prefix".into()))?;
+        .ok_or_else(|| Error::protocol("zmq", "envelope shorter than its prefix"))?;
     Ok(Prefix::decode(prefix, max_payload)?.payload_len)
 }
 
@@ -413,24 +430,30 @@ pub fn decode_envelope(env: &[u8], payload_len: u64, max_payload: u64) -> Result
         .get(..PREFIX_LEN)
         .and_then(|p| p.try_into().ok())
         .ok_or_else(|| {
-            Error::Protocol(format!(
-                "envelope of {} bytes is shorter than its prefix",
-                env.len()
-            ))
+            Error::protocol(
+                "zmq",
+                format!("envelope of {} bytes is shorter than its prefix", env.len()),
+            )
         })?;
     let p = Prefix::decode(prefix, max_payload)?;
     if env.len() - PREFIX_LEN != p.header_len as usize {
-        return Err(Error::Protocol(format!(
-            "envelope holds {} header bytes but announces {}",
-            env.len() - PREFIX_LEN,
-            p.header_len
-        )));
+        return Err(Error::protocol(
+            "zmq",
+            format!(
+                "envelope holds {} header bytes but announces {}",
+                env.len() - PREFIX_LEN,
+                p.header_len
+            ),
+        ));
     }
     if p.payload_len != payload_len {
-        return Err(Error::Protocol(format!(
-            "payload part of {payload_len} bytes but the envelope announces {}",
-            p.payload_len
-        )));
+        return Err(Error::protocol(
+            "zmq",
+            format!(
+                "payload part of {payload_len} bytes but the envelope announces {}",
+                p.payload_len
+            ),
+        ));
     }
     codec::decode_header(&env[PREFIX_LEN..], payload_len)
 }
@@ -453,8 +476,9 @@ pub fn parse_downstream(
             let mut frame = decode_envelope(&parts[1], payload.len() as u64, max_payload)
                 .map_err(|e| foreign(e, framewire))?;
             if frame.topic.as_bytes() != &parts[0][..] {
-                return Err(Error::Protocol(
-                    "the topic part differs from the envelope's topic".into(),
+                return Err(Error::protocol(
+                    "zmq",
+                    "the topic part differs from the envelope's topic",
                 ));
             }
             frame.payload = payload;
@@ -464,8 +488,9 @@ pub fn parse_downstream(
             let len = announced_len(&parts[1], max_payload)?;
             let frame = decode_envelope(&parts[1], len, max_payload)?;
             if frame.topic.as_bytes() != &parts[0][..] {
-                return Err(Error::Protocol(
-                    "the topic part differs from the envelope's topic".into(),
+                return Err(Error::protocol(
+                    "zmq",
+                    "the topic part differs from the envelope's topic",
                 ));
             }
             Ok(Downstream::Shared {
@@ -474,25 +499,31 @@ pub fn parse_downstream(
                 reference: parts[3].clone(),
             })
         }
-        n => Err(Error::Protocol(format!(
-            "a message of {n} parts; framewire expects 3: topic, envelope (framewire header), \
+        n => Err(Error::protocol(
+            "zmq",
+            format!(
+                "a message of {n} parts; framewire expects 3: topic, envelope (framewire header), \
              payload (see transport-zmq's README, \"Interoperating with ZeroMQ\"){}",
-            if framewire {
-                "; or 1 (control) or 4 (shared-memory reference) from a framewire publisher"
-            } else {
-                ""
-            }
-        ))),
+                if framewire {
+                    "; or 1 (control) or 4 (shared-memory reference) from a framewire publisher"
+                } else {
+                    ""
+                }
+            ),
+        )),
     }
 }
 
 /// A plain publisher's envelope that does not decode: say what was expected.
 fn foreign(e: Error, framewire: bool) -> Error {
     match e {
-        Error::Protocol(why) if !framewire => Error::Protocol(format!(
-            "{why}; the second part of a message must be a framewire envelope (see \
+        Error::Protocol { message: why, .. } if !framewire => Error::protocol(
+            "zmq",
+            format!(
+                "{why}; the second part of a message must be a framewire envelope (see \
              transport-zmq's README, \"Interoperating with ZeroMQ\")"
-        )),
+            ),
+        ),
         other => other,
     }
 }
@@ -581,8 +612,9 @@ pub fn encode_shm(id: &SubscriberId, conn: Option<u32>, reason: &str) -> Bytes {
 pub fn decode_upstream_any(msg: &[u8]) -> Result<Upstream> {
     let mut r = Reader::new(msg);
     if r.take(4, "upstream")? != UPSTREAM_MAGIC {
-        return Err(Error::Protocol(
-            "an upstream message that is not framewire's".into(),
+        return Err(Error::protocol(
+            "zmq",
+            "an upstream message that is not framewire's",
         ));
     }
     let v = r.u8("upstream")?;
@@ -605,7 +637,7 @@ pub fn decode_upstream_any(msg: &[u8]) -> Result<Upstream> {
         U_RELEASE => {
             let n = usize::from(r.u16("release")?);
             if n > MAX_RELEASES {
-                return Err(Error::Protocol(format!("release of {n} slots")));
+                return Err(Error::protocol("zmq", format!("release of {n} slots")));
             }
             let mut slots = Vec::with_capacity(n);
             for _ in 0..n {
@@ -624,7 +656,7 @@ pub fn decode_upstream_any(msg: &[u8]) -> Result<Upstream> {
                 reason,
             }
         }
-        k => return Err(Error::Protocol(format!("unknown upstream kind {k}"))),
+        k => return Err(Error::protocol("zmq", format!("unknown upstream kind {k}"))),
     };
     r.finish("upstream")?;
     Ok(u)
@@ -634,8 +666,9 @@ pub fn decode_upstream_any(msg: &[u8]) -> Result<Upstream> {
 pub fn decode_upstream(msg: &[u8]) -> Result<Status> {
     let mut r = Reader::new(msg);
     if r.take(4, "upstream")? != UPSTREAM_MAGIC {
-        return Err(Error::Protocol(
-            "an upstream message that is not framewire's".into(),
+        return Err(Error::protocol(
+            "zmq",
+            "an upstream message that is not framewire's",
         ));
     }
     let v = r.u8("upstream")?;
@@ -657,7 +690,7 @@ pub fn decode_upstream(msg: &[u8]) -> Result<Status> {
             r.finish("status")?;
             Ok(s)
         }
-        k => Err(Error::Protocol(format!("unknown upstream kind {k}"))),
+        k => Err(Error::protocol("zmq", format!("unknown upstream kind {k}"))),
     }
 }
 

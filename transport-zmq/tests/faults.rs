@@ -100,7 +100,7 @@ async fn garbage_from_the_publisher_is_an_error_per_message_and_the_subscriber_g
         fake.send(parts).await;
         let e = within(sub.recv()).await.expect_err(what);
         assert!(
-            matches!(e, Error::Protocol(_) | Error::PayloadTooLarge { .. }),
+            matches!(e, Error::Protocol { .. } | Error::PayloadTooLarge { .. }),
             "{what}: {e}"
         );
     }
@@ -325,7 +325,7 @@ async fn connections_are_not_subscribers_until_their_subscription_arrives() {
     let _tcp = tokio::net::TcpStream::connect(addr(&p)).await.expect("tcp");
     assert!(matches!(
         p.wait_for_subscribers(1, Duration::from_millis(200)).await,
-        Err(Error::Timeout(..))
+        Err(Error::Timeout { .. })
     ));
     assert_eq!(p.subscriber_count(), Some(0));
     assert!(mute.recv().await.is_err(), "closed after handshake_timeout");

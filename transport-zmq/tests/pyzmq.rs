@@ -181,7 +181,7 @@ async fn a_framewire_subscriber_receives_a_pyzmq_publishers_frames() {
                 assert_eq!(&f.payload[..], &want[..]);
                 frames.push(f.seq);
             }
-            Err(Error::Protocol(why)) => {
+            Err(Error::Protocol { message: why, .. }) => {
                 assert!(why.contains("framewire envelope"), "{why}");
                 foreign += 1;
             }

@@ -446,10 +446,10 @@ async fn hostile_references_are_an_error_per_message_and_the_subscriber_goes_on(
         "",
     ]) {
         match within(sub.recv()).await {
-            Err(e @ Error::InvalidReference(_)) => {
+            Err(e @ Error::InvalidReference { .. }) => {
                 assert!(e.to_string().contains(what), "message {i}: {e}")
             }
-            Err(e @ Error::Protocol(_)) if i == 4 => {
+            Err(e @ Error::Protocol { .. }) if i == 4 => {
                 // An absurd length is refused with the envelope, before the reference is looked at.
                 let _ = e;
             }

@@ -68,10 +68,13 @@ impl InprocSubscriber {
                 self.tracker.accept(queued.frame).map(Some)
             }
             Popped::Empty => Ok(None),
-            Popped::Closed => Err(Error::Disconnected(format!(
-                "the publisher of inproc://{} was dropped",
-                self.channel.name()
-            ))),
+            Popped::Closed => Err(Error::disconnected(
+                "inproc",
+                format!(
+                    "the publisher of inproc://{} was dropped",
+                    self.channel.name()
+                ),
+            )),
         }
     }
 }

@@ -135,7 +135,7 @@ async fn subscribe(a: &Args) -> Result<u8, Error> {
                 }
             }
             Err(Error::Lagged { missed }) => lagged += missed,
-            Err(Error::Disconnected(_)) => break "disconnected",
+            Err(Error::Disconnected { .. }) => break "disconnected",
             Err(e) => return Err(e),
         }
     };
@@ -191,7 +191,7 @@ async fn sink(a: &Args) -> Result<u8, Error> {
         match sub.recv().await {
             Ok(f) => drop(f),
             Err(Error::Lagged { .. }) => {}
-            Err(Error::Disconnected(_)) => return Ok(0),
+            Err(Error::Disconnected { .. }) => return Ok(0),
             Err(e) => return Err(e),
         }
     }
