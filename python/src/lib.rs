@@ -1281,7 +1281,7 @@ impl Publisher {
                     let t = g.within.map_or(left, |w| w.min(left));
                     match p.wait_for_subscribers_or_interrupt(n, t, i) {
                         // A slice ran out, not the caller's timeout: again.
-                        Err(framewire::Error::Timeout(..)) if t < left => Ok(None),
+                        Err(framewire::Error::Timeout { .. }) if t < left => Ok(None),
                         r => r,
                     }
                 }
