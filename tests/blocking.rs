@@ -152,12 +152,20 @@ fn an_interrupt_ends_a_send_blocked_by_a_stalled_subscriber_and_the_publisher_go
         i2.interrupt();
     });
     let t1 = Instant::now();
-    assert!(p.send_or_interrupt(frame(sent), &interrupt, None).unwrap().is_none());
+    assert!(
+        p.send_or_interrupt(frame(sent), &interrupt, None)
+            .unwrap()
+            .is_none()
+    );
     assert!(t1.elapsed() < Duration::from_secs(5));
     t.join().unwrap();
     // Still set: the next call returns at once, until cleared.
     assert!(interrupt.is_set());
-    assert!(p.send_or_interrupt(frame(sent), &interrupt, None).unwrap().is_none());
+    assert!(
+        p.send_or_interrupt(frame(sent), &interrupt, None)
+            .unwrap()
+            .is_none()
+    );
     assert!(interrupt.clear());
     assert!(!interrupt.is_set());
     // A recv with the interrupt set returns None at once, losing nothing.
@@ -169,7 +177,10 @@ fn an_interrupt_ends_a_send_blocked_by_a_stalled_subscriber_and_the_publisher_go
     let reader = std::thread::spawn(move || {
         let mut got = Vec::new();
         for _ in 0..=sent {
-            let f = s.recv_timeout(Duration::from_secs(20)).unwrap().expect("a frame");
+            let f = s
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap()
+                .expect("a frame");
             got.push((f.seq, f.payload[0]));
         }
         got

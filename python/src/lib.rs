@@ -361,9 +361,8 @@ impl Memory {
 /// A numpy array over `mem` (its base, kept alive by it).
 fn array_over(py: Python<'_>, mem: Memory) -> PyResult<Bound<'_, PyAny>> {
     static ASARRAY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let asarray = ASARRAY.get_or_try_init(py, || {
-        numpy(py)?.getattr("asarray").map(Bound::unbind)
-    })?;
+    let asarray =
+        ASARRAY.get_or_try_init(py, || numpy(py)?.getattr("asarray").map(Bound::unbind))?;
     let mem = Bound::new(py, mem)?;
     asarray.bind(py).call1((mem,))
 }
@@ -1492,7 +1491,9 @@ impl RawSubscriber {
     /// for cancellation); None if no frame came.
     fn poll(&self, py: Python<'_>, seconds: f64) -> PyResult<Option<Frame>> {
         let t = secs(py, "timeout", seconds)?.min(SLICE);
-        Ok(self.wait_once(py, Some(t), None)?.map(|f| Frame { inner: f }))
+        Ok(self
+            .wait_once(py, Some(t), None)?
+            .map(|f| Frame { inner: f }))
     }
 
     /// A frame that has already arrived, or None at once.

@@ -140,7 +140,10 @@ pub(crate) fn arm(py: Python<'_>) -> PyResult<Wake> {
     let Some(w) = watcher() else {
         // No socket pair or thread: look for signals every tick.
         static NEVER: OnceLock<Interrupt> = OnceLock::new();
-        return Ok(Wake::Main(NEVER.get_or_init(Interrupt::default), Some(TICK)));
+        return Ok(Wake::Main(
+            NEVER.get_or_init(Interrupt::default),
+            Some(TICK),
+        ));
     };
     w.interrupt.clear();
     let now = Instant::now();
