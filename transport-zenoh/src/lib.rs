@@ -45,11 +45,13 @@ pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default of `gone_after=`.
 pub const DEFAULT_GONE_AFTER: Duration = Duration::from_secs(10);
 /// Default of `rx_buffer=`: Zenoh's receive buffers per link (its
-/// `transport/link/rx/buffer_size`). A message Zenoh fragments (anything over
-/// 64 KiB) holds one 64 KiB buffer per fragment until it is complete; only
-/// this many bytes of them are recycled, every other fragment gets a freshly
-/// allocated and zeroed buffer (Zenoh's own default, 64 KiB, recycles one).
-pub const DEFAULT_RX_BUFFER: u64 = 32 << 20;
+/// `transport/link/rx/buffer_size`), Zenoh's own default. A message Zenoh
+/// fragments (anything over 64 KiB) holds one 64 KiB buffer per fragment
+/// until it is complete; only `rx_buffer` bytes of them are recycled, every
+/// other fragment gets a freshly allocated and zeroed buffer. Raising it (e.g.
+/// `rx_buffer=32MiB` for 24 MiB frames) cuts that cost, but each link of
+/// every session then keeps up to that much memory.
+pub const DEFAULT_RX_BUFFER: u64 = 65535;
 /// The well-known local locator of zero-configuration peers (see the README).
 pub const LOCAL_HUB: &str = "tcp/127.0.0.1:17447";
 const LOCAL_HUB_ADDR: &str = "127.0.0.1:17447";
