@@ -1,6 +1,7 @@
 //! `framewire-bench`: every backend compiled in, side by side in one run,
 //! across real processes. See `framewire-bench --help`.
 
+mod pin;
 mod pipeline;
 mod proc;
 mod report;
@@ -121,6 +122,13 @@ struct PipelineArgs {
     /// Extra endpoint options for every stage, e.g. `busy_poll=50us` (`key=value&...`).
     #[arg(long, default_value = "")]
     options: String,
+    /// Pin each stage process to a CPU (sched_setaffinity, before its
+    /// runtime starts, so all its threads stay there): one CPU for every
+    /// stage (`--pin 0`), or one per stage, source first, then the filters,
+    /// sink last (`--pin 0,1,1` for `--hops 1`: hops + 2 entries). A CPU this
+    /// process may not run on is refused. Unpinned by default.
+    #[arg(long, value_delimiter = ',', value_parser = pin::parse_cpu, value_name = "CPUS")]
+    pin: Vec<usize>,
 }
 
 #[derive(Args)]
@@ -346,8 +354,8 @@ async fn sweep(args: SweepArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn plan_of(a: &PipelineArgs) -> pipeline::Plan {
-    pipeline::Plan {
+fn plan_of(a: &PipelineArgs) -> Result<pipeline::Plan, String> {
+    Ok(pipeline::Plan {
         transport: a.transport.clone(),
         hops: a.hops,
         width: a.resolution.0,
@@ -356,11 +364,12 @@ fn plan_of(a: &PipelineArgs) -> pipeline::Plan {
         warmup: 5,
         work_ms: a.work_ms,
         options: a.options.clone(),
-    }
+        pin: pin::per_stage(&a.pin, a.hops + 2)?,
+    })
 }
 
 async fn run_pipeline(a: &PipelineArgs) -> Result<pipeline::Report, String> {
-    let plan = plan_of(a);
+    let plan = plan_of(a)?;
     let pb = progress(0, &format!("pipeline {}", a.transport));
     let r = pipeline::run(plan, &pb).await;
     pb.finish_and_clear();
@@ -408,6 +417,7 @@ async fn main_async(cli: Cli) -> Result<(), String> {
                 work_ms: w.work_ms,
                 json: None,
                 options: w.options.clone(),
+                pin: Vec::new(),
             };
             let args = vec![
                 "--transport".to_owned(),
@@ -460,15 +470,42 @@ async fn main_async(cli: Cli) -> Result<(), String> {
             let cfg = serde_json::from_str(&config).map_err(|e| e.to_string())?;
             sweep::subscriber(cfg).await
         }
-        Some(Cmd::Stage { config }) => {
-            let stage = serde_json::from_str(&config).map_err(|e| e.to_string())?;
-            pipeline::run_stage(stage).await
-        }
+        Some(Cmd::Stage { .. }) => Err("a stage runs outside the runtime (see main)".into()),
     }
+}
+
+/// The CPU this process pins itself to before anything else starts: a
+/// pipeline stage's own, or the sink's (the last of `--pin`).
+fn own_cpu(cli: &Cli) -> Result<Option<usize>, String> {
+    match &cli.cmd {
+        Some(Cmd::Pipeline(a)) => {
+            Ok(pin::per_stage(&a.pin, a.hops + 2)?.and_then(|p| p.last().copied()))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn fail(e: String) -> ! {
+    eprintln!("framewire-bench: {e}");
+    std::process::exit(1);
 }
 
 fn main() {
     let cli = Cli::parse();
+    let stage: Option<pipeline::Stage> = match &cli.cmd {
+        Some(Cmd::Stage { config }) => {
+            Some(serde_json::from_str(config).unwrap_or_else(|e| fail(e.to_string())))
+        }
+        _ => None,
+    };
+    // Pinned before the runtime exists: its threads inherit the mask.
+    let cpu = match &stage {
+        Some(s) => s.cpu,
+        None => own_cpu(&cli).unwrap_or_else(|e| fail(e)),
+    };
+    if let Some(c) = cpu {
+        pin::pin_self(c).unwrap_or_else(|e| fail(e));
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -480,7 +517,11 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let result = rt.block_on(main_async(cli));
+    let result = match stage {
+        // A stage's control path runs on this thread, outside the runtime.
+        Some(s) => pipeline::run_stage(s, &rt),
+        None => rt.block_on(main_async(cli)),
+    };
     rt.shutdown_timeout(Duration::from_secs(2));
     if let Err(e) = result {
         eprintln!("framewire-bench: {e}");

@@ -4,6 +4,15 @@
 //! previous one arrived, so no queue forms and each hop's time is pure IPC.
 //! Throughput: the source sends as fast as backpressure lets it; the sink's
 //! arrival rate is the highest sustainable fps.
+//!
+//! The harness measures the transport, not itself: a hop's latency is the
+//! transport's send stamp to its receive stamp, and nothing of the harness
+//! runs or wakes inside that window. The sink arms its timeout before it
+//! asks for a frame (re-arming a tokio `Sleep` to a later deadline is an
+//! atomic store, no driver wake-up); the source reads the order with a plain
+//! blocking read on the thread that then sends (no blocking-pool thread), and
+//! the filters have no control traffic until the end. `--pin` places each
+//! stage process on a CPU of its own choosing before its runtime starts.
 
 use framewire::{
     Error, Frame, Layout, PixelFormat, PublishOptions, Publisher, RecvMode, SubscribeOptions,
@@ -11,7 +20,7 @@ use framewire::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::proc::{self, CHILD_TIMEOUT, Peer};
+use crate::proc::{CHILD_TIMEOUT, ControlIn, Peer};
 use crate::stats;
 
 /// Settings shared by every stage.
@@ -27,6 +36,10 @@ pub struct Plan {
     /// Extra endpoint options for every stage (`key=value&...`).
     #[serde(default)]
     pub options: String,
+    /// The CPU of each stage, source first and sink last (`hops + 2`
+    /// entries), or `None` for no pinning.
+    #[serde(default)]
+    pub pin: Option<Vec<usize>>,
 }
 
 impl Plan {
@@ -42,6 +55,9 @@ pub struct Stage {
     pub name: String,
     pub upstream: Option<String>,
     pub publish: String,
+    /// The CPU this stage pins itself to before its runtime starts.
+    #[serde(default)]
+    pub cpu: Option<usize>,
 }
 
 /// One segment of the waterfall.
@@ -66,6 +82,12 @@ pub struct Report {
     pub hop_us_p99: f64,
     /// Per hop, in order (source -> first filter first).
     pub per_hop_us_p50: Vec<f64>,
+    /// Per hop, in order, like `per_hop_us_p50` (absent from older files).
+    #[serde(default)]
+    pub per_hop_us_p99: Vec<f64>,
+    /// The CPU of each stage, source first and sink last; `null` when not pinned.
+    #[serde(default)]
+    pub pin: Option<Vec<usize>>,
     pub ipc_ms_per_frame: f64,
     pub work_ms_per_frame: f64,
     pub max_fps: f64,
@@ -76,62 +98,89 @@ fn err(e: Error) -> String {
     e.to_string()
 }
 
-/// A stage process: source (no upstream) or filter.
-pub async fn run_stage(stage: Stage) -> Result<(), String> {
-    let mut publ = framewire::publish(
-        &stage.publish,
-        PublishOptions::default().trace_name(stage.name.clone()),
-    )
-    .await
-    .map_err(err)?;
+/// A stage process: source (no upstream) or filter. Called outside the
+/// runtime: orders from stdin are read with blocking reads on this thread,
+/// between the `block_on` calls that do the transport's work.
+pub fn run_stage(stage: Stage, rt: &tokio::runtime::Runtime) -> Result<(), String> {
+    let mut publ = rt
+        .block_on(framewire::publish(
+            &stage.publish,
+            PublishOptions::default().trace_name(stage.name.clone()),
+        ))
+        .map_err(err)?;
     println!("ENDPOINT {}", publ.endpoint().url());
-    let mut lines =
-        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()));
+    let mut orders = ControlIn::new();
     match &stage.upstream {
         None => {
-            publ.wait_for_subscribers(1, CHILD_TIMEOUT)
-                .await
+            rt.block_on(publ.wait_for_subscribers(1, CHILD_TIMEOUT))
                 .map_err(err)?;
             println!("READY");
-            source(&stage.plan, &mut publ, &mut lines).await?;
-            publ.flush().await.map_err(err)?;
-            // Stay until told: our memory may still be read downstream.
-            let _ = tokio::time::timeout(CHILD_TIMEOUT, proc::stdin_line(&mut lines)).await;
+            source(&stage.plan, &mut publ, &mut orders, rt)?;
+            rt.block_on(publ.flush()).map_err(err)?;
         }
         Some(up) => {
-            let mut sub =
-                framewire::subscribe(up, SubscribeOptions::default().recv_mode(RecvMode::View))
-                    .await
-                    .map_err(err)?;
-            publ.wait_for_subscribers(1, CHILD_TIMEOUT)
-                .await
+            let mut sub = rt
+                .block_on(framewire::subscribe(
+                    up,
+                    SubscribeOptions::default().recv_mode(RecvMode::View),
+                ))
+                .map_err(err)?;
+            rt.block_on(publ.wait_for_subscribers(1, CHILD_TIMEOUT))
                 .map_err(err)?;
             println!("READY");
             let work = std::time::Duration::from_secs_f64(stage.plan.work_ms / 1e3);
-            loop {
-                match sub.recv().await {
-                    Ok(f) => {
-                        if !work.is_zero() {
-                            tokio::time::sleep(work).await;
+            rt.block_on(async {
+                loop {
+                    match sub.recv().await {
+                        Ok(f) => {
+                            if !work.is_zero() {
+                                tokio::time::sleep(work).await;
+                            }
+                            // The same payload goes on: zero-copy where the backend can.
+                            publ.send(f).await.map_err(err)?;
                         }
-                        // The same payload goes on: zero-copy where the backend can.
-                        publ.send(f).await.map_err(err)?;
+                        Err(Error::Disconnected { .. }) => break,
+                        Err(e) => return Err(format!("{}: {e}", stage.name)),
                     }
-                    Err(Error::Disconnected { .. }) => break,
-                    Err(e) => return Err(format!("{}: {e}", stage.name)),
                 }
-            }
-            publ.flush().await.map_err(err)?;
-            let _ = tokio::time::timeout(CHILD_TIMEOUT, proc::stdin_line(&mut lines)).await;
+                publ.flush().await.map_err(err)
+            })?;
         }
     }
+    // Stay until told (stdin closes): our memory may still be read downstream.
+    let _ = orders.line(CHILD_TIMEOUT);
     Ok(())
 }
 
-async fn source(
+/// Loans (or builds) frame `i` and sends it.
+async fn send_one(
+    publ: &mut Box<dyn Publisher>,
+    i: u64,
+    in_place: bool,
+    ready: &bytes::Bytes,
+    layout: &Layout,
+) -> Result<(), String> {
+    let len = ready.len();
+    if in_place {
+        // A camera would have written the frame here; we stamp it only.
+        let mut loan = publ.loan(len).await.map_err(err)?;
+        if len >= 8 {
+            loan[..8].copy_from_slice(&i.to_le_bytes());
+        }
+        loan.layout = layout.clone();
+        publ.send_loan(loan).await.map_err(err)
+    } else {
+        publ.send(Frame::new(ready.clone()).with_layout(layout.clone()))
+            .await
+            .map_err(err)
+    }
+}
+
+fn source(
     plan: &Plan,
     publ: &mut Box<dyn Publisher>,
-    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::io::Stdin>>,
+    orders: &mut ControlIn,
+    rt: &tokio::runtime::Runtime,
 ) -> Result<(), String> {
     let len = plan.frame_len() as usize;
     let layout = Layout::Image {
@@ -143,42 +192,41 @@ async fn source(
         .map(|c| c.loan_in_place)
         .unwrap_or(false);
     let ready = pattern::make(0, len);
-    let send = async |publ: &mut Box<dyn Publisher>, i: u64| -> Result<(), String> {
-        if in_place {
-            // A camera would have written the frame here; we stamp it only.
-            let mut loan = publ.loan(len).await.map_err(err)?;
-            if len >= 8 {
-                loan[..8].copy_from_slice(&i.to_le_bytes());
-            }
-            loan.layout = layout.clone();
-            publ.send_loan(loan).await.map_err(err)
-        } else {
-            publ.send(Frame::new(ready.clone()).with_layout(layout.clone()))
-                .await
-                .map_err(err)
-        }
-    };
-    // Latency phase: one frame per request from the sink.
+    // Latency phase: one frame per request from the sink. The order is read
+    // here, on the thread that sends, before the frame's send stamp.
     for i in 0..(plan.warmup + plan.frames) as u64 {
-        match tokio::time::timeout(CHILD_TIMEOUT, proc::stdin_line(lines)).await {
-            Ok(Some(_)) => send(publ, i).await?,
-            _ => return Err("the sink stopped asking for frames".into()),
+        match orders.line(CHILD_TIMEOUT) {
+            Ok(Some(_)) => rt.block_on(send_one(publ, i, in_place, &ready, &layout))?,
+            Ok(None) => return Err("the sink stopped asking for frames".into()),
+            Err(e) => return Err(format!("the sink stopped asking for frames: {e}")),
         }
     }
     // Throughput phase, on the sink's word.
-    match tokio::time::timeout(CHILD_TIMEOUT, proc::stdin_line(lines)).await {
+    match orders.line(CHILD_TIMEOUT) {
         Ok(Some(_)) => {}
-        _ => return Err("no start signal for the throughput phase".into()),
+        Ok(None) => return Err("no start signal for the throughput phase".into()),
+        Err(e) => return Err(format!("no start signal for the throughput phase: {e}")),
     }
-    for i in 0..plan.frames as u64 {
-        send(publ, i).await?;
-    }
-    Ok(())
+    rt.block_on(async {
+        for i in 0..plan.frames as u64 {
+            send_one(publ, i, in_place, &ready, &layout).await?;
+        }
+        Ok(())
+    })
 }
 
 /// Runs the whole pipeline; this process is the sink.
 pub async fn run(plan: Plan, progress: &indicatif::ProgressBar) -> Result<Report, String> {
     crate::transports::check(std::slice::from_ref(&plan.transport))?;
+    if let Some(pin) = &plan.pin
+        && pin.len() != plan.hops + 2
+    {
+        return Err(format!(
+            "--pin: {} CPUs for {} stages",
+            pin.len(),
+            plan.hops + 2
+        ));
+    }
     let bytes = plan.frame_len();
     let mut peers: Vec<Peer> = Vec::new();
     let mut upstream: Option<String> = None;
@@ -193,6 +241,7 @@ pub async fn run(plan: Plan, progress: &indicatif::ProgressBar) -> Result<Report
             name: name.clone(),
             upstream: upstream.clone(),
             publish: crate::transports::url_with(&plan.transport, bytes, &plan.options)?,
+            cpu: plan.pin.as_ref().map(|p| p[k]),
         };
         let json = serde_json::to_string(&stage).map_err(|e| e.to_string())?;
         let mut peer = Peer::spawn(&name, "__stage", &json)?;
@@ -211,16 +260,28 @@ pub async fn run(plan: Plan, progress: &indicatif::ProgressBar) -> Result<Report
     progress.set_length(total as u64);
     let mut hop_lat: Vec<Vec<f64>> = vec![Vec::new(); plan.hops + 1];
     let mut work: Vec<Vec<f64>> = vec![Vec::new(); plan.hops];
-    let recv = async |sink: &mut Box<dyn Subscriber>| -> Result<Frame, String> {
-        match tokio::time::timeout(CHILD_TIMEOUT, sink.recv()).await {
-            Ok(Ok(f)) => Ok(f),
-            Ok(Err(e)) => Err(format!("sink: {e}")),
-            Err(_) => Err(format!("sink: no frame in {CHILD_TIMEOUT:?}")),
+    // One timer for the whole run, re-armed before each request: moving a
+    // registered deadline later is an atomic store, where a fresh
+    // `timeout()` per frame registers a timer (and may wake the driver's
+    // thread) inside the timed window.
+    let deadline = tokio::time::sleep(CHILD_TIMEOUT);
+    tokio::pin!(deadline);
+    let rearm = |d: std::pin::Pin<&mut tokio::time::Sleep>| {
+        d.reset(tokio::time::Instant::now() + CHILD_TIMEOUT)
+    };
+    let recv = async |sink: &mut Box<dyn Subscriber>,
+                      deadline: std::pin::Pin<&mut tokio::time::Sleep>|
+           -> Result<Frame, String> {
+        tokio::select! {
+            biased;
+            r = sink.recv() => r.map_err(|e| format!("sink: {e}")),
+            _ = deadline => Err(format!("sink: no frame in {CHILD_TIMEOUT:?}")),
         }
     };
     for i in 0..plan.warmup + plan.frames {
+        rearm(deadline.as_mut());
         peers[0].say("next").await?;
-        let f = recv(&mut sink).await?;
+        let f = recv(&mut sink, deadline.as_mut()).await?;
         progress.inc(1);
         if f.payload.len() as u64 != bytes || f.trace.len() != plan.hops + 1 {
             return Err(format!(
@@ -245,7 +306,8 @@ pub async fn run(plan: Plan, progress: &indicatif::ProgressBar) -> Result<Report
     let mut first = None;
     let mut last_t = 0;
     for _ in 0..plan.frames {
-        let _f = recv(&mut sink).await?;
+        rearm(deadline.as_mut());
+        let _f = recv(&mut sink, deadline.as_mut()).await?;
         let now = framewire::monotonic_ns();
         first.get_or_insert(now);
         last_t = now;
@@ -264,6 +326,10 @@ pub async fn run(plan: Plan, progress: &indicatif::ProgressBar) -> Result<Report
     };
     let mut all: Vec<f64> = hop_lat.iter().flatten().copied().collect();
     let per_hop: Vec<f64> = hop_lat.iter_mut().map(|v| stats::median(v)).collect();
+    let per_hop_p99: Vec<f64> = hop_lat
+        .iter_mut()
+        .map(|v| stats::percentile(v, 0.99))
+        .collect();
     let per_work: Vec<f64> = work.iter_mut().map(|v| stats::median(v)).collect();
     let mut stages = Vec::new();
     for k in 0..=plan.hops {
@@ -300,6 +366,8 @@ pub async fn run(plan: Plan, progress: &indicatif::ProgressBar) -> Result<Report
         hop_us_p50: stats::percentile(&mut all, 0.50),
         hop_us_p99: stats::percentile(&mut all, 0.99),
         per_hop_us_p50: per_hop.clone(),
+        per_hop_us_p99: per_hop_p99,
+        pin: plan.pin.clone(),
         ipc_ms_per_frame: per_hop.iter().sum::<f64>() / 1e3,
         work_ms_per_frame: per_work.iter().fold(0.0, |a, b| a + b),
         max_fps,
@@ -325,4 +393,21 @@ pub fn print(r: &Report) {
         "  per hop: p50 {:.0} us, p99 {:.0} us | IPC per frame {:.3} ms | work per frame {:.3} ms | max {:.1} fps",
         r.hop_us_p50, r.hop_us_p99, r.ipc_ms_per_frame, r.work_ms_per_frame, r.max_fps
     );
+    println!("{}", latency_line(r.hop_us_p50, r.hop_us_p99, r.frames));
+    match &r.pin {
+        Some(p) => println!(
+            "  pinned: CPUs {} (source first, sink last)",
+            crate::pin::fmt_list(p)
+        ),
+        None => println!("  pinned: no"),
+    }
+}
+
+/// The precise latency line, `  hop latency: p50 7.412 us, p99 12.301 us
+/// (send -> recv, 60 frames per hop)`; the iceoryx2 peer
+/// (`benches/iceoryx2-pingpong`) prints the same line for comparison.
+pub fn latency_line(p50_us: f64, p99_us: f64, frames: usize) -> String {
+    format!(
+        "  hop latency: p50 {p50_us:.3} us, p99 {p99_us:.3} us (send -> recv, {frames} frames per hop)"
+    )
 }

@@ -122,3 +122,81 @@ pub fn children_usage() -> Usage {
 pub async fn stdin_line(lines: &mut Lines<BufReader<tokio::io::Stdin>>) -> Option<String> {
     lines.next_line().await.ok().flatten()
 }
+
+/// Our stdin as a line channel, read with plain blocking system calls
+/// (`poll` for the timeout, then `read`) on the calling thread.
+///
+/// The pipeline's stages take their orders through this rather than through
+/// tokio's stdin, which reads on the blocking pool: a line then costs a
+/// wake-up of a pool thread plus one of the task waiting for it, and the pool
+/// thread's next read is queued (another wake-up) right after the frame is
+/// sent, inside the timed window. Here the thread that sends the frame is the
+/// one that reads the order, and between orders it sleeps in the kernel.
+pub struct ControlIn {
+    buf: Vec<u8>,
+    eof: bool,
+}
+
+impl Default for ControlIn {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ControlIn {
+    /// A reader of this process's stdin. Nothing else in the process may read stdin.
+    pub fn new() -> ControlIn {
+        ControlIn {
+            buf: Vec::with_capacity(256),
+            eof: false,
+        }
+    }
+
+    /// The next line without its newline; `Ok(None)` at end of input; an
+    /// error when nothing came within `timeout` or stdin cannot be read.
+    pub fn line(&mut self, timeout: Duration) -> Result<Option<String>, String> {
+        use nix::errno::Errno;
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=pos).collect();
+                return Ok(Some(
+                    String::from_utf8_lossy(&line[..pos]).trim_end().to_owned(),
+                ));
+            }
+            if self.eof {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                let line = String::from_utf8_lossy(&self.buf).trim_end().to_owned();
+                self.buf.clear();
+                return Ok(Some(line));
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(format!("no order on stdin in {timeout:?}"));
+            }
+            let stdin = std::io::stdin();
+            let fd = stdin.as_fd();
+            // Whole milliseconds, rounded up so a short wait is not a busy loop.
+            let ms = left.as_millis().saturating_add(1);
+            let wait = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+            let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+            match poll(&mut fds, wait) {
+                Ok(0) | Err(Errno::EINTR) => continue,
+                Ok(_) => {}
+                Err(e) => return Err(format!("waiting for stdin: {e}")),
+            }
+            let mut chunk = [0u8; 256];
+            match nix::unistd::read(fd, &mut chunk) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(Errno::EINTR | Errno::EAGAIN) => {}
+                Err(e) => return Err(format!("reading stdin: {e}")),
+            }
+        }
+    }
+}

@@ -200,6 +200,20 @@ pub fn run_at_ref(gitref: &str, pipeline_args: &[String]) -> Result<Report, Stri
 mod tests {
     use super::*;
 
+    #[test]
+    fn files_without_the_newer_keys_still_load() {
+        let mut v = serde_json::to_value(report(1.0, 2.0, 3.0)).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.remove("per_hop_us_p99");
+        o.remove("pin");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("old.json");
+        std::fs::write(&p, v.to_string()).unwrap();
+        let r = load(&p).unwrap();
+        assert!(r.per_hop_us_p99.is_empty() && r.pin.is_none());
+        assert_eq!(r.per_hop_us_p50.len(), 2);
+    }
+
     fn report(ipc: f64, work: f64, fps: f64) -> Report {
         Report {
             transport: "tcp".into(),
@@ -211,6 +225,8 @@ mod tests {
             hop_us_p50: ipc * 1e3,
             hop_us_p99: ipc * 1e3,
             per_hop_us_p50: vec![ipc * 1e3, ipc * 1e3],
+            per_hop_us_p99: vec![ipc * 1e3, ipc * 1e3],
+            pin: None,
             ipc_ms_per_frame: 2.0 * ipc,
             work_ms_per_frame: work,
             max_fps: fps,

@@ -298,3 +298,110 @@ fn waterfall_options_have_help() {
         );
     }
 }
+
+/// The CPUs this test process may run on (its `Cpus_allowed_list`).
+fn allowed_cpus() -> Vec<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim();
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => cpus.extend(a.parse::<usize>().unwrap()..=b.parse().unwrap()),
+            None => cpus.push(part.parse().unwrap()),
+        }
+    }
+    cpus
+}
+
+/// Runs a pipeline that must be refused before it starts; returns its stderr.
+fn pipeline_refused(args: &[&str]) -> String {
+    let out = bench()
+        .args(["pipeline", "--transport", "tcp", "--resolution", "64x48"])
+        .args(["--frames", "2"])
+        .args(args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "`pipeline {}` must fail; stdout:\n{}\nstderr:\n{err}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("per hop"),
+        "nothing measured"
+    );
+    err
+}
+
+#[test]
+fn pin_is_validated_up_front() {
+    let e = pipeline_refused(&["--pin", "100000"]);
+    assert!(
+        e.contains("--pin") && e.contains("CPU 100000 does not exist"),
+        "{e}"
+    );
+    let e = pipeline_refused(&["--pin", "zero"]);
+    assert!(e.contains("--pin") && e.contains("not a CPU number"), "{e}");
+    let cpu = allowed_cpus()[0].to_string();
+    let two = format!("{cpu},{cpu}");
+    let e = pipeline_refused(&["--hops", "1", "--pin", &two]);
+    assert!(
+        e.contains("--pin") && e.contains("2 CPUs for 3 stages"),
+        "{e}"
+    );
+    let help = run(bench().args(["pipeline", "--help"]));
+    assert!(
+        help.contains("--pin <CPUS>") && help.contains("sched_setaffinity"),
+        "{help}"
+    );
+}
+
+#[test]
+fn pinned_pipelines_run_and_report_their_cpus() {
+    let cpus = allowed_cpus();
+    let (first, last) = (cpus[0], *cpus.last().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    // All stages on one CPU, over shared memory (the configuration the
+    // iceoryx2 comparison pins), and one CPU per stage over a socket.
+    let one = dir.path().join("one.json");
+    let out = run(bench()
+        .args(["pipeline", "--transport", "shm-pool", "--hops", "0"])
+        .args(["--resolution", "64x48", "--frames", "4"])
+        .args(["--pin", &first.to_string(), "--json"])
+        .arg(&one));
+    assert!(
+        out.contains(&format!("pinned: CPUs {first},{first} ")),
+        "{out}"
+    );
+    assert!(out.contains("  hop latency: p50 "), "{out}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&one).unwrap()).unwrap();
+    assert_eq!(r["pin"], serde_json::json!([first, first]));
+    assert_eq!(r["per_hop_us_p99"].as_array().unwrap().len(), 1);
+    assert!(r["hop_us_p99"].as_f64().unwrap() >= r["hop_us_p50"].as_f64().unwrap());
+
+    let each = dir.path().join("each.json");
+    let list = format!("{first},{last},{first}");
+    let out = run(bench()
+        .args(["pipeline", "--transport", "unix", "--hops", "1"])
+        .args(["--resolution", "64x48", "--frames", "4"])
+        .args(["--pin", &list, "--json"])
+        .arg(&each));
+    assert!(out.contains(&format!("pinned: CPUs {list} ")), "{out}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&each).unwrap()).unwrap();
+    assert_eq!(r["pin"], serde_json::json!([first, last, first]));
+    assert_eq!(r["per_hop_us_p99"].as_array().unwrap().len(), 2);
+
+    // Unpinned: said so, and `pin` is null.
+    let out = run(bench()
+        .args(["pipeline", "--transport", "unix", "--hops", "0"])
+        .args(["--resolution", "64x48", "--frames", "3"]));
+    assert!(out.contains("pinned: no"), "{out}");
+}

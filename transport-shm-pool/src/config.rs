@@ -55,17 +55,16 @@ pub struct Config {
     pub max_held: usize,
 }
 
-/// The `max_held` of a pool of `slots` slots without `max_held=`: the whole
-/// pool, i.e. no cap unless one is asked for.
+/// The `max_held` of a pool of `slots` slots without `max_held=`: half the
+/// pool, at least 1, so that one subscriber keeping its views cannot hold
+/// the pool hostage.
 ///
-/// A cap below the pool by default (all but one slot) cut pipelines short:
-/// a forwarder's views stay held until its own subscribers release them, so
-/// `framewire-bench pipeline --hops 2` and the Python pipeline lost frames to
-/// it. Until a forwarded view stops counting against its forwarder, set
-/// `max_held=` on endpoints whose subscribers must not be able to hold the
-/// pool hostage.
+/// A view that a subscriber's process forwards through its own `shm-pool`
+/// publisher stops counting against its `max_held` once forwarded (the
+/// forwarding publisher bounds it with its own forward slots), so a
+/// multi-hop pipeline is not cut short by it.
 pub fn default_max_held(slots: usize) -> usize {
-    slots.max(1)
+    (slots / 2).max(1)
 }
 
 impl Config {
@@ -188,9 +187,10 @@ mod tests {
             (8, 32 << 20, Policy::Block)
         );
         assert_eq!(c.busy_poll, None);
-        assert_eq!(c.max_held, 8, "no cap by default");
+        assert_eq!(c.max_held, 4, "half the pool by default");
         assert_eq!(cfg("shm-pool://cam0?slots=1").unwrap().max_held, 1);
-        assert_eq!(cfg("shm-pool://cam0?slots=2").unwrap().max_held, 2);
+        assert_eq!(cfg("shm-pool://cam0?slots=2").unwrap().max_held, 1);
+        assert_eq!(cfg("shm-pool://cam0?slots=9").unwrap().max_held, 4);
         assert_eq!(cfg("shm-pool://cam0?max_held=8").unwrap().max_held, 8);
         let c = cfg("shm-pool://cam0?slots=3&slot_size=64MiB&policy=fail&recv=view&busy_poll=50us")
             .unwrap();

@@ -13,6 +13,7 @@ use transport_core::{
 };
 
 use crate::ShmPoolTransport;
+use crate::channel::Entry;
 use crate::config::socket_name;
 use crate::pool::{SegmentMap, SlotPool};
 use crate::sys;
@@ -51,6 +52,12 @@ struct FakePublisher {
     stream: UnixStream,
     claims: ClaimTable,
     rx: RecvBuf,
+    /// Entries published in the subscriber's descriptor ring.
+    head: std::cell::Cell<u64>,
+    /// Releases consumed from its release ring.
+    rel_tail: u64,
+    /// Descriptors go over the socket (behind markers) instead of inline.
+    via_socket: bool,
 }
 
 impl FakePublisher {
@@ -107,7 +114,27 @@ impl FakePublisher {
             stream,
             claims,
             rx,
+            head: std::cell::Cell::new(0),
+            rel_tail: 0,
+            via_socket: false,
         }
+    }
+
+    /// Publishes `entry` in the subscriber's descriptor ring (a marker for
+    /// what goes over the socket next).
+    fn push(&self, entry: &Entry) {
+        let mut head = self.head.get();
+        assert!(
+            self.claims.desc_space(head),
+            "the subscriber's ring is full"
+        );
+        self.claims.push_desc(&mut head, entry);
+        self.head.set(head);
+    }
+
+    /// Announces the next socket message in the ring.
+    fn mark(&self) {
+        self.push(&Entry::Socket);
     }
 
     /// Writes frame `seq` into slot `index` with header generation `generation`.
@@ -129,12 +156,34 @@ impl FakePublisher {
     }
 
     async fn send(&self, desc: Desc, header: Bytes) {
+        if !self.via_socket && header.len() <= wire::INLINE_HEADER {
+            return self.push(&Entry::Desc(desc, header));
+        }
+        self.mark();
         wire::send(&self.stream, &Msg::Desc { desc, header }, None, "DESC")
             .await
             .expect("DESC");
     }
 
+    /// A release of a pool slot comes through the release ring; one of a
+    /// forward slot over the socket.
     async fn expect_release(&mut self, index: u32, generation: u64) {
+        if index < self.pool.geometry().slots {
+            let mut got = Vec::with_capacity(1);
+            let deadline = std::time::Instant::now() + WAIT;
+            while got.is_empty() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no release in the ring"
+                );
+                self.claims
+                    .drain_releases(&mut self.rel_tail, &mut got)
+                    .expect("a sound release ring");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            assert_eq!(got[0], (u64::from(index), generation));
+            return;
+        }
         match within("a RELEASE", self.rx.recv(&self.stream, "RELEASE")).await {
             Ok(Msg::Release {
                 index: i,
@@ -152,7 +201,7 @@ async fn expect_invalid<S: Subscriber>(sub: &mut S, what: &str) {
     }
 }
 
-async fn forged_descriptors(mode: RecvMode) {
+async fn forged_descriptors(mode: RecvMode, via_socket: bool) {
     let name = name("desc");
     let endpoint = Endpoint::parse(&format!("shm-pool://{name}")).expect("url");
     let mut sub = None;
@@ -167,6 +216,7 @@ async fn forged_descriptors(mode: RecvMode) {
     })
     .await;
     let mut sub = sub.expect("subscriber");
+    fake.via_socket = via_socket;
     let slot_size = fake.pool.slot_size();
 
     // A good frame in slot 0.
@@ -258,12 +308,14 @@ async fn forged_descriptors(mode: RecvMode) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_descriptors_are_refused_in_view_mode() {
-    forged_descriptors(RecvMode::View).await;
+    forged_descriptors(RecvMode::View, false).await;
+    forged_descriptors(RecvMode::View, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_descriptors_are_refused_in_owned_mode() {
-    forged_descriptors(RecvMode::Owned).await;
+    forged_descriptors(RecvMode::Owned, false).await;
+    forged_descriptors(RecvMode::Owned, true).await;
 }
 
 /// A subscriber that speaks the protocol by hand, to send bad releases.
@@ -274,6 +326,8 @@ struct FakeSubscriber {
     claims: ClaimTable,
     /// The anchor the publisher sent with HELLO (the mapping holds it too).
     anchor: std::sync::Arc<std::os::fd::OwnedFd>,
+    /// Entries consumed from its descriptor ring.
+    tail: u64,
 }
 
 impl FakeSubscriber {
@@ -314,11 +368,43 @@ impl FakeSubscriber {
             seg,
             claims,
             anchor,
+            tail: 0,
         }
     }
 
+    /// The next thing the publisher sent, in the ring's order: a ring
+    /// entry, or the socket message a marker announces (WAKEs skipped).
+    async fn next(&mut self, what: &str) -> Result<Msg, Error> {
+        within(what, async {
+            loop {
+                match self.claims.peek_desc(self.tail).expect("a sound ring") {
+                    Some(Entry::Desc(desc, header)) => {
+                        self.claims.consume_desc(&mut self.tail);
+                        return Ok(Msg::Desc { desc, header });
+                    }
+                    Some(Entry::Fwd(desc, header)) => {
+                        self.claims.consume_desc(&mut self.tail);
+                        return Ok(Msg::Fwd { desc, header });
+                    }
+                    Some(Entry::Spill) => panic!("{what}: the ring spilled"),
+                    Some(Entry::Socket) => loop {
+                        match self.rx.recv(&self.stream, what).await? {
+                            Msg::Wake => {}
+                            m => {
+                                self.claims.consume_desc(&mut self.tail);
+                                return Ok(m);
+                            }
+                        }
+                    },
+                    None => tokio::time::sleep(Duration::from_millis(1)).await,
+                }
+            }
+        })
+        .await
+    }
+
     async fn next_desc(&mut self) -> Desc {
-        match within("a DESC", self.rx.recv(&self.stream, "DESC")).await {
+        match self.next("a DESC").await {
             Ok(Msg::Desc { desc, .. }) => desc,
             other => panic!("expected DESC, got {other:?}"),
         }
@@ -481,6 +567,78 @@ async fn bad_releases_are_ignored_and_counted() {
     assert_eq!(publ.subscriber_count(), Some(0));
 }
 
+/// A subscriber writes what it likes into its channel: releases of slots
+/// it does not hold, at wrong generations, twice, out of range; a release
+/// head far past the tail; a tail ahead of what was published; a parked
+/// word always set. The publisher frees each slot once, counts the rest,
+/// overwrites nothing it has not seen consumed, and keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_channel_is_ignored_and_counted() {
+    let (_, mut publ, mut fake) = with_fake_subscriber("channel").await;
+    publ.send(Frame::new(pattern::make(0, 100)))
+        .await
+        .expect("send");
+    let d = fake.next_desc().await;
+    assert_eq!(fake.claims.take(d.index, d.generation, false), Take::Taken);
+    assert_eq!(publ.free_slots(), 1);
+    let mut head = 0u64;
+    for (index, generation) in [
+        (d.index ^ 1, d.generation),
+        (d.index, d.generation + 1),
+        (d.index, d.generation),
+        (d.index, d.generation),
+        (77, 1),
+        (u32::MAX, u64::MAX),
+    ] {
+        assert!(fake.claims.push_release(&mut head, index, generation));
+    }
+    assert_eq!(publ.free_slots(), 2, "freed once, never twice");
+    assert_eq!(publ.stale_releases(), 5);
+
+    // A release head far past the tail: skipped and counted, nothing freed.
+    publ.send(Frame::new(pattern::make(1, 100)))
+        .await
+        .expect("send");
+    let d = fake.next_desc().await;
+    assert_eq!(fake.claims.take(d.index, d.generation, false), Take::Taken);
+    head += 1 << 40;
+    fake.claims.poke(ClaimTable::REL_HEAD, head);
+    assert_eq!(publ.free_slots(), 1);
+    assert_eq!(publ.stale_releases(), 6);
+    // Releases after it count again.
+    assert!(fake.claims.push_release(&mut head, d.index, d.generation));
+    assert_eq!(publ.free_slots(), 2);
+
+    // A descriptor tail ahead of the head: no room, nothing written into
+    // the ring; the frame waits in the publisher's bounded queue. A parked
+    // word always set costs at most a WAKE per publish, never a hang.
+    fake.claims.poke(ClaimTable::PARKED, 1);
+    fake.claims.poke(ClaimTable::DESC_TAIL, fake.tail + 5);
+    within(
+        "a send past a broken tail",
+        publ.send(Frame::new(pattern::make(2, 100))),
+    )
+    .await
+    .expect("send");
+    assert_eq!(publ.queued_messages(), 1, "queued, not written over");
+    assert!(
+        fake.claims.peek_desc(fake.tail).expect("ring").is_none(),
+        "nothing published"
+    );
+    // Its bad tail is fixed and it says so (WAKE): the frame arrives.
+    fake.claims.poke(ClaimTable::DESC_TAIL, fake.tail);
+    fake.claims.poke(ClaimTable::KICK, 0);
+    wire::send(&fake.stream, &Msg::Wake, None, "WAKE")
+        .await
+        .expect("WAKE");
+    let d = fake.next_desc().await;
+    assert_eq!(fake.claims.take(d.index, d.generation, false), Take::Taken);
+    // Gone: everything comes back.
+    drop(fake);
+    until("slots back after EOF", || publ.free_slots() == 2).await;
+    assert_eq!(publ.subscriber_count(), Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_claim_table_is_refused() {
     let name = name("claims");
@@ -529,12 +687,17 @@ impl FakePublisher {
             len: seg.geometry().len,
             anchors: 0,
         };
+        self.mark();
         wire::send(&self.stream, &msg, Some(ro.as_fd()), "SEGMENT")
             .await
             .expect("SEGMENT");
     }
 
     async fn send_fwd(&self, desc: FwdDesc, header: Bytes) {
+        if !self.via_socket && header.len() <= wire::INLINE_HEADER {
+            return self.push(&Entry::Fwd(desc, header));
+        }
+        self.mark();
         wire::send(&self.stream, &Msg::Fwd { desc, header }, None, "FWD")
             .await
             .expect("FWD");
@@ -555,7 +718,7 @@ fn fwd_desc(segment: u32, index: u32, generation: u64, offset: u64, len: u64) ->
 /// A fake forwarding publisher: forged FWD descriptors and SEGMENT messages
 /// are refused with nothing read; a claim that was really offered is given
 /// back; a good one reads the right bytes of the forwarded segment.
-async fn forged_forwards(mode: RecvMode) {
+async fn forged_forwards(mode: RecvMode, via_socket: bool) {
     let name = name("fwd");
     let endpoint = Endpoint::parse(&format!("shm-pool://{name}")).expect("url");
     let mut sub = None;
@@ -570,6 +733,7 @@ async fn forged_forwards(mode: RecvMode) {
     })
     .await;
     let mut sub = sub.expect("subscriber");
+    fake.via_socket = via_socket;
     // The fake's pool has 2 slots: claim indices 2 and 3 are its forward slots.
     let slot_size = fake.pool.slot_size();
     let upstream = SlotPool::create(&format!("{name}-up"), 2, 8192).expect("upstream pool");
@@ -653,6 +817,7 @@ async fn forged_forwards(mode: RecvMode) {
         len: 8192,
         anchors: 0,
     };
+    fake.mark();
     wire::send(&fake.stream, &msg, Some(unsealed.as_fd()), "SEGMENT")
         .await
         .expect("SEGMENT");
@@ -669,6 +834,7 @@ async fn forged_forwards(mode: RecvMode) {
         len: upstream.geometry().len,
         anchors,
     };
+    fake.mark();
     wire::send(
         &fake.stream,
         &segment(wire::MAX_ANCHORS + 1),
@@ -686,6 +852,7 @@ async fn forged_forwards(mode: RecvMode) {
         ("a memfd", unsealed.as_fd()),
         ("a read end", pipe_r.as_fd()),
     ] {
+        fake.mark();
         wire::send_fds(&fake.stream, &segment(1), &[ro.as_fd(), bad], "SEGMENT")
             .await
             .expect("SEGMENT");
@@ -701,6 +868,7 @@ async fn forged_forwards(mode: RecvMode) {
     expect_invalid(&mut sub, "a segment that was refused").await;
 
     // FORGET: the index is unknown from then on; views keep their mapping.
+    fake.mark();
     wire::send(&fake.stream, &Msg::Forget { index: 0 }, None, "FORGET")
         .await
         .expect("FORGET");
@@ -717,12 +885,14 @@ async fn forged_forwards(mode: RecvMode) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_forwards_are_refused_in_view_mode() {
-    forged_forwards(RecvMode::View).await;
+    forged_forwards(RecvMode::View, false).await;
+    forged_forwards(RecvMode::View, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_forwards_are_refused_in_owned_mode() {
-    forged_forwards(RecvMode::Owned).await;
+    forged_forwards(RecvMode::Owned, false).await;
+    forged_forwards(RecvMode::Owned, true).await;
 }
 
 async fn until(what: &str, mut f: impl FnMut() -> bool) {
@@ -771,7 +941,7 @@ async fn forwarding_on_the_wire() {
     b.send(fa).await.expect("forward");
     assert_eq!((b.forwarded(), b.free_slots()), (1, 2), "no slot of B used");
 
-    let (index, inode, len) = match within("SEGMENT", fake.rx.recv(&fake.stream, "SEGMENT")).await {
+    let (index, inode, len) = match fake.next("SEGMENT").await {
         Ok(Msg::Segment {
             index,
             inode,
@@ -790,7 +960,7 @@ async fn forwarding_on_the_wire() {
     sys::check_sealed(fd.as_fd(), len).expect("sealed");
     assert_eq!(sys::inode(fd.as_fd()).expect("inode"), inode);
     let seg = crate::pool::ForeignMap::open(fd, inode, len, Vec::new(), u64::MAX).expect("map it");
-    let d = match within("FWD", fake.rx.recv(&fake.stream, "FWD")).await {
+    let d = match fake.next("FWD").await {
         Ok(Msg::Fwd { desc, .. }) => desc,
         other => panic!("expected FWD, got {other:?}"),
     };
@@ -831,11 +1001,11 @@ async fn forwarding_on_the_wire() {
         .expect("send A2");
     let fa2 = within("A2's frame", sub_a2.recv()).await.expect("recv A2");
     b.send(fa2).await.expect("forward again");
-    match within("FORGET", fake.rx.recv(&fake.stream, "FORGET")).await {
+    match fake.next("FORGET").await {
         Ok(Msg::Forget { index: i }) => assert_eq!(i, index),
         other => panic!("expected FORGET, got {other:?}"),
     }
-    match within("SEGMENT", fake.rx.recv(&fake.stream, "SEGMENT")).await {
+    match fake.next("SEGMENT").await {
         Ok(Msg::Segment {
             index: i, inode: n, ..
         }) => {
@@ -858,7 +1028,7 @@ async fn forwarding_on_the_wire() {
 
 impl FakeSubscriber {
     async fn next_fwd(&mut self) -> FwdDesc {
-        match within("a FWD", self.rx.recv(&self.stream, "FWD")).await {
+        match self.next("a FWD").await {
             Ok(Msg::Fwd { desc, .. }) => desc,
             other => panic!("expected FWD, got {other:?}"),
         }

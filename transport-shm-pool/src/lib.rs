@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod channel;
 pub mod config;
 #[cfg(test)]
 mod forge_tests;

@@ -17,8 +17,9 @@ use rustix::net::{
 };
 
 /// Most file descriptors accepted with one `recvmsg`: a SEGMENT's fd and its
-/// anchors is the most the protocol sends with one message.
-const MAX_FDS_PER_READ: usize = 2 + crate::wire::MAX_ANCHORS as usize;
+/// anchors is the most the protocol sends with one message (`wire` checks
+/// at compile time that this is `2 + wire::MAX_ANCHORS`).
+pub(crate) const MAX_FDS_PER_READ: usize = 10;
 
 /// The effective uid of this process.
 pub(crate) fn euid() -> u32 {
@@ -342,23 +343,17 @@ pub(crate) async fn send_all(
     Ok(())
 }
 
-/// Reads once (waiting until something arrives) into `rx`; 0 at end of stream.
-pub(crate) async fn recv_some(
-    stream: &tokio::net::UnixStream,
-    rx: &mut crate::wire::RecvBuf,
-) -> io::Result<usize> {
-    loop {
-        // Fast path first: the data may be there before the reactor has seen it.
-        match rx.fill(stream.as_fd()) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            other => return other,
-        }
-        stream.readable().await?;
-        match stream.try_io(tokio::io::Interest::READABLE, || rx.fill(stream.as_fd())) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            other => return other,
-        }
-    }
+/// Blocks this thread until `fd` is readable (or hung up), at most
+/// `timeout`; false on time-out or error (the caller then waits through
+/// the reactor, which reports the same).
+pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+    let t = Timespec {
+        tv_sec: timeout.as_secs() as _,
+        tv_nsec: timeout.subsec_nanos() as _,
+    };
+    matches!(rustix::event::poll(&mut fds, Some(&t)), Ok(n) if n > 0)
 }
 
 /// An epoll instance watching `fd` for nothing but its hang-up (and

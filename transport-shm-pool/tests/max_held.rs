@@ -167,7 +167,7 @@ async fn until(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-/// `drop-oldest` with `max_held` below the pool (the default is the whole pool).
+/// `drop-oldest` with `max_held` below the pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_oldest_caps_the_hog() {
     hog_is_capped(
@@ -236,4 +236,81 @@ async fn owned_subscribers_are_not_capped() {
         kept.push(f);
     }
     assert_eq!(sub.dropped_over_max_held(), 0);
+}
+
+/// The default is half the pool, and a forwarder's views do not count
+/// against it once forwarded: A (4 slots, default `max_held` 2) -> B
+/// (forwarder, in this process) -> C, which keeps all three frames as
+/// views. Each of A's slots stays held (C holds B's forward slots, which
+/// hold B's views of A), yet B receives every frame: B's publisher bounds
+/// them with its own forward slots. A subscriber that keeps views without
+/// forwarding them is still capped at the default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_views_do_not_count_against_the_default() {
+    let t = ShmPoolTransport::new();
+    let views = SubscribeOptions::default().recv_mode(RecvMode::View);
+    let opts = PublishOptions::default().policy(Policy::Fail);
+    let mut a = t
+        .publish(&url("fwd-a", "slots=4&slot_size=64KiB"), &opts)
+        .await
+        .expect("publish A");
+    assert_eq!(a.max_held(), 2, "half the pool by default");
+    let mut b_sub = t.subscribe(a.endpoint(), &views).await.expect("B at A");
+    let mut b = t
+        // C keeps all three: B lets it.
+        .publish(&url("fwd-b", "slots=4&max_held=4&slot_size=64KiB"), &opts)
+        .await
+        .expect("publish B");
+    let mut c = t.subscribe(b.endpoint(), &views).await.expect("C at B");
+    a.wait_for_subscribers(1, WAIT).await.expect("B");
+    b.wait_for_subscribers(1, WAIT).await.expect("C");
+    let mut kept = Vec::new();
+    for i in 0..3u64 {
+        a.send(Frame::new(pattern::make(i, 1000)))
+            .await
+            .expect("send A");
+        let f = tokio::time::timeout(WAIT, b_sub.recv())
+            .await
+            .expect("in time")
+            .unwrap_or_else(|e| panic!("frame {i} at B: {e}"));
+        b.send(f).await.expect("forward");
+        let f = tokio::time::timeout(WAIT, c.recv())
+            .await
+            .expect("in time")
+            .unwrap_or_else(|e| panic!("frame {i} at C: {e}"));
+        assert_eq!(f.seq, i);
+        assert!(pattern::check(i, &f.payload));
+        kept.push(f);
+    }
+    assert_eq!(b.forwarded(), 3, "all three forwarded without a copy");
+    assert_eq!(b_sub.dropped_over_max_held(), 0);
+    assert_eq!(a.free_slots(), 1, "C's views hold three of A's slots");
+    drop(kept);
+    until("A's slots back", || a.free_slots() == 4).await;
+
+    // B's views that it keeps itself (not forwarded) count: the third is dropped.
+    let mut held = Vec::new();
+    for i in 3..5u64 {
+        a.send(Frame::new(pattern::make(i, 1000)))
+            .await
+            .expect("send A");
+        held.push(
+            tokio::time::timeout(WAIT, b_sub.recv())
+                .await
+                .expect("in time")
+                .expect("a frame"),
+        );
+    }
+    a.send(Frame::new(pattern::make(5, 1000)))
+        .await
+        .expect("send A");
+    match tokio::time::timeout(WAIT, b_sub.recv())
+        .await
+        .expect("in time")
+    {
+        Err(Error::Lagged { missed: 1 }) => {}
+        other => panic!("expected the third kept view to be dropped, got {other:?}"),
+    }
+    assert_eq!(b_sub.dropped_over_max_held(), 1);
+    drop(held);
 }

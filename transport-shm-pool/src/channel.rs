@@ -1,0 +1,851 @@
+//! The channel each subscriber shares with its publisher: a small sealed
+//! memfd the subscriber creates and maps read-write, as does its publisher.
+//! It holds the claim words, the descriptor ring (publisher -> subscriber),
+//! the release ring (subscriber -> publisher) and the words that decide who
+//! wakes whom. Everything in it is read and written with atomics only, and
+//! each side treats what the other side can write as untrusted: the
+//! publisher validates every release against its own accounting and never
+//! lets a ring index of the subscriber's make it write outside its ring; a
+//! subscriber checks every descriptor as it did when they came over the
+//! socket.
+//!
+//! ```text
+//! offset   0  desc_head   u64  descriptors published (publisher writes)
+//! offset  64  desc_tail   u64  descriptors consumed (subscriber writes)
+//! offset 128  parked      u64  1: the subscriber is about to wait (both write)
+//! offset 192  rel_head    u64  releases published (subscriber writes)
+//! offset 256  rel_tail    u64  releases consumed (publisher writes)
+//! offset 320  kick        u64  what the publisher waits for (both write)
+//! offset 512  claim words, one u64 per claim index
+//! page        descriptor ring: desc_capacity entries of DESC_ENTRY bytes
+//! then        release ring: rel_capacity entries of 16 bytes
+//! ```
+//!
+//! # Descriptors
+//!
+//! The publisher writes an entry, then stores the new head (SeqCst); the
+//! subscriber loads the head, copies the entry out, then stores its tail.
+//! An entry is a pool-slot descriptor (DESC), a forwarded one (FWD), both
+//! with the frame header inline, or a *socket marker*: "the next message on
+//! the socket comes here" (a descriptor whose header is too long for an
+//! entry, SEGMENT, FORGET). Markers put the socket's messages in the ring's
+//! order, so the ring is the one order of everything a subscriber receives.
+//! When the ring is full (a subscriber that does not read, under
+//! `drop-oldest`), the publisher writes its last free entry as a *spill*
+//! marker and goes on over the socket, as before version 5, up to a RESUME
+//! message; the ring then goes on after the spill marker. So a stalled
+//! subscriber costs what it cost before: its socket buffer, then the
+//! publisher's bounded queue.
+//!
+//! # Parking
+//!
+//! A subscriber that finds the ring empty stores `parked = 1` (SeqCst),
+//! loads the head again, and only if it is still empty waits on its socket.
+//! The publisher stores the head (SeqCst), then loads `parked`; only if it
+//! is set does it swap it to 0 and write a WAKE to the socket. In the single
+//! total order of SeqCst operations, either the subscriber's second load
+//! sees the new head or the publisher's load sees `parked`: no wake-up is
+//! lost, and a subscriber that is not parked costs the publisher no system
+//! call. The same pattern guards the other direction with `kick`: a
+//! publisher that waits for releases (or for room in the ring) sets its bit
+//! there, then looks again; a subscriber that publishes a release (or
+//! consumes a descriptor) then sees the bit and writes a WAKE.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use memmap2::{MmapOptions, MmapRaw};
+
+use crate::sys;
+
+/// A reference to one frame in shared memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Desc {
+    /// The segment (memfd inode number).
+    pub segment: u64,
+    /// The slot.
+    pub index: u32,
+    /// The slot's generation when the frame was written.
+    pub generation: u64,
+    /// Payload length.
+    pub len: u64,
+    /// Frames the publisher dropped for this subscriber since the previous descriptor.
+    pub missed: u64,
+}
+
+/// A reference to one forwarded frame: a byte range of a forwarded segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FwdDesc {
+    /// The forwarded segment's index (announced by a SEGMENT).
+    pub segment: u32,
+    /// The claim index: `slots + forward slot`.
+    pub index: u32,
+    /// The forward slot's generation.
+    pub generation: u64,
+    /// Where the payload starts in the segment.
+    pub offset: u64,
+    /// Payload length.
+    pub len: u64,
+    /// Frames the publisher dropped for this subscriber since the previous descriptor.
+    pub missed: u64,
+}
+
+/// State of a claim word: the publisher sent a descriptor.
+pub const OFFERED: u64 = 1;
+/// State of a claim word: the subscriber took the descriptor (reads the slot).
+pub const TAKEN: u64 = 2;
+/// State of a claim word: the publisher took the descriptor back unread.
+pub const RECLAIMED: u64 = 3;
+/// Largest generation a claim word can carry.
+pub const MAX_GENERATION: u64 = (1 << 62) - 1;
+
+const W_DESC_HEAD: u64 = 0;
+const W_DESC_TAIL: u64 = 64;
+const W_PARKED: u64 = 128;
+const W_REL_HEAD: u64 = 192;
+const W_REL_TAIL: u64 = 256;
+const W_KICK: u64 = 320;
+/// Offset of the first claim word.
+const CLAIMS_HEADER: u64 = 512;
+
+/// Bytes of one descriptor-ring entry.
+pub const DESC_ENTRY: u64 = 512;
+/// Words of an entry before its inline header.
+const ENTRY_FIELDS: u64 = 6;
+/// Longest frame header (prefix included) that travels inline in the ring;
+/// a longer one goes over the socket behind a marker.
+pub const INLINE_HEADER: usize = (DESC_ENTRY - 8 * ENTRY_FIELDS) as usize;
+/// Bytes of one release-ring entry (claim index, generation).
+const REL_ENTRY: u64 = 16;
+
+const KIND_DESC: u64 = 1;
+const KIND_FWD: u64 = 2;
+const KIND_SOCKET: u64 = 3;
+const KIND_SPILL: u64 = 4;
+
+/// `kick` bit: the publisher waits for releases (every slot is held).
+pub const KICK_RELEASES: u64 = 1;
+/// `kick` bit: the publisher waits for room in the descriptor ring.
+pub const KICK_SPACE: u64 = 2;
+
+/// Claim words of a subscriber's table for a pool of `slots` slots: one per
+/// pool slot, then one per forward slot (as many as pool slots).
+pub fn claim_entries(slots: u32) -> u32 {
+    slots.saturating_mul(2)
+}
+
+/// Entries of the descriptor ring for `entries` claim words: enough for one
+/// descriptor per claim (so that under `block` and `fail` the ring never
+/// fills), at most 512 (256 KiB).
+fn desc_capacity(entries: u32) -> u64 {
+    u64::from(entries).next_power_of_two().clamp(8, 512)
+}
+
+/// Entries of the release ring: one per claim.
+fn rel_capacity(entries: u32) -> u64 {
+    u64::from(entries).next_power_of_two().clamp(8, 1 << 14)
+}
+
+fn desc_offset(entries: u32) -> u64 {
+    sys::page_align(CLAIMS_HEADER + 8 * u64::from(entries)).unwrap_or(u64::MAX / 4)
+}
+
+fn rel_offset(entries: u32) -> u64 {
+    desc_offset(entries) + desc_capacity(entries) * DESC_ENTRY
+}
+
+/// Bytes of a subscriber's channel for `entries` claim words.
+pub fn claims_len(entries: u32) -> u64 {
+    sys::page_align(rel_offset(entries) + rel_capacity(entries) * REL_ENTRY).unwrap_or(u64::MAX)
+}
+
+/// What [`ClaimTable::take`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Take {
+    /// The descriptor is ours to read until released.
+    Taken,
+    /// The publisher took it back (drop-oldest): skip it.
+    Stale,
+    /// No such offer was made.
+    Invalid,
+}
+
+/// One entry of the descriptor ring.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// A pool slot, with the frame header.
+    Desc(Desc, Bytes),
+    /// A forwarded frame, with the frame header.
+    Fwd(FwdDesc, Bytes),
+    /// The next message on the socket comes here.
+    Socket,
+    /// The ring was full: every message on the socket up to RESUME comes
+    /// here, then the ring goes on after this entry.
+    Spill,
+}
+
+/// A descriptor ring the publisher broke (hostile or buggy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BadRing(pub String);
+
+/// The subscriber-owned, publisher-writable channel: claim words and rings.
+pub(crate) struct ClaimTable {
+    map: MmapRaw,
+    entries: u32,
+}
+
+impl std::fmt::Debug for ClaimTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimTable")
+            .field("entries", &self.entries)
+            .finish()
+    }
+}
+
+fn word_of(generation: u64, state: u64) -> u64 {
+    (generation << 2) | state
+}
+
+impl ClaimTable {
+    /// Subscriber side: a fresh, sealed table, and the fd to hand over.
+    pub(crate) fn create(entries: u32) -> io::Result<(ClaimTable, OwnedFd)> {
+        let len = claims_len(entries);
+        let fd = sys::memfd("framewire-shm-pool-claims", len)?;
+        sys::seal(fd.as_fd(), false)?;
+        let map = MmapOptions::new()
+            .len(usize::try_from(len).map_err(io::Error::other)?)
+            .populate()
+            .map_raw(&fd)?;
+        Ok((ClaimTable { map, entries }, fd))
+    }
+
+    /// Publisher side: maps the table a subscriber sent, after checking that it
+    /// is a sealed memfd large enough (so touching it can never SIGBUS).
+    pub(crate) fn open(fd: &OwnedFd, entries: u32) -> io::Result<ClaimTable> {
+        let len = claims_len(entries);
+        sys::check_sealed(fd.as_fd(), len)?;
+        let map = MmapOptions::new()
+            .len(usize::try_from(len).map_err(io::Error::other)?)
+            .populate()
+            .map_raw(fd)?;
+        Ok(ClaimTable { map, entries })
+    }
+
+    fn at(&self, offset: u64) -> &AtomicU64 {
+        assert!(offset & 7 == 0 && offset + 8 <= self.map.len() as u64);
+        // SAFETY: the offset is 8-aligned and inside the mapping (asserted
+        // above; every caller computes it from the layout, so this never
+        // fires); the mapping is page aligned, so the address is aligned for
+        // `AtomicU64`. The mapping lives as long as `self`, and the memfd is
+        // sealed against shrinking, so the page stays there. Both processes
+        // touch these words only through atomics.
+        unsafe { &*self.map.as_ptr().add(offset as usize).cast::<AtomicU64>() }
+    }
+
+    fn word(&self, index: u32) -> Option<&AtomicU64> {
+        (index < self.entries).then(|| self.at(CLAIMS_HEADER + 8 * u64::from(index)))
+    }
+
+    /// Publisher: a descriptor for `index` at `generation` is about to be sent.
+    pub(crate) fn offer(&self, index: u32, generation: u64) {
+        if let Some(w) = self.word(index) {
+            // Release: pairs with the subscriber's acquire in `take`, so the
+            // slot's contents written before are visible to it.
+            w.store(word_of(generation, OFFERED), Ordering::Release);
+        }
+    }
+
+    /// Publisher: takes an unread descriptor back. False when the subscriber
+    /// already took it (it holds the slot until it releases it).
+    pub(crate) fn reclaim(&self, index: u32, generation: u64) -> bool {
+        self.word(index).is_some_and(|w| {
+            // AcqRel/Acquire: the one CAS that decides against `take`'s CAS.
+            w.compare_exchange(
+                word_of(generation, OFFERED),
+                word_of(generation, RECLAIMED),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+        })
+    }
+
+    /// Subscriber: the generation of the claim on `index` it has taken and
+    /// not yet seen re-offered (`None` if the word is not `TAKEN`). While a
+    /// view of that slot is alive this is the view's generation.
+    pub(crate) fn taken_generation(&self, index: u32) -> Option<u64> {
+        let w = self.word(index)?.load(Ordering::Acquire);
+        (w & 3 == TAKEN).then_some(w >> 2)
+    }
+
+    /// Subscriber: claims the descriptor before reading the slot.
+    pub(crate) fn take(&self, index: u32, generation: u64, may_reclaim: bool) -> Take {
+        let Some(w) = self.word(index) else {
+            return Take::Invalid;
+        };
+        if generation == 0 || generation > MAX_GENERATION {
+            return Take::Invalid;
+        }
+        // AcqRel: acquire pairs with `offer`'s release (the slot's bytes are
+        // written before); the CAS decides against `reclaim`'s CAS.
+        match w.compare_exchange(
+            word_of(generation, OFFERED),
+            word_of(generation, TAKEN),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => Take::Taken,
+            Err(cur) => {
+                let (g, state) = (cur >> 2, cur & 3);
+                if may_reclaim && (g > generation || (g == generation && state == RECLAIMED)) {
+                    Take::Stale
+                } else {
+                    Take::Invalid
+                }
+            }
+        }
+    }
+
+    // ---- descriptor ring -------------------------------------------------
+
+    fn desc_word(&self, pos: u64, k: u64) -> &AtomicU64 {
+        let cap = desc_capacity(self.entries);
+        self.at(desc_offset(self.entries) + (pos & (cap - 1)) * DESC_ENTRY + 8 * k)
+    }
+
+    /// Publisher: true when the ring has room for one more entry after
+    /// `head` (the publisher's own count). A tail the subscriber wrote that
+    /// is ahead of `head` or further behind than the ring is long counts as
+    /// no room: a hostile value never makes the publisher overwrite an
+    /// entry it has not seen consumed.
+    #[cfg(test)]
+    pub(crate) fn desc_space(&self, head: u64) -> bool {
+        self.desc_room(head) > 0
+    }
+
+    /// Publisher: free entries after `head` (0 for a tail the subscriber
+    /// broke, see [`desc_space`](Self::desc_space)).
+    pub(crate) fn desc_room(&self, head: u64) -> u64 {
+        let tail = self.at(W_DESC_TAIL).load(Ordering::SeqCst);
+        desc_capacity(self.entries).saturating_sub(head.wrapping_sub(tail))
+    }
+
+    /// Publisher: writes `entry` at `*head` and publishes it. The caller
+    /// checked [`desc_space`](Self::desc_space). A header longer than
+    /// [`INLINE_HEADER`] must go as a marker.
+    pub(crate) fn push_desc(&self, head: &mut u64, entry: &Entry) {
+        let pos = *head;
+        let w = |k| self.desc_word(pos, k);
+        let (kind, header): (u64, &[u8]) = match entry {
+            Entry::Desc(d, h) => {
+                w(1).store(u64::from(d.index), Ordering::Relaxed);
+                w(2).store(d.generation, Ordering::Relaxed);
+                w(3).store(d.len, Ordering::Relaxed);
+                w(4).store(d.segment, Ordering::Relaxed);
+                w(5).store(d.missed, Ordering::Relaxed);
+                (KIND_DESC, h)
+            }
+            Entry::Fwd(d, h) => {
+                w(1).store(
+                    u64::from(d.index) | u64::from(d.segment) << 32,
+                    Ordering::Relaxed,
+                );
+                w(2).store(d.generation, Ordering::Relaxed);
+                w(3).store(d.len, Ordering::Relaxed);
+                w(4).store(d.offset, Ordering::Relaxed);
+                w(5).store(d.missed, Ordering::Relaxed);
+                (KIND_FWD, h)
+            }
+            Entry::Socket => (KIND_SOCKET, &[]),
+            Entry::Spill => (KIND_SPILL, &[]),
+        };
+        debug_assert!(header.len() <= INLINE_HEADER);
+        let header = &header[..header.len().min(INLINE_HEADER)];
+        for (k, chunk) in header.chunks(8).enumerate() {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            w(ENTRY_FIELDS + k as u64).store(u64::from_le_bytes(b), Ordering::Relaxed);
+        }
+        w(0).store(kind | (header.len() as u64) << 32, Ordering::Relaxed);
+        *head = pos.wrapping_add(1);
+        // SeqCst: publishes the entry (release) and orders this store before
+        // the load of `parked` in `take_parked` (see "Parking").
+        self.at(W_DESC_HEAD).store(*head, Ordering::SeqCst);
+    }
+
+    /// Subscriber: true when an entry is waiting after `tail`.
+    pub(crate) fn desc_ready(&self, tail: u64) -> bool {
+        self.at(W_DESC_HEAD).load(Ordering::SeqCst) != tail
+    }
+
+    /// Subscriber: the entry at `tail` (the subscriber's own count), if the
+    /// publisher has published one; not consumed until
+    /// [`consume_desc`](Self::consume_desc). Every word is copied out with
+    /// atomic loads before anything is decided on it.
+    pub(crate) fn peek_desc(&self, tail: u64) -> Result<Option<Entry>, BadRing> {
+        let head = self.at(W_DESC_HEAD).load(Ordering::SeqCst);
+        let avail = head.wrapping_sub(tail);
+        if avail == 0 {
+            return Ok(None);
+        }
+        if avail > desc_capacity(self.entries) {
+            return Err(BadRing(format!(
+                "descriptor ring head {head} is {avail} entries past the tail {tail} (capacity {})",
+                desc_capacity(self.entries)
+            )));
+        }
+        let w = |k| self.desc_word(tail, k).load(Ordering::Relaxed);
+        let w0 = w(0);
+        let (kind, hlen) = (w0 & 0xff, (w0 >> 32) as usize);
+        if hlen > INLINE_HEADER {
+            return Err(BadRing(format!(
+                "descriptor ring entry with a header of {hlen} bytes (at most {INLINE_HEADER} inline)"
+            )));
+        }
+        let mut header = Vec::with_capacity(hlen);
+        for k in 0..hlen.div_ceil(8) {
+            let b = w(ENTRY_FIELDS + k as u64).to_le_bytes();
+            let n = (hlen - 8 * k).min(8);
+            header.extend_from_slice(&b[..n]);
+        }
+        let header = Bytes::from(header);
+        let (w1, w2, w3, w4, w5) = (w(1), w(2), w(3), w(4), w(5));
+        Ok(Some(match kind {
+            KIND_DESC => Entry::Desc(
+                Desc {
+                    segment: w4,
+                    index: u32::try_from(w1).unwrap_or(u32::MAX),
+                    generation: w2,
+                    len: w3,
+                    missed: w5,
+                },
+                header,
+            ),
+            KIND_FWD => Entry::Fwd(
+                FwdDesc {
+                    segment: (w1 >> 32) as u32,
+                    index: w1 as u32,
+                    generation: w2,
+                    offset: w4,
+                    len: w3,
+                    missed: w5,
+                },
+                header,
+            ),
+            KIND_SOCKET => Entry::Socket,
+            KIND_SPILL => Entry::Spill,
+            k => {
+                return Err(BadRing(format!(
+                    "descriptor ring entry of unknown kind {k}"
+                )));
+            }
+        }))
+    }
+
+    /// Subscriber: the entry at `*tail` is done with; its room goes back.
+    /// True when the publisher waits for that room (the caller wakes it).
+    pub(crate) fn consume_desc(&self, tail: &mut u64) -> bool {
+        *tail = tail.wrapping_add(1);
+        // SeqCst: ordered before the load of `kick` (see "Parking").
+        self.at(W_DESC_TAIL).store(*tail, Ordering::SeqCst);
+        self.take_kick(KICK_SPACE)
+    }
+
+    /// Subscriber: about to wait for the socket. The caller checks the ring
+    /// again afterwards, and waits only if it is still empty.
+    pub(crate) fn park(&self) {
+        self.at(W_PARKED).store(1, Ordering::SeqCst);
+    }
+
+    /// Subscriber: no longer waiting.
+    pub(crate) fn unpark(&self) {
+        self.at(W_PARKED).store(0, Ordering::SeqCst);
+    }
+
+    /// Publisher, after publishing entries: true (once per park) when the
+    /// subscriber is parked and must be woken.
+    pub(crate) fn take_parked(&self) -> bool {
+        let w = self.at(W_PARKED);
+        w.load(Ordering::SeqCst) != 0 && w.swap(0, Ordering::SeqCst) != 0
+    }
+
+    // ---- release ring ----------------------------------------------------
+
+    fn rel_word(&self, pos: u64, k: u64) -> &AtomicU64 {
+        let cap = rel_capacity(self.entries);
+        self.at(rel_offset(self.entries) + (pos & (cap - 1)) * REL_ENTRY + 8 * k)
+    }
+
+    /// Subscriber: publishes a release of claim `index` at `generation`
+    /// after `*head` (its own count). False when the ring is full (the
+    /// caller sends RELEASE over the socket instead).
+    pub(crate) fn push_release(&self, head: &mut u64, index: u32, generation: u64) -> bool {
+        let tail = self.at(W_REL_TAIL).load(Ordering::Acquire);
+        if head.wrapping_sub(tail) >= rel_capacity(self.entries) {
+            return false;
+        }
+        self.rel_word(*head, 0)
+            .store(u64::from(index), Ordering::Relaxed);
+        self.rel_word(*head, 1).store(generation, Ordering::Relaxed);
+        *head = head.wrapping_add(1);
+        // SeqCst: publishes the entry and is ordered before the load of
+        // `kick` in `take_kick` (see "Parking").
+        self.at(W_REL_HEAD).store(*head, Ordering::SeqCst);
+        true
+    }
+
+    /// Publisher: true when releases wait after `tail`.
+    pub(crate) fn releases_pending(&self, tail: u64) -> bool {
+        self.at(W_REL_HEAD).load(Ordering::SeqCst) != tail
+    }
+
+    /// Publisher: moves up to `out.capacity()` releases published after
+    /// `*tail` into `out` and gives their room back. Nothing read here is
+    /// trusted: a head further ahead than the ring is long is a broken
+    /// ring (`Err` with what was wrong; the caller drops the peer's
+    /// releases so far as stale), and each release is checked by the caller
+    /// against its accounting.
+    pub(crate) fn drain_releases(
+        &self,
+        tail: &mut u64,
+        out: &mut Vec<(u64, u64)>,
+    ) -> Result<(), BadRing> {
+        let head = self.at(W_REL_HEAD).load(Ordering::SeqCst);
+        let avail = head.wrapping_sub(*tail);
+        let cap = rel_capacity(self.entries);
+        if avail > cap {
+            return Err(BadRing(format!(
+                "release ring head {head} is {avail} entries past the tail {tail} (capacity {cap})"
+            )));
+        }
+        let n = avail.min((out.capacity() - out.len()) as u64);
+        for _ in 0..n {
+            out.push((
+                self.rel_word(*tail, 0).load(Ordering::Relaxed),
+                self.rel_word(*tail, 1).load(Ordering::Relaxed),
+            ));
+            *tail = tail.wrapping_add(1);
+        }
+        // Release: the entries were copied out before their room goes back.
+        self.at(W_REL_TAIL).store(*tail, Ordering::Release);
+        Ok(())
+    }
+
+    /// Publisher: skips every release published so far (after a broken
+    /// ring), so that the subscriber's next ones are read again.
+    pub(crate) fn skip_releases(&self, tail: &mut u64) {
+        *tail = self.at(W_REL_HEAD).load(Ordering::SeqCst);
+        self.at(W_REL_TAIL).store(*tail, Ordering::Release);
+    }
+
+    // ---- kicks -----------------------------------------------------------
+
+    /// Publisher: asks to be woken for `bit` ([`KICK_RELEASES`],
+    /// [`KICK_SPACE`]). The caller looks again afterwards before it waits.
+    pub(crate) fn request_kick(&self, bit: u64) {
+        self.at(W_KICK).fetch_or(bit, Ordering::SeqCst);
+    }
+
+    /// Subscriber: true (once per request) when the publisher asked to be
+    /// woken for `bit`.
+    pub(crate) fn take_kick(&self, bit: u64) -> bool {
+        let w = self.at(W_KICK);
+        w.load(Ordering::SeqCst) & bit != 0 && w.fetch_and(!bit, Ordering::SeqCst) & bit != 0
+    }
+
+    /// Tests: writes a raw word of the channel (a hostile peer's view).
+    #[cfg(test)]
+    pub(crate) fn poke(&self, offset: u64, value: u64) {
+        self.at(offset).store(value, Ordering::SeqCst);
+    }
+
+    /// Tests: the offsets of the ring words a subscriber writes.
+    #[cfg(test)]
+    pub(crate) const DESC_TAIL: u64 = W_DESC_TAIL;
+    /// Tests: see [`DESC_TAIL`](Self::DESC_TAIL).
+    #[cfg(test)]
+    pub(crate) const REL_HEAD: u64 = W_REL_HEAD;
+    /// Tests: see [`DESC_TAIL`](Self::DESC_TAIL).
+    #[cfg(test)]
+    pub(crate) const KICK: u64 = W_KICK;
+    /// Tests: see [`DESC_TAIL`](Self::DESC_TAIL).
+    #[cfg(test)]
+    pub(crate) const PARKED: u64 = W_PARKED;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn claims_decide_between_take_and_reclaim() {
+        let (sub, fd) = ClaimTable::create(4).unwrap();
+        let publ = ClaimTable::open(&fd, 4).unwrap();
+        // Not offered: invalid.
+        assert_eq!(sub.take(0, 1, true), Take::Invalid);
+        publ.offer(0, 1);
+        assert_eq!(sub.take(0, 1, false), Take::Taken);
+        assert!(!publ.reclaim(0, 1), "a taken slot cannot be reclaimed");
+        assert_eq!(sub.take(0, 1, false), Take::Invalid, "taken twice");
+        publ.offer(1, 5);
+        assert!(publ.reclaim(1, 5));
+        assert_eq!(sub.take(1, 5, true), Take::Stale);
+        assert_eq!(
+            sub.take(1, 5, false),
+            Take::Invalid,
+            "no reclaiming without drop-oldest"
+        );
+        publ.offer(1, 6);
+        assert_eq!(sub.take(1, 5, true), Take::Stale, "an older generation");
+        assert_eq!(
+            sub.take(1, 7, true),
+            Take::Invalid,
+            "a newer generation was never offered"
+        );
+        assert_eq!(sub.take(9, 1, true), Take::Invalid, "out of range");
+        assert_eq!(sub.take(1, 1 << 62, true), Take::Invalid);
+    }
+
+    #[test]
+    fn unsealed_or_short_tables_are_refused() {
+        let fd = sys::memfd("x", 4096).unwrap();
+        assert!(ClaimTable::open(&fd, 4).is_err(), "unsealed");
+        let fd = sys::memfd("x", claims_len(4)).unwrap();
+        sys::seal(fd.as_fd(), false).unwrap();
+        assert!(ClaimTable::open(&fd, 4).is_ok());
+        assert!(ClaimTable::open(&fd, 10_000).is_err(), "too short");
+    }
+
+    fn desc(i: u64) -> Entry {
+        Entry::Desc(
+            Desc {
+                segment: 9,
+                index: (i % 4) as u32,
+                generation: i + 1,
+                len: i * 3,
+                missed: i % 2,
+            },
+            Bytes::from(vec![i as u8; (i % 70) as usize]),
+        )
+    }
+
+    #[test]
+    fn entries_round_trip_and_the_ring_fills() {
+        let (sub, fd) = ClaimTable::create(4).unwrap();
+        let publ = ClaimTable::open(&fd, 4).unwrap();
+        let (mut head, mut tail) = (0u64, 0u64);
+        let fwd = Entry::Fwd(
+            FwdDesc {
+                segment: 15,
+                index: 7,
+                generation: MAX_GENERATION,
+                offset: 1 << 40,
+                len: 5,
+                missed: 3,
+            },
+            Bytes::from(vec![0xab; INLINE_HEADER]),
+        );
+        let mut sent = vec![fwd, Entry::Socket];
+        sent.extend((0..6).map(desc));
+        for e in &sent {
+            assert!(publ.desc_space(head));
+            publ.push_desc(&mut head, e);
+        }
+        assert!(!publ.desc_space(head), "8 entries fill a ring of 8");
+        for e in &sent {
+            assert_eq!(sub.peek_desc(tail).unwrap().as_ref(), Some(e));
+            sub.consume_desc(&mut tail);
+        }
+        assert_eq!(sub.peek_desc(tail).unwrap(), None);
+        assert!(publ.desc_space(head));
+    }
+
+    #[test]
+    fn hostile_ring_indices_are_refused() {
+        let (sub, fd) = ClaimTable::create(4).unwrap();
+        let publ = ClaimTable::open(&fd, 4).unwrap();
+        // A tail ahead of the head, or far behind it: no room, nothing overwritten.
+        sub.poke(ClaimTable::DESC_TAIL, 5);
+        assert!(!publ.desc_space(0));
+        sub.poke(ClaimTable::DESC_TAIL, u64::MAX - 100);
+        assert!(!publ.desc_space(0));
+        // A release head far ahead: an error, not a loop over garbage.
+        sub.poke(ClaimTable::REL_HEAD, 1 << 40);
+        let mut out = Vec::with_capacity(64);
+        let mut tail = 0;
+        assert!(publ.drain_releases(&mut tail, &mut out).is_err());
+        assert!(out.is_empty());
+        publ.skip_releases(&mut tail);
+        assert_eq!(tail, 1 << 40);
+        // A publisher head far ahead: the subscriber reports it.
+        publ.poke(0, 1 << 40);
+        assert!(sub.peek_desc(0).is_err());
+    }
+
+    /// Publisher and subscriber park and publish at random against each
+    /// other; a lost wake-up shows as a subscriber that waits a whole
+    /// second for an entry that is already there.
+    #[test]
+    fn parking_never_loses_a_wake_up() {
+        const N: u64 = 20_000;
+        let (sub, fd) = ClaimTable::create(8).unwrap();
+        let publ = Arc::new(ClaimTable::open(&fd, 8).unwrap());
+        let sub = Arc::new(sub);
+        // The "socket": a counter of wakes plus a condvar to wait on.
+        let wakes = Arc::new((std::sync::Mutex::new(0u64), std::sync::Condvar::new()));
+        let done = Arc::new(AtomicBool::new(false));
+        let p = {
+            let (publ, wakes, done) = (publ.clone(), wakes.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut head = 0u64;
+                let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+                let mut woken = 0u64;
+                for i in 0..N {
+                    while !publ.desc_space(head) {
+                        publ.request_kick(KICK_SPACE);
+                        if publ.desc_space(head) {
+                            break;
+                        }
+                        let (m, c) = &*wakes;
+                        let g = m.lock().unwrap();
+                        let _ = c.wait_timeout(g, Duration::from_millis(1)).unwrap();
+                        if done.load(Ordering::Relaxed) {
+                            return woken;
+                        }
+                    }
+                    publ.push_desc(&mut head, &desc(i));
+                    if publ.take_parked() {
+                        woken += 1;
+                        let (m, c) = &*wakes;
+                        *m.lock().unwrap() += 1;
+                        c.notify_all();
+                    }
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    for _ in 0..(rng % 300) {
+                        std::hint::spin_loop();
+                    }
+                    if rng & 127 == 0 {
+                        std::thread::yield_now();
+                    }
+                }
+                woken
+            })
+        };
+        let mut tail = 0u64;
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut got = 0u64;
+        let mut lost = 0u64;
+        let start = Instant::now();
+        while got < N && start.elapsed() < Duration::from_secs(60) {
+            match sub.peek_desc(tail).unwrap() {
+                Some(e) => {
+                    assert_eq!(e, desc(got), "entries arrive in order, intact");
+                    sub.consume_desc(&mut tail);
+                    got += 1;
+                }
+                None => {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    for _ in 0..(rng % 200) {
+                        std::hint::spin_loop();
+                    }
+                    let (m, c) = &*wakes;
+                    let seen = *m.lock().unwrap();
+                    sub.park();
+                    if sub.desc_ready(tail) {
+                        sub.unpark();
+                        continue;
+                    }
+                    let g = m.lock().unwrap();
+                    let (g, t) = c
+                        .wait_timeout_while(g, Duration::from_secs(1), |w| *w == seen)
+                        .unwrap();
+                    drop(g);
+                    if t.timed_out() && sub.desc_ready(tail) {
+                        lost += 1;
+                    }
+                    sub.unpark();
+                }
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+        let woken = p.join().unwrap();
+        assert_eq!(got, N, "every entry arrived");
+        assert_eq!(lost, 0, "no wake-up was lost");
+        assert!(woken > 0, "the subscriber parked at least once");
+    }
+
+    /// The same for releases and the publisher's kick.
+    #[test]
+    fn release_kicks_are_never_lost() {
+        const N: u64 = 20_000;
+        let (sub, fd) = ClaimTable::create(8).unwrap();
+        let publ = Arc::new(ClaimTable::open(&fd, 8).unwrap());
+        let sub = Arc::new(sub);
+        let wakes = Arc::new((std::sync::Mutex::new(0u64), std::sync::Condvar::new()));
+        let s = {
+            let (sub, wakes) = (sub.clone(), wakes.clone());
+            std::thread::spawn(move || {
+                let mut head = 0u64;
+                let mut rng = 0x1234_5678_9abc_def1u64;
+                for i in 0..N {
+                    while !sub.push_release(&mut head, (i % 16) as u32, i + 1) {
+                        std::thread::yield_now();
+                    }
+                    if sub.take_kick(KICK_RELEASES) {
+                        let (m, c) = &*wakes;
+                        *m.lock().unwrap() += 1;
+                        c.notify_all();
+                    }
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    for _ in 0..(rng % 300) {
+                        std::hint::spin_loop();
+                    }
+                }
+            })
+        };
+        let mut tail = 0u64;
+        let mut got = 0u64;
+        let mut lost = 0u64;
+        let mut out = Vec::with_capacity(64);
+        let start = Instant::now();
+        while got < N && start.elapsed() < Duration::from_secs(60) {
+            out.clear();
+            publ.drain_releases(&mut tail, &mut out).unwrap();
+            for (k, &(index, generation)) in out.iter().enumerate() {
+                let i = got + k as u64;
+                assert_eq!((index, generation), (i % 16, i + 1));
+            }
+            got += out.len() as u64;
+            if out.is_empty() {
+                let (m, c) = &*wakes;
+                let seen = *m.lock().unwrap();
+                publ.request_kick(KICK_RELEASES);
+                if publ.releases_pending(tail) {
+                    continue;
+                }
+                let g = m.lock().unwrap();
+                let (g, t) = c
+                    .wait_timeout_while(g, Duration::from_secs(1), |w| *w == seen)
+                    .unwrap();
+                drop(g);
+                if t.timed_out() && publ.releases_pending(tail) {
+                    lost += 1;
+                }
+            }
+        }
+        s.join().unwrap();
+        assert_eq!(got, N);
+        assert_eq!(lost, 0, "no kick was lost");
+    }
+}
