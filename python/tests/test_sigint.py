@@ -166,11 +166,11 @@ def _hold_two(sub):
 def test_ctrl_c_interrupts_a_loan_waiting_for_a_shm_pool_slot():
     # Two slots, both held as views by the subscriber: loan waits.
     name = f"pysig-{os.getpid()}"
-    url = f"shm-pool://{name}?slots=2&slot_size=1MiB"
+    url = f"shm-pool://{name}?slots=2&slot_size=1MiB&max_held=2"
     _interrupt_blocked_publisher(url, "loan", 1 << 20, "view", _hold_two)
 
 
 def test_ctrl_c_interrupts_a_send_waiting_for_a_shm_pool_slot():
     name = f"pysig-send-{os.getpid()}"
-    url = f"shm-pool://{name}?slots=2&slot_size=1MiB"
+    url = f"shm-pool://{name}?slots=2&slot_size=1MiB&max_held=2"
     _interrupt_blocked_publisher(url, "send", 1 << 20, "view", _hold_two)
