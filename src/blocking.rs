@@ -75,6 +75,40 @@ fn block_on<F: Future>(fut: F) -> Result<F::Output> {
     Ok(runtime()?.block_on(fut))
 }
 
+/// Runs `fut` like [`block_on`], giving up (`Ok(None)`, `fut` dropped) once
+/// `interrupt` is set, or after `within` if given. `fut` is polled first, so
+/// what is ready at once completes even with the interrupt set.
+fn block_on_or_interrupt<F: Future>(
+    fut: F,
+    interrupt: &Interrupt,
+    within: Option<Duration>,
+) -> Result<Option<F::Output>> {
+    let state = interrupt.state.clone();
+    block_on(async move {
+        let fired = state.notify.notified();
+        tokio::pin!(fired);
+        // Registered before the flag is read, so an interrupt between the
+        // read and the wait is not missed.
+        fired.as_mut().enable();
+        let gave_up = async {
+            if state.closed.load(Ordering::Acquire) {
+                return;
+            }
+            match within {
+                Some(t) => {
+                    let _ = tokio::time::timeout(t, &mut fired).await;
+                }
+                None => (&mut fired).await,
+            }
+        };
+        tokio::select! {
+            biased;
+            r = fut => Some(r),
+            _ = gave_up => None,
+        }
+    })
+}
+
 /// Creates a publisher for `url`; see [`crate::publish`].
 pub fn publish(url: &str, opts: PublishOptions) -> Result<BlockingPublisher> {
     let inner = block_on(crate::publish(url, opts))??;
@@ -127,6 +161,57 @@ impl BlockingPublisher {
     pub fn send_loan(&mut self, loan: Loan) -> Result<()> {
         let p = self.get();
         block_on(p.send_loan(loan))?
+    }
+
+    /// Like [`BlockingPublisher::send`], but gives up when `interrupt` is
+    /// set (or is set already and the frame cannot go at once), or after
+    /// `within`: `Ok(None)`, and the frame was not sent (every backend waits
+    /// for room before it hands a frame on). The publisher stays usable.
+    pub fn send_or_interrupt(
+        &mut self,
+        frame: Frame,
+        interrupt: &Interrupt,
+        within: Option<Duration>,
+    ) -> Result<Option<()>> {
+        let p = self.get();
+        block_on_or_interrupt(p.send(frame), interrupt, within)?.transpose()
+    }
+
+    /// Like [`BlockingPublisher::loan`], but gives up when `interrupt` is
+    /// set, or after `within`: `Ok(None)`, nothing lent.
+    pub fn loan_or_interrupt(
+        &mut self,
+        len: usize,
+        interrupt: &Interrupt,
+        within: Option<Duration>,
+    ) -> Result<Option<Loan>> {
+        let p = self.get();
+        block_on_or_interrupt(p.loan(len), interrupt, within)?.transpose()
+    }
+
+    /// Like [`BlockingPublisher::send_loan`], but gives up when `interrupt`
+    /// is set, or after `within`: `Ok(None)`, and the loan was not sent (its
+    /// memory is returned).
+    pub fn send_loan_or_interrupt(
+        &mut self,
+        loan: Loan,
+        interrupt: &Interrupt,
+        within: Option<Duration>,
+    ) -> Result<Option<()>> {
+        let p = self.get();
+        block_on_or_interrupt(p.send_loan(loan), interrupt, within)?.transpose()
+    }
+
+    /// Like [`BlockingPublisher::wait_for_subscribers`], but gives up when
+    /// `interrupt` is set: `Ok(None)`.
+    pub fn wait_for_subscribers_or_interrupt(
+        &mut self,
+        n: usize,
+        timeout: Duration,
+        interrupt: &Interrupt,
+    ) -> Result<Option<()>> {
+        let p = self.get();
+        block_on_or_interrupt(p.wait_for_subscribers(n, timeout), interrupt, None)?.transpose()
     }
 
     /// Waits until every accepted frame is handed to every subscriber.
@@ -205,6 +290,37 @@ impl Closer {
     }
 }
 
+/// Makes the blocking calls it is given (`*_or_interrupt`) give up early,
+/// from any thread: a signal watcher (the Python binding wakes it from
+/// Python's signal wake-up fd, so Ctrl-C needs no polling), a GUI, a
+/// supervisor. Unlike [`Closer`] it ends nothing: the interrupted call
+/// returns `Ok(None)` and the publisher or subscriber stays usable. It stays
+/// set (every later call given it returns at once) until
+/// [`Interrupt::clear`]: clear it, then look at why it was set, then call
+/// again, and an interrupt in between is never lost. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Interrupt {
+    state: Arc<CloserState>,
+}
+
+impl Interrupt {
+    /// Sets it: blocked calls given it return now, later ones at once.
+    pub fn interrupt(&self) {
+        self.state.closed.store(true, Ordering::Release);
+        self.state.notify.notify_waiters();
+    }
+
+    /// Clears it; returns whether it was set.
+    pub fn clear(&self) -> bool {
+        self.state.closed.swap(false, Ordering::AcqRel)
+    }
+
+    /// True while set.
+    pub fn is_set(&self) -> bool {
+        self.state.closed.load(Ordering::Acquire)
+    }
+}
+
 /// The receiving half, blocking; made by [`subscribe`]. `Send`: it may move
 /// to another thread; [`BlockingSubscriber::closer`] interrupts it from any.
 pub struct BlockingSubscriber {
@@ -239,6 +355,21 @@ impl BlockingSubscriber {
         self.wait(Some(Duration::ZERO))
     }
 
+    /// Like [`BlockingSubscriber::recv_timeout`] (`None`: no time limit),
+    /// but also gives up when `interrupt` is set (or is set already):
+    /// `Ok(None)` then too, and no frame is lost (`recv` is
+    /// cancellation-safe).
+    pub fn recv_or_interrupt(
+        &mut self,
+        timeout: Option<Duration>,
+        interrupt: &Interrupt,
+    ) -> Result<Option<Frame>> {
+        if interrupt.is_set() {
+            return Ok(None);
+        }
+        self.wait_with(timeout, Some(interrupt))
+    }
+
     /// A handle that closes this subscriber from another thread.
     pub fn closer(&self) -> Closer {
         self.closer.clone()
@@ -258,6 +389,15 @@ impl BlockingSubscriber {
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> Result<Option<Frame>> {
+        self.wait_with(timeout, None)
+    }
+
+    fn wait_with(
+        &mut self,
+        timeout: Option<Duration>,
+        interrupt: Option<&Interrupt>,
+    ) -> Result<Option<Frame>> {
+        let interrupt = interrupt.map(|i| i.state.clone());
         let state = self.closer.state.clone();
         if state.closed.load(Ordering::Acquire) {
             return Err(Closer::closed_error());
@@ -272,6 +412,19 @@ impl BlockingSubscriber {
             if state.closed.load(Ordering::Acquire) {
                 return Err(Closer::closed_error());
             }
+            let fired = async {
+                match &interrupt {
+                    Some(i) => {
+                        let fired = i.notify.notified();
+                        tokio::pin!(fired);
+                        fired.as_mut().enable();
+                        if !i.closed.load(Ordering::Acquire) {
+                            fired.await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             // `recv` is cancellation-safe: losing the race loses no frame.
             let recv = async {
                 match timeout {
@@ -303,6 +456,7 @@ impl BlockingSubscriber {
                 biased;
                 _ = &mut closed => Err(Closer::closed_error()),
                 r = recv => r,
+                _ = fired => Ok(None),
             }
         })?
     }

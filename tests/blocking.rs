@@ -125,3 +125,90 @@ fn shm_pool_views_through_the_blocking_api() {
     assert_eq!(f.payload.len(), 1 << 20);
     assert!(f.payload.iter().all(|&b| b == 0xAB));
 }
+
+#[test]
+fn an_interrupt_ends_a_send_blocked_by_a_stalled_subscriber_and_the_publisher_goes_on() {
+    // A subscriber that does not read: queues of 1 and the socket buffers
+    // fill, then a send under policy=block waits.
+    let (mut p, mut s) = pair("tcp://127.0.0.1:0?queue=1");
+    let interrupt = blocking::Interrupt::default();
+    let frame = |i: u8| Frame::new(vec![i; 4 << 20]);
+    let mut sent = 0u8;
+    let t0 = Instant::now();
+    loop {
+        assert!(t0.elapsed() < Duration::from_secs(30), "send never blocked");
+        let r = p
+            .send_or_interrupt(frame(sent), &interrupt, Some(Duration::from_millis(300)))
+            .unwrap();
+        if r.is_none() {
+            break;
+        }
+        sent += 1;
+    }
+    // Blocked now: an interrupt from another thread ends the wait at once.
+    let i2 = interrupt.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        i2.interrupt();
+    });
+    let t1 = Instant::now();
+    assert!(
+        p.send_or_interrupt(frame(sent), &interrupt, None)
+            .unwrap()
+            .is_none()
+    );
+    assert!(t1.elapsed() < Duration::from_secs(5));
+    t.join().unwrap();
+    // Still set: the next call returns at once, until cleared.
+    assert!(interrupt.is_set());
+    assert!(
+        p.send_or_interrupt(frame(sent), &interrupt, None)
+            .unwrap()
+            .is_none()
+    );
+    assert!(interrupt.clear());
+    assert!(!interrupt.is_set());
+    // A recv with the interrupt set returns None at once, losing nothing.
+    interrupt.interrupt();
+    assert!(s.recv_or_interrupt(None, &interrupt).unwrap().is_none());
+    interrupt.clear();
+    // Nothing half-sent: the subscriber reads every frame sent before, then
+    // the one sent after the interrupts, in order.
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        for _ in 0..=sent {
+            let f = s
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap()
+                .expect("a frame");
+            got.push((f.seq, f.payload[0]));
+        }
+        got
+    });
+    p.send(frame(sent)).unwrap();
+    let got = reader.join().unwrap();
+    let want: Vec<(u64, u8)> = (0..=sent).map(|i| (i as u64, i)).collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn an_interrupt_ends_a_recv_and_the_next_recv_gets_the_frame() {
+    let (mut p, mut s) = pair("tcp://127.0.0.1:0");
+    let interrupt = blocking::Interrupt::default();
+    let i2 = interrupt.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        i2.interrupt();
+    });
+    let t0 = Instant::now();
+    assert!(s.recv_or_interrupt(None, &interrupt).unwrap().is_none());
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    t.join().unwrap();
+    interrupt.clear();
+    p.send(Frame::new(vec![3u8; 16])).unwrap();
+    let f = s
+        .recv_or_interrupt(Some(Duration::from_secs(10)), &interrupt)
+        .unwrap()
+        .expect("the frame");
+    assert_eq!((f.seq, f.payload.len()), (0, 16));
+}

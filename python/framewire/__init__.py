@@ -12,7 +12,8 @@
 Backends (every one compiled in): tcp://, unix://, shm-pool://, shm-ring://,
 zmq+tcp://, zmq+ipc://; their options go in the URL (see the repository's
 README). Waiting, copying and sending release the GIL; Ctrl-C interrupts a
-blocking recv.
+blocking recv, send, loan, send_loan or wait_for_subscribers at once (framewire
+takes Python's signal wake-up fd when nobody else holds it).
 """
 
 import asyncio
@@ -100,6 +101,10 @@ class Subscriber:
     # --- blocking ---------------------------------------------------------
 
     def _pop_pending(self):
+        if not self._pending:
+            # Without the lock: an append racing this look would race a
+            # locked look the same way.
+            return None
         with self._qlock:
             if not self._pending:
                 return None

@@ -1,9 +1,11 @@
 //! `framewire._framewire`: the Rust half of the `framewire` Python package.
 //!
 //! Built on [`framewire::blocking`]: every call that waits, copies or sends
-//! runs with the GIL released ([`Python::detach`]). A blocking `recv` waits in
-//! slices of 50 ms and checks for signals between them, so Ctrl-C
-//! interrupts it within a fraction of a second.
+//! runs with the GIL released ([`Python::detach`]). A blocking `recv`,
+//! `send`, `loan`, `send_loan` or `wait_for_subscribers` on Python's main
+//! thread is woken by a signal through Python's signal wake-up fd (see
+//! `signals.rs`), so Ctrl-C interrupts it at once and the frame path has no
+//! timer or polling slice.
 //!
 //! Memory handed to numpy never outlives what backs it:
 //! - a received payload is exposed through `Memory` objects (the
@@ -19,19 +21,22 @@
 //! The Python-level parts (the exception classes, asyncio support, the
 //! subscriber's iteration) are in `python/framewire/__init__.py`.
 
+mod signals;
+
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use framewire::blocking::{self, BlockingPublisher, BlockingSubscriber, Closer};
+use framewire::blocking::{self, BlockingPublisher, BlockingSubscriber, Closer, Interrupt};
 use framewire::{DType, Layout, PixelFormat, Policy, PublishOptions, RecvMode, SubscribeOptions};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyString, PyTuple, PyType};
 
-/// How long a blocking `recv` waits before it looks for signals (Ctrl-C).
+/// The longest wait of `RawSubscriber.poll` (the asyncio worker looks for
+/// cancellation between polls).
 const SLICE: Duration = Duration::from_millis(50);
 
 // ---------------------------------------------------------------------------
@@ -339,11 +344,12 @@ impl Drop for Memory {
 impl Memory {
     #[getter]
     fn __array_interface__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        // Interned keys: this runs for every array made, on the frame path.
         let d = PyDict::new(py);
-        d.set_item("version", 3)?;
-        d.set_item("typestr", self.typestr)?;
-        d.set_item("shape", PyTuple::new(py, &self.shape)?)?;
-        d.set_item("data", (self.ptr, self.readonly))?;
+        d.set_item(pyo3::intern!(py, "version"), 3)?;
+        d.set_item(pyo3::intern!(py, "typestr"), self.typestr)?;
+        d.set_item(pyo3::intern!(py, "shape"), PyTuple::new(py, &self.shape)?)?;
+        d.set_item(pyo3::intern!(py, "data"), (self.ptr, self.readonly))?;
         Ok(d)
     }
 
@@ -354,8 +360,11 @@ impl Memory {
 
 /// A numpy array over `mem` (its base, kept alive by it).
 fn array_over(py: Python<'_>, mem: Memory) -> PyResult<Bound<'_, PyAny>> {
+    static ASARRAY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let asarray =
+        ASARRAY.get_or_try_init(py, || numpy(py)?.getattr("asarray").map(Bound::unbind))?;
     let mem = Bound::new(py, mem)?;
-    numpy(py)?.call_method1("asarray", (mem,))
+    asarray.bind(py).call1((mem,))
 }
 
 /// Bytes readable by Rust from a Python object: a C-contiguous numpy view of
@@ -693,7 +702,13 @@ impl Frame {
             py,
             self.memory("|u1", vec![self.inner.payload.len() as u64]),
         )?;
-        py.import("builtins")?.getattr("memoryview")?.call1((arr,))
+        static MEMORYVIEW: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let mv = MEMORYVIEW.get_or_try_init(py, || {
+            py.import("builtins")?
+                .getattr("memoryview")
+                .map(Bound::unbind)
+        })?;
+        mv.bind(py).call1((arr,))
     }
 
     /// The payload as a read-only numpy array, shape and dtype from the
@@ -938,6 +953,10 @@ fn parse_metadata(py: Python<'_>, metadata: Option<&Bound<'_, PyAny>>) -> PyResu
     if m.is_none() {
         return Ok(Bytes::new());
     }
+    // The common cases first, without a numpy view: bytes and str.
+    if let Ok(b) = m.cast::<PyBytes>() {
+        return Ok(Bytes::copy_from_slice(b.as_bytes()));
+    }
     if let Ok(s) = m.cast::<PyString>() {
         return Ok(Bytes::from(s.extract::<String>()?.into_bytes()));
     }
@@ -979,6 +998,9 @@ struct Publisher {
     inner: Mutex<Option<BlockingPublisher>>,
     url: String,
     id: u64,
+    /// Whether the backend lends the memory frames are sent from (shm-pool,
+    /// shm-ring), rather than heap buffers.
+    loan_in_place: bool,
 }
 
 impl Publisher {
@@ -993,6 +1015,78 @@ impl Publisher {
             Some(r) => r.or_py(py),
             None => Err(closed_publisher(py)),
         }
+    }
+
+    /// Runs a call that may wait (under policy=block) with the GIL
+    /// released, until it is done. `f` gets the interrupt that a signal sets
+    /// (None off the main thread, where no signal handler runs) and returns
+    /// `Ok(None)` when it gave up because of it; then the signal handlers run
+    /// (Ctrl-C raises `KeyboardInterrupt` here, nothing sent) and, if they
+    /// raised nothing, `f` is called again.
+    fn waiting<T: Send>(
+        &self,
+        py: Python<'_>,
+        mut f: impl FnMut(&mut BlockingPublisher, Gate) -> framewire::Result<Option<T>> + Send,
+    ) -> PyResult<T> {
+        loop {
+            let wake = signals::arm(py)?;
+            py.check_signals()?;
+            let gate = Gate {
+                interrupt: wake.interrupt(),
+                within: wake.slice(),
+            };
+            let r = py.detach(|| lock(&self.inner).as_mut().map(|p| f(p, gate)));
+            match r {
+                Some(Ok(Some(v))) => return Ok(v),
+                Some(Ok(None)) => continue,
+                Some(Err(e)) => return Err(to_py(py, e)),
+                None => return Err(closed_publisher(py)),
+            }
+        }
+    }
+}
+
+/// When a publisher's blocking call gives up to look for signals: when the
+/// interrupt is set (None: never), or after `within`.
+#[derive(Clone, Copy)]
+struct Gate {
+    interrupt: Option<&'static Interrupt>,
+    within: Option<Duration>,
+}
+
+/// `p.send(frame)`, or None when the gate closed first.
+fn send_or(
+    p: &mut BlockingPublisher,
+    frame: framewire::Frame,
+    g: Gate,
+) -> framewire::Result<Option<()>> {
+    match g.interrupt {
+        Some(i) => p.send_or_interrupt(frame, i, g.within),
+        None => p.send(frame).map(Some),
+    }
+}
+
+/// `p.loan(n)`, or None when the gate closed first.
+fn loan_or(
+    p: &mut BlockingPublisher,
+    n: usize,
+    g: Gate,
+) -> framewire::Result<Option<framewire::Loan>> {
+    match g.interrupt {
+        Some(i) => p.loan_or_interrupt(n, i, g.within),
+        None => p.loan(n).map(Some),
+    }
+}
+
+/// `p.send_loan(loan)`, or None when the gate closed first.
+fn send_loan_or(
+    p: &mut BlockingPublisher,
+    loan: framewire::Loan,
+    g: Gate,
+) -> framewire::Result<Option<()>> {
+    match g.interrupt {
+        Some(i) => p.send_loan_or_interrupt(loan, i, g.within),
+        None => p.send_loan(loan).map(Some),
     }
 }
 
@@ -1031,7 +1125,7 @@ impl Publisher {
                 payload: src.payload.clone(),
                 ..framewire::Frame::default()
             };
-            return self.with(py, move |p| p.send(out));
+            return self.waiting(py, move |p, i| send_or(p, out.clone(), i));
         }
         let mut src = source(py, data)?;
         let layout = match (layout, src.layout.take()) {
@@ -1048,20 +1142,23 @@ impl Publisher {
                 payload,
                 ..framewire::Frame::default()
             };
-            return self.with(py, move |p| p.send(out));
+            return self.waiting(py, move |p, i| send_or(p, out.clone(), i));
         }
         let ptr = SendPtr(src.ptr);
         let n = src.len;
-        let r = self.with(py, move |p| {
-            // Checked before the loan, so an oversize payload fails at once
-            // (and under policy=block does not wait for a slot first).
-            layout.check(n as u64)?;
-            let mut loan = p.loan(n)?;
+        // Checked before the loan, so an oversize payload fails at once
+        // (and under policy=block does not wait for a slot first).
+        layout.check(n as u64).or_py(py)?;
+        let r = self.waiting(py, move |p, i| {
+            // An interrupted attempt sent nothing: the next one starts over.
+            let Some(mut loan) = loan_or(p, n, i)? else {
+                return Ok(None);
+            };
             copy_from(ptr, &mut loan);
-            loan.topic = topic;
-            loan.metadata = metadata;
-            loan.layout = layout;
-            p.send_loan(loan)
+            loan.topic = topic.clone();
+            loan.metadata = metadata.clone();
+            loan.layout = layout.clone();
+            send_loan_or(p, loan, i)
         });
         drop(src);
         r
@@ -1070,7 +1167,7 @@ impl Publisher {
     /// Lends a writable buffer of `nbytes` (on shm-pool: a slot); under
     /// policy=block waits for room.
     fn loan(&self, py: Python<'_>, nbytes: usize) -> PyResult<Loan> {
-        let loan = self.with(py, move |p| p.loan(nbytes))?;
+        let loan = self.waiting(py, move |p, i| loan_or(p, nbytes, i))?;
         Ok(Loan {
             cell: Arc::new(LoanCell {
                 loan: Mutex::new(Some(loan)),
@@ -1134,7 +1231,35 @@ impl Publisher {
         rust_loan.layout = layout
             .or_else(|| lock(&loan.hint).clone())
             .unwrap_or(Layout::Raw);
-        self.with(py, move |p| p.send_loan(rust_loan))
+        if !self.loan_in_place {
+            // A heap loan is sent as a frame: an interrupted attempt can be
+            // made again with the same bytes.
+            let frame = rust_loan.into_heap_frame().or_py(py)?;
+            return self.waiting(py, move |p, i| send_or(p, frame.clone(), i));
+        }
+        // A loan in place cannot be made again once handed over; an
+        // interrupted send_loan (only where a backend waits here) is reported.
+        let mut rust_loan = Some(rust_loan);
+        // Only a signal ends it early (no slices: an attempt cannot be
+        // repeated).
+        let r = self.waiting(py, move |p, g| match rust_loan.take() {
+            Some(l) => {
+                let g = Gate { within: None, ..g };
+                send_loan_or(p, l, g).map(|r| Some(r.is_some()))
+            }
+            None => Ok(Some(false)),
+        })?;
+        if r {
+            Ok(())
+        } else {
+            // Ctrl-C: KeyboardInterrupt; a handler that raised nothing: this.
+            py.check_signals()?;
+            Err(plain_error(
+                py,
+                "send_loan was interrupted by a signal before the loan went out; the loan was \
+                 not sent (its memory is returned)",
+            ))
+        }
     }
 
     /// Waits until every accepted frame is handed to every subscriber.
@@ -1147,7 +1272,21 @@ impl Publisher {
     #[pyo3(signature = (n=1, timeout=10.0))]
     fn wait_for_subscribers(&self, py: Python<'_>, n: usize, timeout: f64) -> PyResult<()> {
         let t = secs(py, "timeout", timeout)?;
-        self.with(py, move |p| p.wait_for_subscribers(n, t))
+        let deadline = Instant::now() + t;
+        self.waiting(py, move |p, g| {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match g.interrupt {
+                Some(i) => {
+                    let t = g.within.map_or(left, |w| w.min(left));
+                    match p.wait_for_subscribers_or_interrupt(n, t, i) {
+                        // A slice ran out, not the caller's timeout: again.
+                        Err(framewire::Error::Timeout { .. }) if t < left => Ok(None),
+                        r => r,
+                    }
+                }
+                None => p.wait_for_subscribers(n, left).map(Some),
+            }
+        })
     }
 
     /// Ends the stream and disconnects the subscribers (after what is
@@ -1255,7 +1394,11 @@ fn publish(
     }
     let url = url.to_owned();
     let p = py.detach(move || blocking::publish(&url, opts)).or_py(py)?;
+    let loan_in_place = framewire::capabilities(p.endpoint().url())
+        .map(|c| c.loan_in_place)
+        .unwrap_or(true);
     Ok(Publisher {
+        loan_in_place,
         url: p.endpoint().url().to_owned(),
         inner: Mutex::new(Some(p)),
         id: NEXT_PUBLISHER.fetch_add(1, Ordering::Relaxed),
@@ -1274,14 +1417,24 @@ struct RawSubscriber {
 }
 
 impl RawSubscriber {
-    /// One wait of at most `t` with the GIL released.
-    fn wait_once(&self, py: Python<'_>, t: Duration) -> PyResult<Option<framewire::Frame>> {
+    /// One wait of at most `t` (None: no limit) with the GIL released,
+    /// cut short when `i` is set; None if no frame came.
+    fn wait_once(
+        &self,
+        py: Python<'_>,
+        t: Option<Duration>,
+        i: Option<&Interrupt>,
+    ) -> PyResult<Option<framewire::Frame>> {
         if self.closer.is_closed() {
             return Err(closed_subscriber(py));
         }
         let r = py.detach(|| {
             let mut g = lock(&self.inner);
-            g.as_mut().map(|s| s.recv_timeout(t))
+            g.as_mut().map(|s| match (i, t) {
+                (Some(i), t) => s.recv_or_interrupt(t, i),
+                (None, Some(t)) => s.recv_timeout(t),
+                (None, None) => s.recv().map(Some),
+            })
         });
         match r {
             Some(r) => r.or_py(py),
@@ -1302,7 +1455,8 @@ fn closed_subscriber(py: Python<'_>) -> PyErr {
 #[pymethods]
 impl RawSubscriber {
     /// Waits for the next frame; `Timeout` after `timeout` seconds (None:
-    /// no limit). Signals (Ctrl-C) are checked every 50 ms.
+    /// no limit). A signal (Ctrl-C) wakes it: its handler runs (raising
+    /// `KeyboardInterrupt`), or the wait goes on.
     #[pyo3(signature = (timeout=None))]
     fn recv(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Frame> {
         let deadline = match timeout {
@@ -1310,14 +1464,16 @@ impl RawSubscriber {
             None => None,
         };
         loop {
-            let slice = match deadline {
-                Some((d, _)) => d.saturating_duration_since(Instant::now()).min(SLICE),
-                None => SLICE,
+            let wake = signals::arm(py)?;
+            py.check_signals()?;
+            let left = deadline.map(|(d, _)| d.saturating_duration_since(Instant::now()));
+            let t = match (left, wake.slice()) {
+                (Some(l), Some(s)) => Some(l.min(s)),
+                (l, s) => l.or(s),
             };
-            if let Some(f) = self.wait_once(py, slice)? {
+            if let Some(f) = self.wait_once(py, t, wake.interrupt())? {
                 return Ok(Frame { inner: f });
             }
-            py.check_signals()?;
             if let Some((d, t)) = deadline
                 && Instant::now() >= d
             {
@@ -1335,7 +1491,9 @@ impl RawSubscriber {
     /// for cancellation); None if no frame came.
     fn poll(&self, py: Python<'_>, seconds: f64) -> PyResult<Option<Frame>> {
         let t = secs(py, "timeout", seconds)?.min(SLICE);
-        Ok(self.wait_once(py, t)?.map(|f| Frame { inner: f }))
+        Ok(self
+            .wait_once(py, Some(t), None)?
+            .map(|f| Frame { inner: f }))
     }
 
     /// A frame that has already arrived, or None at once.

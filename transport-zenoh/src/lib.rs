@@ -22,7 +22,7 @@ pub use publisher::ZenohPublisher;
 pub use subscriber::ZenohSubscriber;
 
 /// Endpoint parameters this backend accepts.
-pub const PARAMS: [&str; 10] = [
+pub const PARAMS: [&str; 11] = [
     COMMON_PARAMS[0],
     COMMON_PARAMS[1],
     "mode",
@@ -33,6 +33,7 @@ pub const PARAMS: [&str; 10] = [
     "max_payload",
     "flush_timeout",
     "gone_after",
+    "rx_buffer",
 ];
 
 /// Default of `queue=` (frames queued per subscriber).
@@ -43,6 +44,14 @@ pub const DEFAULT_MAX_PAYLOAD: u64 = 256 << 20;
 pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default of `gone_after=`.
 pub const DEFAULT_GONE_AFTER: Duration = Duration::from_secs(10);
+/// Default of `rx_buffer=`: Zenoh's receive buffers per link (its
+/// `transport/link/rx/buffer_size`), Zenoh's own default. A message Zenoh
+/// fragments (anything over 64 KiB) holds one 64 KiB buffer per fragment
+/// until it is complete; only `rx_buffer` bytes of them are recycled, every
+/// other fragment gets a freshly allocated and zeroed buffer. Raising it (e.g.
+/// `rx_buffer=32MiB` for 24 MiB frames) cuts that cost, but each link of
+/// every session then keeps up to that much memory.
+pub const DEFAULT_RX_BUFFER: u64 = 65535;
 /// The well-known local locator of zero-configuration peers (see the README).
 pub const LOCAL_HUB: &str = "tcp/127.0.0.1:17447";
 const LOCAL_HUB_ADDR: &str = "127.0.0.1:17447";
@@ -80,6 +89,8 @@ pub(crate) struct Config {
     pub(crate) max_payload: u64,
     pub(crate) flush_timeout: Duration,
     pub(crate) gone_after: Duration,
+    /// `rx_buffer=`, if given.
+    pub(crate) rx_buffer: Option<u64>,
 }
 
 fn locators(e: &Endpoint, key: &str) -> Result<Vec<String>> {
@@ -153,6 +164,15 @@ impl Config {
                 ),
             });
         }
+        let rx_buffer = e.size("rx_buffer")?;
+        if let Some(b) = rx_buffer
+            && !(1..=1 << 30).contains(&b)
+        {
+            return Err(Error::InvalidOption {
+                option: "rx_buffer".into(),
+                reason: format!("{b} bytes: accepted 1 B to 1 GiB"),
+            });
+        }
         Ok(Config {
             key,
             mode,
@@ -165,6 +185,7 @@ impl Config {
                 .duration("flush_timeout")?
                 .unwrap_or(DEFAULT_FLUSH_TIMEOUT),
             gone_after: e.duration("gone_after")?.unwrap_or(DEFAULT_GONE_AFTER),
+            rx_buffer,
         })
     }
 
@@ -219,9 +240,18 @@ impl Config {
                     "transport/link/rx/max_message_size",
                     &max_msg.max(1 << 30).to_string(),
                 )?;
+                set(
+                    &mut c,
+                    "transport/link/rx/buffer_size",
+                    &self.rx_buffer.unwrap_or(DEFAULT_RX_BUFFER).to_string(),
+                )?;
                 c
             }
         };
+        if let (Some(b), Some(_)) = (self.rx_buffer, &self.config_file) {
+            c.insert_json5("transport/link/rx/buffer_size", &b.to_string())
+                .map_err(opt("rx_buffer"))?;
+        }
         let mode = match self.mode {
             Mode::Peer => "\"peer\"",
             Mode::Client => "\"client\"",

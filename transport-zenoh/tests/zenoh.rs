@@ -275,6 +275,14 @@ async fn bad_options_are_clear_errors() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("config"), "{err}");
+    for bad in ["rx_buffer=0", "rx_buffer=2GiB", "rx_buffer=lots"] {
+        let err = t
+            .capabilities(&ep(&format!("zenoh://k?{bad}")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rx_buffer"), "{bad}: {err}");
+    }
+    t.capabilities(&ep("zenoh://k?rx_buffer=64KiB")).unwrap();
 }
 
 /// Zenoh panics when it blocks in place on a current-thread runtime (in
