@@ -266,8 +266,12 @@ impl Shared {
                         break;
                     }
                 }
-                if published && conn.claims.take_parked() {
-                    wire::encode(&Msg::Wake, &mut out.wbuf);
+                if published {
+                    match conn.claims.take_parked() {
+                        Some(channel::Parked::Socket) => wire::encode(&Msg::Wake, &mut out.wbuf),
+                        Some(channel::Parked::Futex) => conn.claims.wake_futex(),
+                        None => {}
+                    }
                 }
                 if out.wbuf.is_empty() {
                     return Ok(());
