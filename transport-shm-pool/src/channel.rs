@@ -363,9 +363,27 @@ impl ClaimTable {
 
     /// Publisher: free entries after `head` (0 for a tail the subscriber
     /// broke, see [`desc_space`](Self::desc_space)).
+    #[cfg(test)]
     pub(crate) fn desc_room(&self, head: u64) -> u64 {
         let tail = self.at(W_DESC_TAIL).load(Ordering::SeqCst);
         desc_capacity(self.entries).saturating_sub(head.wrapping_sub(tail))
+    }
+
+    /// Publisher: as [`desc_room`](Self::desc_room), but from the tail it
+    /// read last (`*seen`) while that still leaves more than one free
+    /// entry: the tail's cache line, which the subscriber writes at every
+    /// entry, is read only when the ring may be nearly full. A tail read
+    /// earlier is a lower bound of the subscriber's progress (or, if the
+    /// subscriber moved it back since, its own entries it said it was done
+    /// with): never more room than it gave. A broken tail gives 0, as there.
+    pub(crate) fn desc_room_cached(&self, head: u64, seen: &mut u64) -> u64 {
+        let cap = desc_capacity(self.entries);
+        let room = cap.saturating_sub(head.wrapping_sub(*seen));
+        if room > 1 {
+            return room;
+        }
+        *seen = self.at(W_DESC_TAIL).load(Ordering::SeqCst);
+        cap.saturating_sub(head.wrapping_sub(*seen))
     }
 
     /// Publisher: writes `entry` at `*head` and publishes it. The caller
@@ -759,6 +777,18 @@ mod tests {
         assert!(!publ.desc_space(0));
         sub.poke(ClaimTable::DESC_TAIL, u64::MAX - 100);
         assert!(!publ.desc_space(0));
+        // The cached room: a broken tail read gives 0 and is read again
+        // next time; a sane one read again only when nearly full.
+        let mut seen = 0;
+        assert_eq!(publ.desc_room_cached(7, &mut seen), 0, "7 of 8 taken: re-read");
+        assert_eq!(seen, u64::MAX - 100);
+        assert_eq!(publ.desc_room_cached(7, &mut seen), 0);
+        sub.poke(ClaimTable::DESC_TAIL, 6);
+        assert_eq!(publ.desc_room_cached(7, &mut seen), 7);
+        assert_eq!(seen, 6);
+        sub.poke(ClaimTable::DESC_TAIL, 0);
+        assert_eq!(publ.desc_room_cached(8, &mut seen), 6, "cached: 6 free");
+        assert_eq!(publ.desc_room_cached(13, &mut seen), 0, "nearly full: re-read");
         // A release head far ahead: an error, not a loop over garbage.
         sub.poke(ClaimTable::REL_HEAD, 1 << 40);
         let mut out = Vec::with_capacity(64);
