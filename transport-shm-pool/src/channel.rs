@@ -16,6 +16,7 @@
 //! offset 192  rel_head    u64  releases published (subscriber writes)
 //! offset 256  rel_tail    u64  releases consumed (publisher writes)
 //! offset 320  kick        u64  what the publisher waits for (both write)
+//! offset 384  wake_seq    u32  futex word a parked subscriber waits on (publisher bumps)
 //! offset 512  claim words, one u64 per claim index
 //! page        descriptor ring: desc_capacity entries of DESC_ENTRY bytes
 //! then        release ring: rel_capacity entries of 16 bytes
@@ -42,7 +43,18 @@
 //! A subscriber that finds the ring empty stores `parked = 1` (SeqCst),
 //! loads the head again, and only if it is still empty waits on its socket.
 //! The publisher stores the head (SeqCst), then loads `parked`; only if it
-//! is set does it swap it to 0 and write a WAKE to the socket. In the single
+//! is set does it swap it to 0 and write a WAKE to the socket. A subscriber
+//! that waits on the thread that called `recv` (a multi-thread runtime, the
+//! blocking API) parks with `parked = 2` instead, after loading `wake_seq`:
+//! it then waits with `FUTEX_WAIT` (shared: the word is in a memfd both map)
+//! for `wake_seq` to change, and the publisher that swaps a 2 out of
+//! `parked` bumps `wake_seq` and calls `FUTEX_WAKE`: the kernel wakes that
+//! very thread, with no message, no reactor and no other thread on the way.
+//! The futex wait is bounded (a slice of 20 ms), after which the subscriber
+//! parks on its socket as above (so a publisher's death, seen on the
+//! socket, is noticed within the slice). A bump between the subscriber's
+//! load of `wake_seq` and its `FUTEX_WAIT` makes the wait return at once:
+//! no wake-up is lost there either. In the single
 //! total order of SeqCst operations, either the subscriber's second load
 //! sees the new head or the publisher's load sees `parked`: no wake-up is
 //! lost, and a subscriber that is not parked costs the publisher no system
@@ -53,7 +65,8 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use memmap2::{MmapOptions, MmapRaw};
@@ -107,6 +120,7 @@ const W_PARKED: u64 = 128;
 const W_REL_HEAD: u64 = 192;
 const W_REL_TAIL: u64 = 256;
 const W_KICK: u64 = 320;
+const W_WAKE_SEQ: u64 = 384;
 /// Offset of the first claim word.
 const CLAIMS_HEADER: u64 = 512;
 
@@ -124,6 +138,20 @@ const KIND_DESC: u64 = 1;
 const KIND_FWD: u64 = 2;
 const KIND_SOCKET: u64 = 3;
 const KIND_SPILL: u64 = 4;
+
+/// `parked` value: the subscriber waits on its socket (wake with WAKE).
+const PARKED_SOCKET: u64 = 1;
+/// `parked` value: the subscriber waits on `wake_seq` (wake with a futex).
+const PARKED_FUTEX: u64 = 2;
+
+/// How a parked subscriber wants to be woken ([`ClaimTable::take_parked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Parked {
+    /// A WAKE message on the socket.
+    Socket,
+    /// A bump of `wake_seq` and a `FUTEX_WAKE` ([`ClaimTable::wake_futex`]).
+    Futex,
+}
 
 /// `kick` bit: the publisher waits for releases (every slot is held).
 pub const KICK_RELEASES: u64 = 1;
@@ -244,6 +272,14 @@ impl ClaimTable {
         unsafe { &*self.map.as_ptr().add(offset as usize).cast::<AtomicU64>() }
     }
 
+    fn at32(&self, offset: u64) -> &AtomicU32 {
+        assert!(offset & 3 == 0 && offset + 4 <= self.map.len() as u64);
+        // SAFETY: as for `at`: 4-aligned, inside the mapping, which lives
+        // as long as `self` and cannot shrink. The word is only ever
+        // touched as an `AtomicU32` (and by the kernel's futex calls).
+        unsafe { &*self.map.as_ptr().add(offset as usize).cast::<AtomicU32>() }
+    }
+
     fn word(&self, index: u32) -> Option<&AtomicU64> {
         (index < self.entries).then(|| self.at(CLAIMS_HEADER + 8 * u64::from(index)))
     }
@@ -327,9 +363,27 @@ impl ClaimTable {
 
     /// Publisher: free entries after `head` (0 for a tail the subscriber
     /// broke, see [`desc_space`](Self::desc_space)).
+    #[cfg(test)]
     pub(crate) fn desc_room(&self, head: u64) -> u64 {
         let tail = self.at(W_DESC_TAIL).load(Ordering::SeqCst);
         desc_capacity(self.entries).saturating_sub(head.wrapping_sub(tail))
+    }
+
+    /// Publisher: as [`desc_room`](Self::desc_room), but from the tail it
+    /// read last (`*seen`) while that still leaves more than one free
+    /// entry: the tail's cache line, which the subscriber writes at every
+    /// entry, is read only when the ring may be nearly full. A tail read
+    /// earlier is a lower bound of the subscriber's progress (or, if the
+    /// subscriber moved it back since, its own entries it said it was done
+    /// with): never more room than it gave. A broken tail gives 0, as there.
+    pub(crate) fn desc_room_cached(&self, head: u64, seen: &mut u64) -> u64 {
+        let cap = desc_capacity(self.entries);
+        let room = cap.saturating_sub(head.wrapping_sub(*seen));
+        if room > 1 {
+            return room;
+        }
+        *seen = self.at(W_DESC_TAIL).load(Ordering::SeqCst);
+        cap.saturating_sub(head.wrapping_sub(*seen))
     }
 
     /// Publisher: writes `entry` at `*head` and publishes it. The caller
@@ -456,7 +510,47 @@ impl ClaimTable {
     /// Subscriber: about to wait for the socket. The caller checks the ring
     /// again afterwards, and waits only if it is still empty.
     pub(crate) fn park(&self) {
-        self.at(W_PARKED).store(1, Ordering::SeqCst);
+        self.at(W_PARKED).store(PARKED_SOCKET, Ordering::SeqCst);
+    }
+
+    /// Subscriber: about to wait with [`futex_wait`](Self::futex_wait); the
+    /// returned value is what it waits on. As for [`park`](Self::park), the
+    /// caller checks the ring again before it waits.
+    pub(crate) fn park_futex(&self) -> u32 {
+        // Loaded before `parked` is set: a bump after the publisher saw
+        // the 2 changes the word from this value, so the wait returns.
+        let seq = self.at32(W_WAKE_SEQ).load(Ordering::SeqCst);
+        self.at(W_PARKED).store(PARKED_FUTEX, Ordering::SeqCst);
+        seq
+    }
+
+    /// Subscriber: waits (this thread, in the kernel) until the publisher
+    /// bumps `wake_seq` away from `seq`, or `timeout`, or a signal. The
+    /// caller looks at the ring afterwards whatever happened.
+    pub(crate) fn futex_wait(&self, seq: u32, timeout: Duration) {
+        let t = rustix::thread::futex::Timespec {
+            tv_sec: timeout.as_secs() as _,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        // Shared (no PRIVATE flag): the publisher wakes through its own
+        // mapping of the same memfd page. EAGAIN (already bumped), EINTR
+        // and ETIMEDOUT all mean "look again".
+        let _ = rustix::thread::futex::wait(
+            self.at32(W_WAKE_SEQ),
+            rustix::thread::futex::Flags::empty(),
+            seq,
+            Some(&t),
+        );
+    }
+
+    /// Publisher: wakes a subscriber parked with
+    /// [`park_futex`](Self::park_futex) (after [`take_parked`](Self::take_parked)
+    /// said [`Parked::Futex`]). One atomic add and one system call; harmless
+    /// whatever a hostile subscriber wrote in the word.
+    pub(crate) fn wake_futex(&self) {
+        let w = self.at32(W_WAKE_SEQ);
+        w.fetch_add(1, Ordering::SeqCst);
+        let _ = rustix::thread::futex::wake(w, rustix::thread::futex::Flags::empty(), 1);
     }
 
     /// Subscriber: no longer waiting.
@@ -464,11 +558,20 @@ impl ClaimTable {
         self.at(W_PARKED).store(0, Ordering::SeqCst);
     }
 
-    /// Publisher, after publishing entries: true (once per park) when the
-    /// subscriber is parked and must be woken.
-    pub(crate) fn take_parked(&self) -> bool {
+    /// Publisher, after publishing entries: `Some` (once per park) when the
+    /// subscriber is parked and must be woken, and how. Any other non-zero
+    /// value a subscriber wrote counts as a socket park (a WAKE is always
+    /// safe to send).
+    pub(crate) fn take_parked(&self) -> Option<Parked> {
         let w = self.at(W_PARKED);
-        w.load(Ordering::SeqCst) != 0 && w.swap(0, Ordering::SeqCst) != 0
+        if w.load(Ordering::SeqCst) == 0 {
+            return None;
+        }
+        match w.swap(0, Ordering::SeqCst) {
+            0 => None,
+            PARKED_FUTEX => Some(Parked::Futex),
+            _ => Some(Parked::Socket),
+        }
     }
 
     // ---- release ring ----------------------------------------------------
@@ -580,7 +683,7 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
     #[test]
     fn claims_decide_between_take_and_reclaim() {
@@ -674,6 +777,18 @@ mod tests {
         assert!(!publ.desc_space(0));
         sub.poke(ClaimTable::DESC_TAIL, u64::MAX - 100);
         assert!(!publ.desc_space(0));
+        // The cached room: a broken tail read gives 0 and is read again
+        // next time; a sane one read again only when nearly full.
+        let mut seen = 0;
+        assert_eq!(publ.desc_room_cached(7, &mut seen), 0, "7 of 8 taken: re-read");
+        assert_eq!(seen, u64::MAX - 100);
+        assert_eq!(publ.desc_room_cached(7, &mut seen), 0);
+        sub.poke(ClaimTable::DESC_TAIL, 6);
+        assert_eq!(publ.desc_room_cached(7, &mut seen), 7);
+        assert_eq!(seen, 6);
+        sub.poke(ClaimTable::DESC_TAIL, 0);
+        assert_eq!(publ.desc_room_cached(8, &mut seen), 6, "cached: 6 free");
+        assert_eq!(publ.desc_room_cached(13, &mut seen), 0, "nearly full: re-read");
         // A release head far ahead: an error, not a loop over garbage.
         sub.poke(ClaimTable::REL_HEAD, 1 << 40);
         let mut out = Vec::with_capacity(64);
@@ -719,7 +834,7 @@ mod tests {
                         }
                     }
                     publ.push_desc(&mut head, &desc(i));
-                    if publ.take_parked() {
+                    if publ.take_parked().is_some() {
                         woken += 1;
                         let (m, c) = &*wakes;
                         *m.lock().unwrap() += 1;
@@ -781,6 +896,116 @@ mod tests {
         assert_eq!(got, N, "every entry arrived");
         assert_eq!(lost, 0, "no wake-up was lost");
         assert!(woken > 0, "the subscriber parked at least once");
+    }
+
+    /// The futex path: the publisher bumps and wakes only for a
+    /// subscriber parked with `park_futex`, which waits in `FUTEX_WAIT`. A
+    /// lost wake-up shows as a wait that times out (1 s) with an entry
+    /// already in the ring.
+    #[test]
+    fn futex_parking_never_loses_a_wake_up() {
+        const N: u64 = 20_000;
+        let (sub, fd) = ClaimTable::create(8).unwrap();
+        let publ = Arc::new(ClaimTable::open(&fd, 8).unwrap());
+        let done = Arc::new(AtomicBool::new(false));
+        let p = {
+            let (publ, done) = (publ.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut head = 0u64;
+                let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+                let mut woken = 0u64;
+                for i in 0..N {
+                    while !publ.desc_space(head) {
+                        if done.load(Ordering::Relaxed) {
+                            return woken;
+                        }
+                        std::thread::yield_now();
+                    }
+                    publ.push_desc(&mut head, &desc(i));
+                    match publ.take_parked() {
+                        Some(Parked::Futex) => {
+                            woken += 1;
+                            publ.wake_futex();
+                        }
+                        Some(Parked::Socket) => panic!("parked on the socket"),
+                        None => {}
+                    }
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    for _ in 0..(rng % 300) {
+                        std::hint::spin_loop();
+                    }
+                    if rng & 127 == 0 {
+                        std::thread::yield_now();
+                    }
+                }
+                woken
+            })
+        };
+        let mut tail = 0u64;
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let (mut got, mut lost, mut waits) = (0u64, 0u64, 0u64);
+        let start = Instant::now();
+        while got < N && start.elapsed() < Duration::from_secs(60) {
+            match sub.peek_desc(tail).unwrap() {
+                Some(e) => {
+                    assert_eq!(e, desc(got), "entries arrive in order, intact");
+                    sub.consume_desc(&mut tail);
+                    got += 1;
+                }
+                None => {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    for _ in 0..(rng % 200) {
+                        std::hint::spin_loop();
+                    }
+                    let seq = sub.park_futex();
+                    if sub.desc_ready(tail) {
+                        sub.unpark();
+                        continue;
+                    }
+                    waits += 1;
+                    let t0 = Instant::now();
+                    sub.futex_wait(seq, Duration::from_secs(1));
+                    if t0.elapsed() >= Duration::from_millis(900) && sub.desc_ready(tail) {
+                        lost += 1;
+                    }
+                    sub.unpark();
+                }
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+        let woken = p.join().unwrap();
+        assert_eq!(got, N, "every entry arrived");
+        assert_eq!(lost, 0, "no wake-up was lost");
+        assert!(
+            woken > 0 && waits > 0,
+            "the subscriber parked at least once"
+        );
+    }
+
+    /// A hostile subscriber's value in `parked` (neither 1 nor 2) counts as
+    /// a socket park, and a futex wake with garbage in the word is harmless.
+    #[test]
+    fn hostile_parked_values_are_harmless() {
+        let (sub, fd) = ClaimTable::create(4).unwrap();
+        let publ = ClaimTable::open(&fd, 4).unwrap();
+        assert_eq!(publ.take_parked(), None);
+        sub.poke(ClaimTable::PARKED, u64::MAX);
+        assert_eq!(publ.take_parked(), Some(Parked::Socket));
+        assert_eq!(publ.take_parked(), None, "once per park");
+        let seq = sub.park_futex();
+        assert_eq!(publ.take_parked(), Some(Parked::Futex));
+        publ.wake_futex();
+        let t0 = Instant::now();
+        sub.futex_wait(seq, Duration::from_secs(5));
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "a bumped word does not wait"
+        );
+        publ.wake_futex();
     }
 
     /// The same for releases and the publisher's kick.

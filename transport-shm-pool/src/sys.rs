@@ -343,19 +343,6 @@ pub(crate) async fn send_all(
     Ok(())
 }
 
-/// Blocks this thread until `fd` is readable (or hung up), at most
-/// `timeout`; false on time-out or error (the caller then waits through
-/// the reactor, which reports the same).
-pub(crate) fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
-    use rustix::event::{PollFd, PollFlags, Timespec};
-    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
-    let t = Timespec {
-        tv_sec: timeout.as_secs() as _,
-        tv_nsec: timeout.subsec_nanos() as _,
-    };
-    matches!(rustix::event::poll(&mut fds, Some(&t)), Ok(n) if n > 0)
-}
-
 /// An epoll instance watching `fd` for nothing but its hang-up (and
 /// errors, which epoll always reports): the returned descriptor becomes
 /// readable, and stays so, once the peer of the socket `fd` has closed its

@@ -204,7 +204,9 @@ impl Shared {
                     // read by the handshake) goes in the ring's order.
                     let ordered = !matches!(front, Outgoing::Ready(_));
                     if ordered {
-                        let room = conn.claims.desc_room(out.desc_head);
+                        let room = conn
+                            .claims
+                            .desc_room_cached(out.desc_head, &mut out.desc_tail_seen);
                         if out.spilling && room > 1 {
                             // Back to the ring, after the spill marker.
                             wire::encode(&Msg::Resume, &mut out.wbuf);
@@ -266,8 +268,12 @@ impl Shared {
                         break;
                     }
                 }
-                if published && conn.claims.take_parked() {
-                    wire::encode(&Msg::Wake, &mut out.wbuf);
+                if published {
+                    match conn.claims.take_parked() {
+                        Some(channel::Parked::Socket) => wire::encode(&Msg::Wake, &mut out.wbuf),
+                        Some(channel::Parked::Futex) => conn.claims.wake_futex(),
+                        None => {}
+                    }
                 }
                 if out.wbuf.is_empty() {
                     return Ok(());

@@ -169,6 +169,8 @@ struct Out {
     carry: u64,
     /// Entries published in its descriptor ring.
     desc_head: u64,
+    /// The subscriber's ring tail as last read (see `ClaimTable::desc_room_cached`).
+    desc_tail_seen: u64,
     /// The ring was full: messages go over the socket until RESUME.
     spilling: bool,
 }

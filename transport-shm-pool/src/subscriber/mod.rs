@@ -194,9 +194,12 @@ impl ShmPoolSubscriber {
 
     /// Waits for the next ring entry or socket message: spins on the ring
     /// for `busy_poll` (no system call), then parks (see the channel's
-    /// "Parking") and waits for the socket on the calling task: a WAKE, a
-    /// message a marker announced, or the end of the stream. Cancel-safe:
-    /// a dropped wait leaves at most a WAKE to be discarded later.
+    /// "Parking"): on a multi-thread runtime first on the channel's futex
+    /// word, on this thread, for [`PARK_SLICE`]; then (or at once on a
+    /// current-thread runtime, whose one thread must not block) on the
+    /// socket through the reactor: a WAKE, a message a marker announced, or
+    /// the end of the stream. Cancel-safe: a dropped wait leaves at most a
+    /// WAKE to be discarded later.
     async fn wait(&mut self) {
         if let Some(spin) = self.busy_poll {
             let deadline = Instant::now() + spin;
@@ -212,31 +215,52 @@ impl ShmPoolSubscriber {
                 }
             }
         }
+        if on_multi_thread_runtime() && self.futex_park(PARK_SLICE) {
+            return;
+        }
         self.link.claims.park();
         if self.link.claims.desc_ready(self.tail) {
             self.link.claims.unpark();
             return;
         }
-        if on_multi_thread_runtime() {
-            // Wait on this thread, in the kernel, for a while: the WAKE then
-            // wakes the thread that called `recv`, not a reactor thread that
-            // would have to wake it in turn. `block_in_place` lets the
-            // runtime's other tasks go on meanwhile.
-            let fd = self.link.io.stream.as_fd();
-            let ready = tokio::task::block_in_place(|| sys::wait_readable(fd, PARK_SLICE));
-            if ready {
-                match self.rx.fill(fd) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    r => {
-                        self.link.claims.unpark();
-                        return self.after_read(r);
-                    }
-                }
-            }
-        }
         let r = wire::recv_some(&self.link.io.stream, &mut self.rx).await;
         self.link.claims.unpark();
         self.after_read(r);
+    }
+
+    /// Parks on the channel's futex word (see the channel's "Parking") on
+    /// this thread, for at most `slice`: the publisher's `FUTEX_WAKE` then
+    /// lands on the thread that called `recv`, with no message on the
+    /// socket and no reactor thread on the way. True when the ring has an
+    /// entry; false after `slice` (the caller then parks on the socket,
+    /// which also reports the publisher's end). Anything the publisher
+    /// sends over the socket is announced by a ring entry first, so only
+    /// the end of the stream is seen late, by at most `slice`.
+    /// `block_in_place` lets the runtime's other tasks go on meanwhile when
+    /// this runs on a worker (on a thread inside `block_on` it only calls
+    /// the closure).
+    fn futex_park(&self, slice: Duration) -> bool {
+        let (claims, tail) = (&self.link.claims, self.tail);
+        let deadline = Instant::now() + slice;
+        tokio::task::block_in_place(|| {
+            loop {
+                let seq = claims.park_futex();
+                if claims.desc_ready(tail) {
+                    claims.unpark();
+                    return true;
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    claims.unpark();
+                    return false;
+                }
+                claims.futex_wait(seq, left);
+                claims.unpark();
+                if claims.desc_ready(tail) {
+                    return true;
+                }
+            }
+        })
     }
 
     /// Reads more from the socket (a marker announced a message not yet
@@ -321,8 +345,9 @@ impl ShmPoolSubscriber {
 }
 
 /// Longest a parked `recv` on a multi-thread runtime waits on its own
-/// thread before it waits through the reactor (and so longest a `timeout`
-/// around it may fire late).
+/// thread (on the channel's futex word) before it waits through the
+/// reactor (and so longest a `timeout` around it may fire late, and the
+/// publisher's end may be seen late).
 const PARK_SLICE: Duration = Duration::from_millis(20);
 
 /// True on a multi-thread tokio runtime, where `block_in_place` is allowed.
