@@ -780,7 +780,11 @@ mod tests {
         // The cached room: a broken tail read gives 0 and is read again
         // next time; a sane one read again only when nearly full.
         let mut seen = 0;
-        assert_eq!(publ.desc_room_cached(7, &mut seen), 0, "7 of 8 taken: re-read");
+        assert_eq!(
+            publ.desc_room_cached(7, &mut seen),
+            0,
+            "7 of 8 taken: re-read"
+        );
         assert_eq!(seen, u64::MAX - 100);
         assert_eq!(publ.desc_room_cached(7, &mut seen), 0);
         sub.poke(ClaimTable::DESC_TAIL, 6);
@@ -788,7 +792,11 @@ mod tests {
         assert_eq!(seen, 6);
         sub.poke(ClaimTable::DESC_TAIL, 0);
         assert_eq!(publ.desc_room_cached(8, &mut seen), 6, "cached: 6 free");
-        assert_eq!(publ.desc_room_cached(13, &mut seen), 0, "nearly full: re-read");
+        assert_eq!(
+            publ.desc_room_cached(13, &mut seen),
+            0,
+            "nearly full: re-read"
+        );
         // A release head far ahead: an error, not a loop over garbage.
         sub.poke(ClaimTable::REL_HEAD, 1 << 40);
         let mut out = Vec::with_capacity(64);
