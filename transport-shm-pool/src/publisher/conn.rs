@@ -204,9 +204,7 @@ impl Shared {
                     // read by the handshake) goes in the ring's order.
                     let ordered = !matches!(front, Outgoing::Ready(_));
                     if ordered {
-                        let room = conn
-                            .claims
-                            .desc_room_cached(out.desc_head, &mut out.desc_tail_seen);
+                        let room = conn.claims.desc_room(out.desc_head);
                         if out.spilling && room > 1 {
                             // Back to the ring, after the spill marker.
                             wire::encode(&Msg::Resume, &mut out.wbuf);
