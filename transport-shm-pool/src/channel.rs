@@ -363,7 +363,6 @@ impl ClaimTable {
 
     /// Publisher: free entries after `head` (0 for a tail the subscriber
     /// broke, see [`desc_space`](Self::desc_space)).
-    #[cfg(test)]
     pub(crate) fn desc_room(&self, head: u64) -> u64 {
         let tail = self.at(W_DESC_TAIL).load(Ordering::SeqCst);
         desc_capacity(self.entries).saturating_sub(head.wrapping_sub(tail))
