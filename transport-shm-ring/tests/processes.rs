@@ -105,7 +105,20 @@ fn sigkill_of_a_subscriber_releases_the_writer() {
         }
         // The ring is full for the stalled reader: the fifth send waits. The
         // live child, having read all four, sleeps meanwhile.
-        let reader_cpu = cpu_time_of(reader.pid());
+        // Let the live child finish reading and checking those four frames
+        // (a debug build on a loaded machine takes tens of ms), then
+        // measure: the first 100 ms without CPU use start the idle window.
+        let settle = std::time::Instant::now() + Duration::from_secs(5);
+        let mut reader_cpu = cpu_time_of(reader.pid());
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = cpu_time_of(reader.pid());
+            if now == reader_cpu || std::time::Instant::now() > settle {
+                reader_cpu = now;
+                break;
+            }
+            reader_cpu = now;
+        }
         let blocked = tokio::time::timeout(
             Duration::from_millis(500),
             publ.send(Frame::new(pattern::make(4, 1 << 20))),
