@@ -112,20 +112,17 @@ impl ShmPoolSubscriber {
                 d.index, d.generation, d.len
             ))));
         }
-        let mut frame = match decode_frame_header(header, d.len, geo.slot_size) {
-            Ok(f) => f,
-            Err(e) => {
-                self.link.release_now(d.index, d.generation);
-                return Some(Err(e));
-            }
+        let mut frame = match self.admit(
+            header,
+            d.index,
+            d.generation,
+            d.len,
+            geo.slot_size,
+            POOL_VIEWS,
+        ) {
+            Some(Ok(f)) => f,
+            other => return other,
         };
-        if !frame.topic.starts_with(self.prefix.as_str()) {
-            self.link.release_now(d.index, d.generation);
-            return None;
-        }
-        if self.over_max_held(POOL_VIEWS, d.index, d.generation) {
-            return Some(Err(self.lagged_now()));
-        }
         let len = d.len as usize;
         frame.payload = match self.mode {
             RecvMode::View => Bytes::from_owner({
@@ -152,6 +149,36 @@ impl ShmPoolSubscriber {
 
     /// The lag to report at once for a frame just dropped because of
     /// `max_held` (so a caller does not wait for the next frame to hear of it).
+    /// The steps a slot that is now ours goes through before it becomes a
+    /// frame, for pool and forward slots alike: decode its header, filter by
+    /// topic, apply `max_held` to `kind` of views. `Some(Ok)` is the frame;
+    /// on every other way out the slot was released (or reported as lag).
+    fn admit(
+        &mut self,
+        header: &[u8],
+        index: u32,
+        generation: u64,
+        len: u64,
+        slot_size: u64,
+        kind: usize,
+    ) -> Option<Result<Frame>> {
+        let frame = match decode_frame_header(header, len, slot_size) {
+            Ok(f) => f,
+            Err(e) => {
+                self.link.release_now(index, generation);
+                return Some(Err(e));
+            }
+        };
+        if !frame.topic.starts_with(self.prefix.as_str()) {
+            self.link.release_now(index, generation);
+            return None;
+        }
+        if self.over_max_held(kind, index, generation) {
+            return Some(Err(self.lagged_now()));
+        }
+        Some(Ok(frame))
+    }
+
     pub(super) fn lagged_now(&mut self) -> Error {
         let missed = std::mem::take(&mut self.missed);
         StatCounters::add(&self.stats.lagged, missed);
@@ -319,20 +346,17 @@ impl ShmPoolSubscriber {
         }
         // From here on the forward slot is ours: every way out releases it or
         // hands it to a view.
-        let mut frame = match decode_frame_header(header, d.len, geo.slot_size) {
-            Ok(f) => f,
-            Err(e) => {
-                self.link.release_now(d.index, d.generation);
-                return Some(Err(e));
-            }
+        let mut frame = match self.admit(
+            header,
+            d.index,
+            d.generation,
+            d.len,
+            geo.slot_size,
+            FWD_VIEWS,
+        ) {
+            Some(Ok(f)) => f,
+            other => return other,
         };
-        if !frame.topic.starts_with(self.prefix.as_str()) {
-            self.link.release_now(d.index, d.generation);
-            return None;
-        }
-        if self.over_max_held(FWD_VIEWS, d.index, d.generation) {
-            return Some(Err(self.lagged_now()));
-        }
         let len = d.len as usize;
         frame.payload = match self.mode {
             RecvMode::View => Bytes::from_owner({
