@@ -28,6 +28,7 @@
 
 #[cfg(feature = "ndarray")]
 pub mod array;
+pub mod bufpool;
 pub mod codec;
 pub mod contract;
 // Streaming stores for large copies into shared memory need intrinsics.

@@ -177,7 +177,7 @@ async fn read_loop<R>(r: R, cfg: Config, tx: mpsc::Sender<Result<Frame>>, stats:
 where
     R: AsyncRead + Unpin,
 {
-    let pool = wire::RecvPool::new();
+    let pool = transport_core::bufpool::BufPool::new(wire::POOLED_KEEP);
     let mut r = wire::Watched::new(r, cfg.liveness);
     loop {
         let item = match wire::read_frame(&mut r, cfg.max_payload, &pool).await {

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use transport_core::bufpool::BufPool;
 use transport_core::codec::{self, MAGIC, PREFIX_LEN, Prefix};
 use transport_core::{Error, Frame, Result};
 
@@ -288,70 +289,11 @@ pub(crate) async fn write_encoded<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Receive buffers recycled between frames.
-///
-/// A large payload buffer freshly taken from the allocator costs a page fault
-/// per 4 KiB on first write (about 15 ms for 24 MiB on a small VM, more than
-/// the socket read itself). Payloads of at least [`RecvPool::MIN`] bytes are
-/// therefore read into a buffer that returns here when the last clone of the
-/// frame's `Bytes` is dropped; the next frame of a similar size reuses it,
-/// already faulted in. Frames kept by the application simply keep their
-/// buffer: the pool then allocates anew.
-#[derive(Debug)]
-pub(crate) struct RecvPool {
-    free: crossbeam_queue::ArrayQueue<Vec<u8>>,
-}
-
-impl RecvPool {
-    /// Smaller payloads are plain allocations.
-    const MIN: usize = 64 << 10;
-    /// Buffers kept for reuse.
-    const KEEP: usize = 4;
-
-    pub fn new() -> std::sync::Arc<RecvPool> {
-        std::sync::Arc::new(RecvPool {
-            free: crossbeam_queue::ArrayQueue::new(Self::KEEP),
-        })
-    }
-
-    /// A zero-filled or recycled buffer of exactly `len` bytes.
-    fn take(&self, len: usize) -> Vec<u8> {
-        // Try each pooled buffer once; one that fits is reused (its old bytes
-        // are overwritten by the read), the others go back.
-        for _ in 0..Self::KEEP {
-            let Some(mut v) = self.free.pop() else { break };
-            if v.capacity() >= len && v.capacity() / 2 <= len {
-                v.resize(len, 0);
-                v.truncate(len);
-                return v;
-            }
-            // A misfit: keep it only if there is room, else let it go.
-            let _ = self.free.push(v);
-        }
-        vec![0u8; len]
-    }
-}
-
-/// The owner behind a pooled payload's `Bytes`: gives its buffer back on drop.
-struct Pooled {
-    buf: Vec<u8>,
-    pool: std::sync::Weak<RecvPool>,
-}
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        // Lock-free and infallible: a full pool or a gone subscriber just frees it.
-        if let Some(pool) = self.pool.upgrade() {
-            let _ = pool.free.push(std::mem::take(&mut self.buf));
-        }
-    }
-}
+/// Payloads smaller than this are plain allocations; larger ones are read
+/// into buffers recycled through a [`BufPool`].
+pub(crate) const POOLED_MIN: usize = 64 << 10;
+/// Free receive buffers kept per subscriber.
+pub(crate) const POOLED_KEEP: usize = 4;
 
 /// Reads one message. `Ok(None)` is a clean end of stream at a message boundary.
 ///
@@ -360,7 +302,7 @@ impl Drop for Pooled {
 pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     max_payload: u64,
-    pool: &std::sync::Arc<RecvPool>,
+    pool: &std::sync::Arc<BufPool>,
 ) -> Result<Option<Frame>> {
     let mut prefix = [0u8; PREFIX_LEN];
     loop {
@@ -412,7 +354,7 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
         limit: usize::MAX as u64,
         option: "max_payload",
     })?;
-    if len < RecvPool::MIN {
+    if len < POOLED_MIN {
         let mut payload = BytesMut::zeroed(len);
         r.read_exact(&mut payload)
             .await
@@ -423,10 +365,7 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
         r.read_exact(&mut buf)
             .await
             .map_err(|e| truncated(e, "payload"))?;
-        frame.payload = Bytes::from_owner(Pooled {
-            buf,
-            pool: std::sync::Arc::downgrade(pool),
-        });
+        frame.payload = pool.into_bytes(buf);
     }
     Ok(Some(frame))
 }

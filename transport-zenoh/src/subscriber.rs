@@ -7,6 +7,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::Notify;
+use transport_core::bufpool::BufPool;
 use transport_core::{Error, Frame, Policy, RecvMode, Result, StatCounters, Stats, Subscriber};
 use zenoh::Wait;
 use zenoh::bytes::ZBytes;
@@ -52,7 +53,7 @@ struct Shared {
     max_payload: u64,
     topic_prefix: String,
     stats: Arc<StatCounters>,
-    copies: Arc<CopyPool>,
+    copies: Arc<BufPool>,
 }
 
 impl Shared {
@@ -71,70 +72,23 @@ impl AsRef<[u8]> for ZPayload {
     }
 }
 
-/// Contiguous buffers for payloads that Zenoh delivers in fragments (one
-/// slice per 64 KiB batch): the copy into one `Bytes` reuses the buffer of a
-/// frame the application has dropped instead of allocating (and faulting in)
-/// a fresh one for each frame.
-#[derive(Default)]
-struct CopyPool {
-    free: Mutex<Vec<Vec<u8>>>,
-}
-
-/// Free buffers kept per subscriber (the memory bound: `KEEP` of the largest
-/// payloads seen, beyond the frames queued or held).
+/// Free copy buffers kept per subscriber, for payloads that Zenoh delivers
+/// in fragments (one slice per 64 KiB batch): the copy into one `Bytes`
+/// reuses the buffer of a frame the application has dropped instead of
+/// allocating (and faulting in) a fresh one for each frame. The memory
+/// bound: `KEEP` of the largest payloads seen, beyond the frames queued or
+/// held.
 const KEEP: usize = 2;
 
-impl CopyPool {
-    /// A buffer with room for `len` bytes, at most twice that (so that a
-    /// small frame never pins a large buffer).
-    fn take(&self, len: usize) -> Vec<u8> {
-        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        match free
-            .iter()
-            .position(|b| b.capacity() >= len && b.capacity() / 2 <= len)
-        {
-            Some(i) => free.swap_remove(i),
-            None => Vec::with_capacity(len),
-        }
-    }
-}
-
-/// A payload copied into a pooled buffer; the buffer goes back on drop.
-struct Pooled {
-    buf: Vec<u8>,
-    pool: std::sync::Weak<CopyPool>,
-}
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        if let Some(pool) = self.pool.upgrade() {
-            let mut free = pool.free.lock().unwrap_or_else(|p| p.into_inner());
-            if free.len() < KEEP {
-                free.push(std::mem::take(&mut self.buf));
-            }
-        }
-    }
-}
-
-fn payload_bytes(z: &ZBytes, pool: &Arc<CopyPool>) -> Bytes {
+fn payload_bytes(z: &ZBytes, pool: &Arc<BufPool>) -> Bytes {
     if z.slices().count() <= 1 {
         return Bytes::from_owner(ZPayload(z.clone()));
     }
-    let mut buf = pool.take(z.len());
-    buf.clear();
+    let mut buf = pool.take_empty(z.len());
     for s in z.slices() {
         buf.extend_from_slice(s);
     }
-    Bytes::from_owner(Pooled {
-        buf,
-        pool: Arc::downgrade(pool),
-    })
+    pool.into_bytes(buf)
 }
 
 fn on_sample(sh: &Shared, sample: Sample) {
@@ -326,7 +280,7 @@ pub(crate) async fn open(
         max_payload: cfg.max_payload,
         topic_prefix,
         stats: Arc::new(StatCounters::default()),
-        copies: Arc::new(CopyPool::default()),
+        copies: BufPool::new(KEEP),
     });
     let sh = shared.clone();
     let sub = session
