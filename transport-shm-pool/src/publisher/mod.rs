@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use transport_core::{
     Endpoint, Error, Frame, Loan, LoanBuffer, Policy, PublishOptions, Publisher, Result,
-    StatCounters, Stats, async_trait, codec,
+    StatCounters, Stats, async_trait, codec, contract::count_sent,
 };
 
 use crate::channel::{self, Entry, INLINE_HEADER, KICK_RELEASES, KICK_SPACE};
@@ -437,8 +437,7 @@ impl ShmPoolPublisher {
             &mut self.targets,
         );
         self.next_seq += 1;
-        StatCounters::add(&self.shared.stats.frames_sent, 1);
-        StatCounters::add(&self.shared.stats.bytes_sent, len as u64);
+        count_sent(&self.shared.stats, len);
         Ok(())
     }
 
@@ -504,8 +503,7 @@ impl ShmPoolPublisher {
             &mut self.targets,
         );
         self.next_seq += 1;
-        StatCounters::add(&self.shared.stats.frames_sent, 1);
-        StatCounters::add(&self.shared.stats.bytes_sent, len as u64);
+        count_sent(&self.shared.stats, len);
         self.shared.forwarded.fetch_add(1, Ordering::Relaxed);
         Ok(None)
     }
@@ -523,8 +521,7 @@ impl Publisher for ShmPoolPublisher {
             let mut frame = frame;
             frame.stamp_for_send(self.next_seq, self.trace_name.as_deref())?;
             self.next_seq += 1;
-            StatCounters::add(&self.shared.stats.frames_sent, 1);
-            StatCounters::add(&self.shared.stats.bytes_sent, len as u64);
+            count_sent(&self.shared.stats, len);
             return Ok(());
         }
         let mut frame = frame;

@@ -143,34 +143,13 @@ pub fn decode_upstream_any(msg: &[u8]) -> Result<Upstream> {
     Ok(u)
 }
 
-/// Decodes an upstream message.
+/// Decodes an upstream message that must be a status report.
 pub fn decode_upstream(msg: &[u8]) -> Result<Status> {
-    let mut r = Reader::new(msg);
-    if r.take(4, "upstream")? != UPSTREAM_MAGIC {
-        return Err(Error::protocol(
+    match decode_upstream_any(msg)? {
+        Upstream::Status(s) => Ok(s),
+        _ => Err(Error::protocol(
             "zmq",
-            "an upstream message that is not framewire's",
-        ));
-    }
-    let v = r.u8("upstream")?;
-    if v != VERSION {
-        return Err(Error::VersionMismatch {
-            ours: u16::from(VERSION),
-            theirs: u16::from(v),
-        });
-    }
-    match r.u8("upstream kind")? {
-        U_STATUS => {
-            let mut id = [0u8; ID_LEN];
-            id.copy_from_slice(r.take(ID_LEN, "status")?);
-            let s = Status {
-                id: SubscriberId(id),
-                received: r.u64("status")?,
-                dropped: r.u64("status")?,
-            };
-            r.finish("status")?;
-            Ok(s)
-        }
-        k => Err(Error::protocol("zmq", format!("unknown upstream kind {k}"))),
+            "an upstream message other than a status report",
+        )),
     }
 }
