@@ -132,7 +132,9 @@ def test_lagged_carries_missed(tmp_path):
         connect(pub)
         for _ in range(50):
             pub.send(np.zeros(256 * 1024, np.uint8))
-        pub.flush()
+        # No flush here: flush waits until this subscriber, which is not
+        # reading yet, has taken every queued frame, and a writer stalled
+        # past `write_timeout` (10 s) cuts it off mid-frame.
         missed = 0
         got = 0
         deadline = time.monotonic() + WAIT
