@@ -126,17 +126,6 @@ pub(crate) fn pixel_format_name(f: PixelFormat) -> &'static str {
     }
 }
 
-pub(crate) const PIXEL_FORMATS: [PixelFormat; 8] = [
-    PixelFormat::Gray8,
-    PixelFormat::Gray16,
-    PixelFormat::Rgb8,
-    PixelFormat::Bgr8,
-    PixelFormat::Rgba8,
-    PixelFormat::Bgra8,
-    PixelFormat::Yuv420p,
-    PixelFormat::Nv12,
-];
-
 /// numpy type string and shape of a payload of `len` bytes under `layout`.
 pub(crate) fn array_shape(layout: &Layout, len: usize) -> (&'static str, Vec<u64>) {
     let flat = ("|u1", vec![len as u64]);

@@ -1,6 +1,6 @@
 //! The `Layout` class.
 
-use framewire::Layout;
+use framewire::{Layout, PixelFormat};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
@@ -25,7 +25,7 @@ impl PyLayout {
     /// rgba8, bgra8, yuv420p, nv12.
     #[staticmethod]
     fn image(py: Python<'_>, width: u32, height: u32, format: &str) -> PyResult<Self> {
-        let f = PIXEL_FORMATS
+        let f = PixelFormat::ALL
             .iter()
             .find(|f| pixel_format_name(**f) == format.to_ascii_lowercase())
             .ok_or_else(|| {
@@ -34,7 +34,7 @@ impl PyLayout {
                     "format",
                     format!(
                         "`{format}` is not a pixel format; accepted: {}",
-                        PIXEL_FORMATS.map(pixel_format_name).join(", ")
+                        PixelFormat::ALL.map(pixel_format_name).join(", ")
                     ),
                 )
             })?;

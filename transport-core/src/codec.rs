@@ -530,6 +530,41 @@ pub fn decode(buf: &Bytes, max_payload: u64) -> Result<Frame> {
     Ok(frame)
 }
 
+/// Bytes of the head a backend's handshake message (its "hello") starts
+/// with: a 4-byte magic, the protocol version (u16), two bytes of zero.
+pub const HELLO_HEAD_LEN: usize = 8;
+
+/// Writes a hello head (`magic`, then `version`) into the first
+/// [`HELLO_HEAD_LEN`] bytes of `out`, which must be at least that long.
+pub fn put_hello_head(out: &mut [u8], magic: [u8; 4], version: u16) {
+    out[..4].copy_from_slice(&magic);
+    out[4..6].copy_from_slice(&version.to_le_bytes());
+    out[6..HELLO_HEAD_LEN].fill(0);
+}
+
+/// Checks the head of a peer's hello: a buffer shorter than
+/// [`HELLO_HEAD_LEN`] or with another magic gives `foreign(b)` (the
+/// backend's words on what the peer may be instead), another version an
+/// [`Error::VersionMismatch`].
+pub fn check_hello_head(
+    b: &[u8],
+    magic: [u8; 4],
+    version: u16,
+    foreign: impl FnOnce(&[u8]) -> Error,
+) -> Result<()> {
+    if b.len() < HELLO_HEAD_LEN || b[..4] != magic {
+        return Err(foreign(b));
+    }
+    let theirs = u16::from_le_bytes([b[4], b[5]]);
+    if theirs != version {
+        return Err(Error::VersionMismatch {
+            ours: version,
+            theirs,
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -690,5 +725,24 @@ mod tests {
             }
             let _ = decode(&Bytes::from(b), 1 << 20);
         }
+    }
+
+    #[test]
+    fn hello_heads() {
+        let mut b = [0xffu8; 12];
+        put_hello_head(&mut b, *b"TEST", 3);
+        assert_eq!(&b[..8], b"TEST\x03\0\0\0");
+        assert_eq!(b[8], 0xff, "only the head is written");
+        let foreign = |b: &[u8]| Error::protocol("test", format!("{} bytes", b.len()));
+        check_hello_head(&b, *b"TEST", 3, foreign).expect("our own head");
+        let e = check_hello_head(&b, *b"TEST", 4, foreign).unwrap_err();
+        assert!(
+            matches!(e, Error::VersionMismatch { ours: 4, theirs: 3 }),
+            "{e}"
+        );
+        let e = check_hello_head(&b, *b"OTHR", 3, foreign).unwrap_err();
+        assert!(e.to_string().contains("12 bytes"), "{e}");
+        let e = check_hello_head(&b[..7], *b"TEST", 3, foreign).unwrap_err();
+        assert!(e.to_string().contains("7 bytes"), "{e}");
     }
 }

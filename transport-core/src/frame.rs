@@ -38,7 +38,8 @@ pub enum PixelFormat {
 }
 
 impl PixelFormat {
-    pub(crate) const ALL: [PixelFormat; 8] = [
+    /// Every pixel format, in the order of their wire codes.
+    pub const ALL: [PixelFormat; 8] = [
         PixelFormat::Gray8,
         PixelFormat::Gray16,
         PixelFormat::Rgb8,

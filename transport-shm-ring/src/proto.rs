@@ -15,6 +15,7 @@
 //! version answers with its own hello (without an fd) and hangs up, so the
 //! subscriber can name both versions.
 
+use transport_core::codec::{check_hello_head, put_hello_head};
 use transport_core::{Error, Result};
 
 const CLIENT_MAGIC: [u8; 4] = *b"FWRC";
@@ -28,32 +29,26 @@ pub(crate) const WAKE: u8 = b'w';
 /// Subscriber -> publisher: my cursor crossed `writer_wait`.
 pub(crate) const CONSUMED: u8 = b'c';
 
+/// The error for a hello that is not shm-ring's.
+fn foreign_peer(b: &[u8]) -> Error {
+    Error::protocol(
+        "shm-ring",
+        format!(
+            "bad hello {:02x?}: the peer does not speak the shm-ring protocol",
+            &b[..b.len().min(4)]
+        ),
+    )
+}
+
 pub(crate) fn client_hello() -> [u8; CLIENT_HELLO_LEN] {
     let mut b = [0u8; CLIENT_HELLO_LEN];
-    b[..4].copy_from_slice(&CLIENT_MAGIC);
-    b[4..6].copy_from_slice(&VERSION.to_le_bytes());
+    put_hello_head(&mut b, CLIENT_MAGIC, VERSION);
     b
 }
 
 /// Checks a subscriber's hello.
 pub(crate) fn check_client_hello(b: &[u8; CLIENT_HELLO_LEN]) -> Result<()> {
-    if b[..4] != CLIENT_MAGIC {
-        return Err(Error::protocol(
-            "shm-ring",
-            format!(
-                "bad hello {:02x?}: the peer does not speak the shm-ring protocol",
-                &b[..4]
-            ),
-        ));
-    }
-    let theirs = u16::from_le_bytes([b[4], b[5]]);
-    if theirs != VERSION {
-        return Err(Error::VersionMismatch {
-            ours: VERSION,
-            theirs,
-        });
-    }
-    Ok(())
+    check_hello_head(b, CLIENT_MAGIC, VERSION, foreign_peer)
 }
 
 /// The publisher's hello.
@@ -72,8 +67,7 @@ pub(crate) struct ServerHello {
 impl ServerHello {
     pub fn encode(&self) -> [u8; SERVER_HELLO_LEN] {
         let mut b = [0u8; SERVER_HELLO_LEN];
-        b[..4].copy_from_slice(&SERVER_MAGIC);
-        b[4..6].copy_from_slice(&self.version.to_le_bytes());
+        put_hello_head(&mut b, SERVER_MAGIC, self.version);
         let words = [
             self.capacity,
             self.data_offset,
@@ -89,22 +83,8 @@ impl ServerHello {
 
     /// Decodes and checks magic and version.
     pub fn decode(b: &[u8; SERVER_HELLO_LEN]) -> Result<ServerHello> {
-        if b[..4] != SERVER_MAGIC {
-            return Err(Error::protocol(
-                "shm-ring",
-                format!(
-                    "bad hello {:02x?}: the peer does not speak the shm-ring protocol",
-                    &b[..4]
-                ),
-            ));
-        }
-        let version = u16::from_le_bytes([b[4], b[5]]);
-        if version != VERSION {
-            return Err(Error::VersionMismatch {
-                ours: VERSION,
-                theirs: version,
-            });
-        }
+        check_hello_head(b, SERVER_MAGIC, VERSION, foreign_peer)?;
+        let version = VERSION;
         let w = |i: usize| {
             let mut a = [0u8; 8];
             a.copy_from_slice(&b[8 + i * 8..16 + i * 8]);

@@ -33,7 +33,7 @@ pub use crate::PROTOCOL_VERSION as VERSION;
 
 const HELLO_MAGIC: [u8; 4] = *b"FWHS";
 /// The part of both hellos that every version shares: magic and version.
-pub(crate) const HELLO_HEAD_LEN: usize = 8;
+pub(crate) use transport_core::codec::HELLO_HEAD_LEN;
 pub(crate) const CLIENT_HELLO_LEN: usize = 12;
 pub(crate) const SERVER_HELLO_LEN: usize = 32;
 /// What a peer sends when it has nothing else to say.
@@ -46,8 +46,7 @@ fn millis(d: Duration) -> u32 {
 
 pub(crate) fn client_hello(liveness: Duration) -> [u8; CLIENT_HELLO_LEN] {
     let mut b = [0u8; CLIENT_HELLO_LEN];
-    b[..4].copy_from_slice(&HELLO_MAGIC);
-    b[4..6].copy_from_slice(&VERSION.to_le_bytes());
+    codec::put_hello_head(&mut b, HELLO_MAGIC, VERSION);
     b[8..12].copy_from_slice(&millis(liveness).to_le_bytes());
     b
 }
@@ -60,8 +59,7 @@ pub(crate) fn server_hello(
     liveness: Duration,
 ) -> [u8; SERVER_HELLO_LEN] {
     let mut b = [0u8; SERVER_HELLO_LEN];
-    b[..4].copy_from_slice(&HELLO_MAGIC);
-    b[4..6].copy_from_slice(&VERSION.to_le_bytes());
+    codec::put_hello_head(&mut b, HELLO_MAGIC, VERSION);
     b[8..16].copy_from_slice(&max_payload.to_le_bytes());
     b[16..24].copy_from_slice(&next_seq.to_le_bytes());
     b[24..28].copy_from_slice(&millis(liveness).to_le_bytes());
@@ -108,17 +106,9 @@ pub(crate) fn foreign_peer(b: &[u8]) -> String {
 
 /// Checks a hello's magic and version (its first [`HELLO_HEAD_LEN`] bytes).
 pub(crate) fn check_hello(b: &[u8]) -> Result<()> {
-    if b.len() < HELLO_HEAD_LEN || b[..4] != HELLO_MAGIC {
-        return Err(Error::protocol("tcp", foreign_peer(b)));
-    }
-    let theirs = u16::from_le_bytes([b[4], b[5]]);
-    if theirs != VERSION {
-        return Err(Error::VersionMismatch {
-            ours: VERSION,
-            theirs,
-        });
-    }
-    Ok(())
+    codec::check_hello_head(b, HELLO_MAGIC, VERSION, |b| {
+        Error::protocol("tcp", foreign_peer(b))
+    })
 }
 
 /// The peer's `liveness` from the last 4 bytes of a client hello.
