@@ -18,15 +18,7 @@ suite! {$; delivery, __framewire_conformance_delivery;
 pub async fn round_trip_every_layout_and_size<H: Harness>(h: &'static H) {
     let ep = h.endpoint(None);
     let max = caps(h, &ep).max_payload;
-    let (mut publ, mut subs) = connect(
-        h,
-        &ep,
-        PublishOptions::default(),
-        SubscribeOptions::default(),
-        1,
-    )
-    .await;
-    let mut sub = subs.pop().expect("one subscriber");
+    let (mut publ, mut sub) = connect_one(h, &ep, PublishOptions::default(), SubscribeOptions::default()).await;
     let mut plan = Vec::new();
     for len in [0usize, 1, 4096, 1 << 20, 24 << 20, 64 << 20] {
         if len as u64 > max {
@@ -70,15 +62,7 @@ pub async fn round_trip_every_layout_and_size<H: Harness>(h: &'static H) {
 /// Frames arrive in order, numbered 0, 1, 2, ... with monotonic timestamps.
 pub async fn ordering_and_sequence_numbers<H: Harness>(h: &'static H) {
     let ep = h.endpoint(None);
-    let (mut publ, mut subs) = connect(
-        h,
-        &ep,
-        PublishOptions::default().trace_name("src"),
-        SubscribeOptions::default(),
-        1,
-    )
-    .await;
-    let mut sub = subs.pop().expect("one subscriber");
+    let (mut publ, mut sub) = connect_one(h, &ep, PublishOptions::default().trace_name("src"), SubscribeOptions::default()).await;
     let n = 300u64;
     let sender = tokio::spawn(async move {
         for i in 0..n {
@@ -141,15 +125,7 @@ pub async fn fan_out_to_three_subscribers<H: Harness>(h: &'static H) {
 /// A subscriber that joins late gets the frames sent after it joined, in order.
 pub async fn late_subscriber_gets_later_frames<H: Harness>(h: &'static H) {
     let ep = h.endpoint(None);
-    let (mut publ, mut subs) = connect(
-        h,
-        &ep,
-        PublishOptions::default(),
-        SubscribeOptions::default(),
-        1,
-    )
-    .await;
-    let mut early = subs.pop().expect("one subscriber");
+    let (mut publ, mut early) = connect_one(h, &ep, PublishOptions::default(), SubscribeOptions::default()).await;
     for i in 0..5 {
         publ.send(Frame::new(pattern::make(i, 1000)))
             .await
@@ -193,15 +169,7 @@ pub async fn late_subscriber_gets_later_frames<H: Harness>(h: &'static H) {
 /// false lag reports for the ones it skipped.
 pub async fn topic_prefix_filters<H: Harness>(h: &'static H) {
     let ep = h.endpoint(None);
-    let (mut publ, mut subs) = connect(
-        h,
-        &ep,
-        PublishOptions::default(),
-        SubscribeOptions::default().topic_prefix("cam/"),
-        1,
-    )
-    .await;
-    let mut sub = subs.pop().expect("one subscriber");
+    let (mut publ, mut sub) = connect_one(h, &ep, PublishOptions::default(), SubscribeOptions::default().topic_prefix("cam/")).await;
     for (i, topic) in ["cam/0", "imu", "cam/1", "cam", "cam/2"].iter().enumerate() {
         publ.send(Frame::new(pattern::make(i as u64, 100)).with_topic(*topic))
             .await

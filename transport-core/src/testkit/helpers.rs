@@ -74,6 +74,20 @@ pub(super) async fn connect<H: Harness>(
     (publ, subs)
 }
 
+/// A publisher and one subscriber connected to it.
+pub(super) async fn connect_one<H: Harness>(
+    h: &H,
+    ep: &Endpoint,
+    popts: PublishOptions,
+    sopts: SubscribeOptions,
+) -> (
+    <H::T as Transport>::Publisher,
+    <H::T as Transport>::Subscriber,
+) {
+    let (publ, mut subs) = connect(h, ep, popts, sopts, 1).await;
+    (publ, subs.pop().expect("one subscriber"))
+}
+
 /// Waits until the publisher sees `n` subscribers (or a grace period where it cannot tell).
 pub(super) async fn settle<P: Publisher>(publ: &mut P, n: usize) {
     if publ.subscriber_count().is_some() {

@@ -52,15 +52,7 @@ pub async fn publisher_drop_disconnects_subscribers<H: Harness>(h: &'static H) {
 /// Cancelling `recv` (a timeout firing) loses no frame.
 pub async fn cancelled_recv_loses_no_frame<H: Harness>(h: &'static H) {
     let ep = h.endpoint(None);
-    let (mut publ, mut subs) = connect(
-        h,
-        &ep,
-        PublishOptions::default(),
-        SubscribeOptions::default(),
-        1,
-    )
-    .await;
-    let mut sub = subs.pop().expect("one subscriber");
+    let (mut publ, mut sub) = connect_one(h, &ep, PublishOptions::default(), SubscribeOptions::default()).await;
     let n = 200u64;
     let sender = tokio::spawn(async move {
         for i in 0..n {

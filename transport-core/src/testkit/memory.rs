@@ -18,15 +18,7 @@ suite! {$; memory, __framewire_conformance_memory;
 pub async fn loan_path_round_trip<H: Harness>(h: &'static H) {
     let depth = 3;
     let ep = h.endpoint(Some(depth));
-    let (mut publ, mut subs) = connect(
-        h,
-        &ep,
-        PublishOptions::default(),
-        SubscribeOptions::default(),
-        1,
-    )
-    .await;
-    let mut sub = subs.pop().expect("one subscriber");
+    let (mut publ, mut sub) = connect_one(h, &ep, PublishOptions::default(), SubscribeOptions::default()).await;
     for _ in 0..depth * 3 {
         let loan = within("loan", publ.loan(1 << 20)).await.expect("loan");
         drop(loan);
@@ -90,15 +82,7 @@ pub async fn owned_frames_do_not_pin_publisher_memory<H: Harness>(h: &'static H)
     } else {
         Policy::Block
     };
-    let (mut publ, mut subs) = connect(
-        h,
-        &ep,
-        PublishOptions::default().policy(policy),
-        SubscribeOptions::default().recv_mode(RecvMode::Owned),
-        1,
-    )
-    .await;
-    let mut sub = subs.pop().expect("one subscriber");
+    let (mut publ, mut sub) = connect_one(h, &ep, PublishOptions::default().policy(policy), SubscribeOptions::default().recv_mode(RecvMode::Owned)).await;
     let mut kept = Vec::new();
     for i in 0..(depth as u64 * 4) {
         within("send", publ.send(Frame::new(pattern::make(i, 256 << 10))))
@@ -125,15 +109,7 @@ pub async fn views_are_not_copies<H: Harness>(h: &'static H) {
     if !c.zero_copy_views || !c.policies.contains(&Policy::Fail) {
         skip("zero_copy_views and policy fail");
     }
-    let (mut publ, mut subs) = connect(
-        h,
-        &ep,
-        PublishOptions::default().policy(Policy::Fail),
-        SubscribeOptions::default().recv_mode(RecvMode::View),
-        1,
-    )
-    .await;
-    let mut sub = subs.pop().expect("one subscriber");
+    let (mut publ, mut sub) = connect_one(h, &ep, PublishOptions::default().policy(Policy::Fail), SubscribeOptions::default().recv_mode(RecvMode::View)).await;
     assert_eq!(sub.recv_mode(), RecvMode::View);
     let mut held = Vec::new();
     let mut full = false;

@@ -20,15 +20,7 @@ pub async fn slow_subscriber_under_block<H: Harness>(h: &'static H) {
     let depth = 2;
     let ep = h.endpoint(Some(depth));
     let c = caps(h, &ep);
-    let (mut publ, mut subs) = connect(
-        h,
-        &ep,
-        PublishOptions::default().policy(Policy::Block),
-        SubscribeOptions::default(),
-        1,
-    )
-    .await;
-    let mut sub = subs.pop().expect("one subscriber");
+    let (mut publ, mut sub) = connect_one(h, &ep, PublishOptions::default().policy(Policy::Block), SubscribeOptions::default()).await;
     let n = 24u64;
     let bound = c.queue_depth as u64;
     let sender = tokio::spawn(async move {
@@ -64,15 +56,7 @@ pub async fn slow_subscriber_under_drop_oldest<H: Harness>(h: &'static H) {
     if !c.policies.contains(&Policy::DropOldest) {
         skip("policy drop-oldest");
     }
-    let (mut publ, mut subs) = connect(
-        h,
-        &ep,
-        PublishOptions::default().policy(Policy::DropOldest),
-        SubscribeOptions::default(),
-        1,
-    )
-    .await;
-    let mut sub = subs.pop().expect("one subscriber");
+    let (mut publ, mut sub) = connect_one(h, &ep, PublishOptions::default().policy(Policy::DropOldest), SubscribeOptions::default()).await;
     let n = 64u64;
     for i in 0..n {
         within(
@@ -125,15 +109,7 @@ pub async fn slow_subscriber_under_fail<H: Harness>(h: &'static H) {
     if !c.policies.contains(&Policy::Fail) {
         skip("policy fail");
     }
-    let (mut publ, mut subs) = connect(
-        h,
-        &ep,
-        PublishOptions::default().policy(Policy::Fail),
-        SubscribeOptions::default(),
-        1,
-    )
-    .await;
-    let mut sub = subs.pop().expect("one subscriber");
+    let (mut publ, mut sub) = connect_one(h, &ep, PublishOptions::default().policy(Policy::Fail), SubscribeOptions::default()).await;
     let mut sent = 0u64;
     let err = loop {
         assert!(
@@ -179,15 +155,7 @@ pub async fn oversize_payload_is_refused<H: Harness>(h: &'static H) {
     let Ok(len) = usize::try_from(max + 1) else {
         skip("a max_payload below usize::MAX (a payload one byte over it must fit in memory)");
     };
-    let (mut publ, mut subs) = connect(
-        h,
-        &ep,
-        PublishOptions::default(),
-        SubscribeOptions::default(),
-        1,
-    )
-    .await;
-    let mut sub = subs.pop().expect("one subscriber");
+    let (mut publ, mut sub) = connect_one(h, &ep, PublishOptions::default(), SubscribeOptions::default()).await;
     // calloc'd: the pages are never touched unless the backend copies them.
     let big = Bytes::from(vec![0u8; len]);
     match publ.send(Frame::new(big)).await {
