@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 
 use crossbeam_queue::ArrayQueue;
+use transport_core::contract::PayloadLimit;
 use transport_core::{Error, Result};
 use transport_shm_support::copy::copy_to_vec;
 
@@ -347,6 +348,11 @@ impl SlotPool {
     /// Largest payload of a slot.
     pub fn slot_size(&self) -> u64 {
         self.map.geo.slot_size
+    }
+
+    /// The slot size as the payload limit, named by its option `slot_size`.
+    pub fn payload_limit(&self) -> PayloadLimit {
+        PayloadLimit::named(self.slot_size(), "slot_size")
     }
 
     /// Slots free now.

@@ -49,6 +49,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 use transport_core::{Error, LoanBuffer, Result};
 
+use crate::lease::{Reserved, SlotHome};
 use crate::pool::{SegmentMap, SlotPool};
 use crate::sys;
 use crate::wire::{self, Hello, Msg, RecvBuf};
@@ -152,27 +153,12 @@ impl SharedPool {
         self.acct.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn check_len(&self, len: usize) -> Result<()> {
-        let limit = self.pool.slot_size();
-        if len as u64 > limit {
-            return Err(Error::PayloadTooLarge {
-                len: len as u64,
-                limit,
-                option: "slot_size",
-            });
-        }
-        Ok(())
-    }
-
     /// A free slot for a payload of `len` bytes, or `None` when every slot is
     /// in use; `len` past the slot size is [`Error::PayloadTooLarge`].
     pub fn try_alloc(self: &Arc<Self>, len: usize) -> Result<Option<SlotWriter>> {
-        self.check_len(len)?;
+        self.pool.payload_limit().check(len)?;
         Ok(self.pool.pop().map(|index| SlotWriter {
-            pool: self.clone(),
-            index,
-            len,
-            published: false,
+            slot: Reserved::new(self.clone(), index, len),
         }))
     }
 
@@ -476,31 +462,38 @@ fn random_u64() -> u64 {
 /// [`publish`](Self::publish) it. Dropped unpublished, the slot goes back.
 #[derive(Debug)]
 pub struct SlotWriter {
-    pool: Arc<SharedPool>,
-    index: u32,
-    len: usize,
-    published: bool,
+    slot: Reserved<SharedPool>,
+}
+
+impl SlotHome for SharedPool {
+    fn slot_pool(&self) -> &SlotPool {
+        &self.pool
+    }
+
+    fn give_back(&self, index: u32) {
+        self.free(index);
+    }
 }
 
 impl SlotWriter {
     /// The slot's index.
     pub fn index(&self) -> u32 {
-        self.index
+        self.slot.index()
     }
 
     /// The pool the slot belongs to.
     pub fn pool(&self) -> &Arc<SharedPool> {
-        &self.pool
+        self.slot.home()
     }
 
     /// The writable length asked for.
     pub fn len(&self) -> usize {
-        self.len
+        self.slot.len()
     }
 
     /// True for a zero-length writer.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.slot.len() == 0
     }
 
     /// Publishes the first `len` bytes (at most the length asked for) to the
@@ -509,24 +502,25 @@ impl SlotWriter {
     /// send. The slot returns to the free list when every holder released it
     /// (at once when `holders` is 0).
     pub fn publish(mut self, len: usize, holders: u64) -> SlotRef {
-        let len = len.min(self.len) as u64;
-        self.published = true;
-        let pool = &self.pool;
+        let len = len.min(self.slot.len()) as u64;
+        self.slot.disarm();
+        let index = self.slot.index();
+        let pool = self.slot.home();
         let generation = {
             let mut acct = pool.lock();
-            let a = &mut acct[self.index as usize];
+            let a = &mut acct[index as usize];
             // Never 0, so that a zeroed reference is never valid.
             a.generation = a.generation.wrapping_add(1).max(1);
             a.holders = holders;
-            pool.pool.set_header(self.index, a.generation, len);
+            pool.pool.set_header(index, a.generation, len);
             a.generation
         };
         if holders == 0 {
-            pool.free(self.index);
+            pool.free(index);
         }
         SlotRef {
             segment: pool.segment_id(),
-            index: self.index,
+            index,
             generation,
             len,
         }
@@ -535,27 +529,15 @@ impl SlotWriter {
 
 impl LoanBuffer for SlotWriter {
     fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: the writer owns the slot exclusively (popped from the free
-        // list, not published: no holder, no reader) for as long as the
-        // slice borrows it mutably; `len <= slot_size` (checked at alloc).
-        unsafe { self.pool.pool.slot_mut(self.index, self.len) }
+        self.slot.as_mut_slice()
     }
 
     fn as_slice(&self) -> &[u8] {
-        // SAFETY: as above; the slice borrows the writer.
-        unsafe { self.pool.pool.slot(self.index, self.len) }
+        self.slot.as_slice()
     }
 
     fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
         self
-    }
-}
-
-impl Drop for SlotWriter {
-    fn drop(&mut self) {
-        if !self.published {
-            self.pool.free(self.index);
-        }
     }
 }
 

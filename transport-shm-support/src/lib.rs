@@ -10,6 +10,8 @@
 //! * [`copy`]: the race-free copy out of (and into) memory that another
 //!   process may write at the same time: every byte as if by a `Relaxed`
 //!   atomic access, at `memcpy` speed on x86-64.
+//! * [`loan`]: a publisher's `send_loan` taking its lease type (or a heap
+//!   loan) back from a returned loan buffer.
 //!
 //! Nothing here knows about frames, slots or rings; backend protocols stay in
 //! the backends.
@@ -39,4 +41,5 @@
 //! ```
 
 pub mod copy;
+pub mod loan;
 pub mod sys;

@@ -140,19 +140,7 @@ async fn handshake(shared: &Arc<Shared>, stream: UnixStream) -> Result<()> {
         .ok_or_else(|| Error::protocol("shm-pool", "CLAIMS arrived without its memfd"))?;
     let claims = match ClaimTable::open(&fd, wire::claim_entries(hello.slots)) {
         Ok(c) => c,
-        Err(e) => {
-            let reason = format!("bad claim table: {e}");
-            wire::send(
-                &stream,
-                &Msg::Reject {
-                    reason: reason.clone(),
-                },
-                None,
-                "REJECT",
-            )
-            .await?;
-            return Err(Error::protocol("shm-pool", reason));
-        }
+        Err(e) => return Err(reject(&stream, format!("bad claim table: {e}")).await),
     };
     drop(fd);
     // Subscribers send only RELEASE and UNSUBSCRIBE from now on: the small
@@ -200,16 +188,20 @@ async fn handshake(shared: &Arc<Shared>, stream: UnixStream) -> Result<()> {
                 "shm-pool `{}` already serves {MAX_SUBSCRIBERS} subscribers",
                 shared.name
             );
-            wire::send(
-                &stream,
-                &Msg::Reject {
-                    reason: reason.clone(),
-                },
-                None,
-                "REJECT",
-            )
-            .await?;
-            Err(Error::protocol("shm-pool", reason))
+            Err(reject(&stream, reason).await)
         }
+    }
+}
+
+/// Sends REJECT with `reason` to a subscriber mid-handshake; the error to
+/// end the handshake with: the protocol error naming `reason`, or the
+/// failure to send it.
+async fn reject(stream: &UnixStream, reason: String) -> Error {
+    let msg = Msg::Reject {
+        reason: reason.clone(),
+    };
+    match wire::send(stream, &msg, None, "REJECT").await {
+        Ok(()) => Error::protocol("shm-pool", reason),
+        Err(e) => e,
     }
 }
