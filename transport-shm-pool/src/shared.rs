@@ -49,6 +49,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 use transport_core::{Error, LoanBuffer, Result};
 
+use crate::holders::Holders;
 use crate::lease::{Reserved, SlotHome};
 use crate::pool::{SegmentMap, SlotPool};
 use crate::sys;
@@ -110,17 +111,11 @@ impl SlotRef {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-struct Acct {
-    generation: u64,
-    holders: u64,
-}
-
 /// A publisher's pool of shared slots with per-slot holder accounting.
 /// See the [module docs](self).
 pub struct SharedPool {
     pool: SlotPool,
-    acct: Mutex<Vec<Acct>>,
+    acct: Mutex<Vec<Holders>>,
     freed: Notify,
     stale: AtomicU64,
 }
@@ -139,7 +134,7 @@ impl SharedPool {
     /// `name` only labels the memfd.
     pub fn create(name: &str, slots: usize, slot_size: u64) -> Result<Arc<SharedPool>> {
         let pool = SlotPool::create(name, slots, slot_size)?;
-        let acct = vec![Acct::default(); pool.slots()];
+        let acct = vec![Holders::default(); pool.slots()];
         Ok(Arc::new(SharedPool {
             pool,
             acct: Mutex::new(acct),
@@ -148,7 +143,7 @@ impl SharedPool {
         }))
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<Acct>> {
+    fn lock(&self) -> MutexGuard<'_, Vec<Holders>> {
         // Critical sections are a few word updates; a poisoned lock is still consistent.
         self.acct.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -188,9 +183,8 @@ impl SharedPool {
         let ok = r.segment == self.pool.segment_id() && holder < MAX_HOLDERS && {
             let mut acct = self.lock();
             match acct.get_mut(r.index as usize) {
-                Some(a) if a.generation == r.generation && a.holders & (1 << holder) != 0 => {
-                    a.holders &= !(1 << holder);
-                    let empty = a.holders == 0;
+                Some(a) if a.held_at(r.generation, 1 << holder) => {
+                    let empty = a.drop_holder(1 << holder);
                     drop(acct);
                     if empty {
                         self.free(r.index);
@@ -218,10 +212,9 @@ impl SharedPool {
         {
             let mut acct = self.lock();
             for (i, a) in acct.iter_mut().enumerate() {
-                if a.holders & bit != 0 {
+                if a.held_by(bit) {
                     n += 1;
-                    a.holders &= !bit;
-                    if a.holders == 0 {
+                    if a.drop_holder(bit) {
                         freed.push(i as u32);
                     }
                 }
@@ -236,8 +229,8 @@ impl SharedPool {
     /// The holders of the slot `r` names, while `r` is its current publication.
     pub fn holders(&self, r: &SlotRef) -> u64 {
         match self.lock().get(r.index as usize) {
-            Some(a) if a.generation == r.generation && r.segment == self.pool.segment_id() => {
-                a.holders
+            Some(a) if a.generation() == r.generation && r.segment == self.pool.segment_id() => {
+                a.mask()
             }
             _ => 0,
         }
@@ -510,10 +503,10 @@ impl SlotWriter {
             let mut acct = pool.lock();
             let a = &mut acct[index as usize];
             // Never 0, so that a zeroed reference is never valid.
-            a.generation = a.generation.wrapping_add(1).max(1);
-            a.holders = holders;
-            pool.pool.set_header(index, a.generation, len);
-            a.generation
+            let generation = a.next_generation();
+            a.set_mask(holders);
+            pool.pool.set_header(index, generation, len);
+            generation
         };
         if holders == 0 {
             pool.free(index);

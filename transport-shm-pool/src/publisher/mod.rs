@@ -28,6 +28,7 @@ use transport_core::{
 
 use crate::channel::{self, Entry, INLINE_HEADER, KICK_RELEASES, KICK_SPACE};
 use crate::config::{self, Config};
+use crate::holders::Holders;
 use crate::pool::{FreeList, SlotPool};
 use crate::registry::{self, SegFd};
 use crate::sys;
@@ -68,10 +69,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 #[derive(Debug, Clone, Copy, Default)]
 struct SlotAcct {
-    /// Bumped each time the slot is published.
-    generation: u64,
-    /// Bit `k`: subscriber `k` holds the slot (offered, or taken and not released).
-    holders: u64,
+    /// The publication's generation and holders (bit `k`: subscriber `k`
+    /// holds the slot: offered, or taken and not released).
+    hold: Holders,
     /// Sequence number of the frame in the slot (for drop-oldest).
     seq: u64,
     /// Published and not yet free again.
