@@ -350,6 +350,24 @@ impl SlotPool {
         self.map.geo.slot_size
     }
 
+    /// The HELLO that announces this pool's segment (its identity and
+    /// geometry), with the publisher's `flags` and the claim table length it
+    /// asks for.
+    pub(crate) fn hello(&self, flags: u32, claims_len: u64) -> Hello {
+        let g = self.geometry();
+        Hello {
+            version: crate::wire::VERSION,
+            flags,
+            segment: self.segment_id(),
+            slots: g.slots,
+            slot_size: g.slot_size,
+            stride: g.stride,
+            data_offset: g.data_offset,
+            segment_len: g.len,
+            claims_len,
+        }
+    }
+
     /// The slot size as the payload limit, named by its option `slot_size`.
     pub fn payload_limit(&self) -> PayloadLimit {
         PayloadLimit::named(self.slot_size(), "slot_size")

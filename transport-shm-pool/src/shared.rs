@@ -40,7 +40,6 @@
 
 use std::collections::HashSet;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::linux::net::SocketAddrExt;
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -294,25 +293,12 @@ impl SharedPool {
         );
         let ro = sys::reopen_read_only(self.pool.fd())
             .map_err(|e| Error::io("reopening the segment read-only", e))?;
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
-            .map_err(|e| Error::io(format!("abstract socket name @{name}"), e))?;
-        let std = std::os::unix::net::UnixListener::bind_addr(&addr)
+        let std = sys::bind_abstract(&name)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .map_err(|e| Error::io(format!("listening on @{name}"), e))?;
         let listener = tokio::net::UnixListener::from_std(std)
             .map_err(|e| Error::io(format!("listening on @{name}"), e))?;
-        let g = self.pool.geometry();
-        let hello = Hello {
-            version: wire::VERSION,
-            flags: 0,
-            segment: self.segment_id(),
-            slots: g.slots,
-            slot_size: g.slot_size,
-            stride: g.stride,
-            data_offset: g.data_offset,
-            segment_len: g.len,
-            claims_len: 0,
-        };
+        let hello = self.pool.hello(0, 0);
         let ro = Arc::new(ro);
         let open: Arc<Mutex<HashSet<u32>>> = Arc::default();
         let (closed_tx, closed) = mpsc::unbounded_channel();

@@ -20,7 +20,7 @@ pub(crate) use transport_shm_support::sys::MAX_FDS_PER_MSG as MAX_FDS_PER_READ;
 pub(crate) use transport_shm_support::sys::page_size;
 use transport_shm_support::sys::{HUGETLBFS_MAGIC, SealFlags, SharedFdInfo, TMPFS_MAGIC};
 pub(crate) use transport_shm_support::sys::{
-    Mapping, euid, memfd_sealed, page_align, peer_uid, reopen_read_only,
+    Mapping, bind_abstract, euid, memfd_sealed, page_align, peer_uid, reopen_read_only,
     seal_future_write_if_supported, seal_seals,
 };
 
@@ -159,7 +159,7 @@ pub(crate) fn pipe_has_writers(fd: BorrowedFd<'_>) -> io::Result<bool> {
 pub(crate) async fn listen(name: &str) -> io::Result<tokio::net::UnixListener> {
     let mut tries = 0;
     loop {
-        match transport_shm_support::sys::bind_abstract(name) {
+        match bind_abstract(name) {
             Ok(l) => {
                 l.set_nonblocking(true)?;
                 return tokio::net::UnixListener::from_std(l);

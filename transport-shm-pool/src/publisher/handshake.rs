@@ -6,22 +6,13 @@ use super::*;
 
 impl Shared {
     pub(super) fn hello(&self) -> Hello {
-        let g = self.pool.geometry();
-        Hello {
-            version: wire::VERSION,
-            flags: (if self.policy == Policy::DropOldest {
-                wire::HELLO_RECLAIMS
-            } else {
-                0
-            }) | (self.max_held.min(0xffff) as u32) << wire::HELLO_MAX_HELD_SHIFT,
-            segment: self.pool.segment_id(),
-            slots: g.slots,
-            slot_size: g.slot_size,
-            stride: g.stride,
-            data_offset: g.data_offset,
-            segment_len: g.len,
-            claims_len: wire::claims_len(wire::claim_entries(g.slots)),
-        }
+        let flags = (if self.policy == Policy::DropOldest {
+            wire::HELLO_RECLAIMS
+        } else {
+            0
+        }) | (self.max_held.min(0xffff) as u32) << wire::HELLO_MAX_HELD_SHIFT;
+        let claims_len = wire::claims_len(wire::claim_entries(self.pool.geometry().slots));
+        self.pool.hello(flags, claims_len)
     }
 }
 
