@@ -46,6 +46,7 @@ pub const STREAM_MIN: usize = transport_core::copy::STREAM_MIN;
 /// `src` must be valid for reads and `dst` for writes of `len` bytes, and
 /// the ranges must not overlap. Other processes (or threads, through atomic
 /// accesses or this function) may access either range meanwhile.
+#[inline]
 pub unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -79,6 +80,7 @@ pub unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) {
 /// copy is stale. (The streaming copy above and the one of
 /// `transport_core::copy` also fence before they start; this one covers the
 /// bytes an application writes into a loan, with whatever instructions.)
+#[inline]
 pub fn store_fence() {
     transport_core::copy::store_fence();
 }
@@ -94,6 +96,7 @@ pub fn store_fence() {
 /// valid for reads for the call, and nothing in this process accesses it
 /// meanwhile except through atomics, [`copy`], or another mapping of the
 /// same memory.
+#[inline]
 pub unsafe fn copy_to_vec(src: *const u8, len: usize) -> Vec<u8> {
     let mut out = Vec::<u8>::with_capacity(len);
     // SAFETY: `src` is valid for `len` bytes of reads (caller's contract);

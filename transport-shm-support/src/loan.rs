@@ -65,7 +65,7 @@ mod tests {
         let own = take_back::<Mine>(Box::new(Mine(vec![1, 2])));
         assert!(matches!(own, Ok(Returned::Own(m)) if m.0 == [1, 2]));
         let heap = take_back::<Mine>(Box::new(BytesMut::from(&b"abc"[..])));
-        assert!(matches!(heap, Ok(Returned::Heap(b)) if b == &b"abc"[..]));
+        assert!(matches!(heap, Ok(Returned::Heap(b)) if b == b"abc"[..]));
         let foreign = take_back::<Mine>(Box::new(Theirs));
         assert!(matches!(foreign, Err(Error::ForeignLoan)));
     }

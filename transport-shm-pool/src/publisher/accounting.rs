@@ -183,7 +183,8 @@ impl Shared {
             // reads (views still alive) stay held until released or EOF.
             if s.in_flight && s.hold.held_by(bit) && conn.claims.reclaim(index, s.hold.generation())
             {
-                if st.slots[index as usize].hold.drop_holder(bit) {
+                let emptied = st.slots[index as usize].hold.drop_holder(bit);
+                if emptied {
                     self.free_slot(&mut st, index);
                 }
             }
@@ -286,7 +287,8 @@ impl Shared {
         for index in 0..st.slots.len() as u32 {
             let s = &mut st.slots[index as usize];
             if s.in_flight && s.hold.held_by(bit) {
-                if s.hold.drop_holder(bit) {
+                let emptied = s.hold.drop_holder(bit);
+                if emptied {
                     self.free_slot(&mut st, index);
                     freed += 1;
                 }
