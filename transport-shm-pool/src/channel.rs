@@ -69,7 +69,6 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use memmap2::{MmapOptions, MmapRaw};
 
 use crate::sys;
 
@@ -220,7 +219,7 @@ pub(crate) struct BadRing(pub String);
 
 /// The subscriber-owned, publisher-writable channel: claim words and rings.
 pub(crate) struct ClaimTable {
-    map: MmapRaw,
+    map: sys::Mapping,
     entries: u32,
 }
 
@@ -240,12 +239,10 @@ impl ClaimTable {
     /// Subscriber side: a fresh, sealed table, and the fd to hand over.
     pub(crate) fn create(entries: u32) -> io::Result<(ClaimTable, OwnedFd)> {
         let len = claims_len(entries);
-        let fd = sys::memfd("framewire-shm-pool-claims", len)?;
-        sys::seal(fd.as_fd(), false)?;
-        let map = MmapOptions::new()
-            .len(usize::try_from(len).map_err(io::Error::other)?)
-            .populate()
-            .map_raw(&fd)?;
+        let fd = sys::memfd_sealed("framewire-shm-pool-claims", len)?;
+        sys::seal_seals(fd.as_fd())?;
+        let len = usize::try_from(len).map_err(io::Error::other)?;
+        let map = sys::Mapping::map(fd.as_fd(), len, true, true)?;
         Ok((ClaimTable { map, entries }, fd))
     }
 
@@ -254,10 +251,8 @@ impl ClaimTable {
     pub(crate) fn open(fd: &OwnedFd, entries: u32) -> io::Result<ClaimTable> {
         let len = claims_len(entries);
         sys::check_sealed(fd.as_fd(), len)?;
-        let map = MmapOptions::new()
-            .len(usize::try_from(len).map_err(io::Error::other)?)
-            .populate()
-            .map_raw(fd)?;
+        let len = usize::try_from(len).map_err(io::Error::other)?;
+        let map = sys::Mapping::map(fd.as_fd(), len, true, true)?;
         Ok(ClaimTable { map, entries })
     }
 

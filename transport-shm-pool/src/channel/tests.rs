@@ -34,10 +34,18 @@ fn claims_decide_between_take_and_reclaim() {
 
 #[test]
 fn unsealed_or_short_tables_are_refused() {
-    let fd = sys::memfd("x", 4096).unwrap();
+    use rustix::fs::MemfdFlags;
+    let fd =
+        rustix::fs::memfd_create("x", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+    rustix::fs::ftruncate(&fd, 4096).unwrap();
     assert!(ClaimTable::open(&fd, 4).is_err(), "unsealed");
-    let fd = sys::memfd("x", claims_len(4)).unwrap();
-    sys::seal(fd.as_fd(), false).unwrap();
+    let fd = sys::memfd_sealed("x", claims_len(4)).unwrap();
+    assert!(
+        ClaimTable::open(&fd, 4).is_err(),
+        "size sealed, but the seals are not"
+    );
+    let fd = sys::memfd_sealed("x", claims_len(4)).unwrap();
+    sys::seal_seals(fd.as_fd()).unwrap();
     assert!(ClaimTable::open(&fd, 4).is_ok());
     assert!(ClaimTable::open(&fd, 10_000).is_err(), "too short");
 }
