@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use transport_core::{
-    Endpoint, Policy, PublishOptions, Publisher, RecvMode, SubscribeOptions, Subscriber,
-    Transport, monotonic_ns,
+    Endpoint, Policy, PublishOptions, Publisher, RecvMode, SubscribeOptions, Subscriber, Transport,
+    monotonic_ns,
 };
 use transport_shm_pool::ShmPoolTransport;
 
@@ -82,7 +82,14 @@ fn main() {
 
     let pub_rt = runtime();
     let mut p = pub_rt
-        .block_on(ShmPoolTransport::new().publish(&ep, &PublishOptions::default().policy(Policy::Block).trace_name("probe".to_owned())))
+        .block_on(
+            ShmPoolTransport::new().publish(
+                &ep,
+                &PublishOptions::default()
+                    .policy(Policy::Block)
+                    .trace_name("probe".to_owned()),
+            ),
+        )
         .expect("publish");
     let ep2 = ep.clone();
     let (sent2, got2) = (sent_done.clone(), got.clone());
@@ -90,10 +97,10 @@ fn main() {
         pin(sub_cpu);
         let rt = runtime();
         let mut s = rt
-            .block_on(ShmPoolTransport::new().subscribe(
-                &ep2,
-                &SubscribeOptions::default().recv_mode(RecvMode::View),
-            ))
+            .block_on(
+                ShmPoolTransport::new()
+                    .subscribe(&ep2, &SubscribeOptions::default().recv_mode(RecvMode::View)),
+            )
             .expect("subscribe");
         ready_tx.send(()).expect("ready");
         let (mut lat, mut recv) = (Vec::new(), Vec::new());
@@ -104,7 +111,11 @@ fn main() {
                     .expect("recv timed out")
                     .expect("recv");
                 let end = monotonic_ns();
-                let h = f.trace.last().map(|h| (h.sent_ns, h.received_ns)).expect("a hop");
+                let h = f
+                    .trace
+                    .last()
+                    .map(|h| (h.sent_ns, h.received_ns))
+                    .expect("a hop");
                 drop(f);
                 if i >= warmup {
                     lat.push(h.1 - h.0);

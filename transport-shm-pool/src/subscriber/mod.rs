@@ -345,9 +345,7 @@ impl ShmPoolSubscriber {
     /// [`consume_entry_later`](Self::consume_entry_later), waking it if it
     /// waits for room in the ring.
     fn publish_tail(&mut self) {
-        if std::mem::take(&mut self.tail_unpublished)
-            && self.link.claims.publish_tail(self.tail)
-        {
+        if std::mem::take(&mut self.tail_unpublished) && self.link.claims.publish_tail(self.tail) {
             self.link.wake_publisher(true);
         }
     }
