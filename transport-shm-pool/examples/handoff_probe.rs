@@ -10,7 +10,10 @@
 //! - `recv`: how long the subscriber's `recv` call took after the frame
 //!   was published (the time from the publisher's return to `recv`'s
 //!   return, which covers seeing the ring head move and everything after);
-//! - `loan`: the publisher's `loan` (outside the timed window).
+//! - `loan`: the publisher's `loan` (outside the timed window);
+//! - `codec`: the frame header's encode and decode alone (the same header,
+//!   in a loop on one thread, hot caches): a floor for what each side
+//!   spends on the header inside the timed window.
 //!
 //! Run: `cargo run --release -p transport-shm-pool --example handoff_probe`.
 
@@ -53,6 +56,38 @@ fn p99(v: &mut [u64]) -> f64 {
         return 0.0;
     }
     v[(v.len() * 99 / 100).min(v.len() - 1)] as f64 / 1e3
+}
+
+/// Medians (ns) of encoding and of decoding a frame header like the ones
+/// sent above (an image layout, one hop), each timed over 64 calls.
+fn codec_alone() -> (f64, f64) {
+    use transport_core::{Frame, Layout, PixelFormat, codec};
+    let payload = bytes::Bytes::from(vec![0u8; 3840 * 2160 * 3]);
+    let (mut enc, mut dec) = (Vec::new(), Vec::new());
+    for i in 0..2000u64 {
+        let t0 = monotonic_ns();
+        let mut out = bytes::BytesMut::new();
+        for _ in 0..64 {
+            let mut f = Frame::new(payload.clone()).with_layout(Layout::Image {
+                width: 3840,
+                height: 2160,
+                format: PixelFormat::Rgb8,
+            });
+            f.stamp_for_send_at(i, Some("probe"), i).expect("stamp");
+            out = bytes::BytesMut::with_capacity(128);
+            codec::encode_header(&f, &mut out).expect("encode");
+        }
+        let t1 = monotonic_ns();
+        for _ in 0..64 {
+            let f = codec::decode_header(&out[codec::PREFIX_LEN..], payload.len() as u64)
+                .expect("decode");
+            std::hint::black_box(f);
+        }
+        let t2 = monotonic_ns();
+        enc.push((t1 - t0) / 64);
+        dec.push((t2 - t1) / 64);
+    }
+    (median(&mut enc) * 1e3, median(&mut dec) * 1e3)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -162,5 +197,9 @@ fn main() {
         median(&mut send),
         median(&mut recv),
         median(&mut loan_t)
+    );
+    let (enc, dec) = codec_alone();
+    println!(
+        "codec alone (hot caches): encode {enc:.0} ns (with the frame's build and stamp), decode {dec:.0} ns"
     );
 }
