@@ -129,6 +129,13 @@ struct PipelineArgs {
     /// process may not run on is refused. Unpinned by default.
     #[arg(long, value_delimiter = ',', value_parser = pin::parse_cpu, value_name = "CPUS")]
     pin: Vec<usize>,
+    /// The source writes the whole frame before each send, as a camera
+    /// would (into the loaned slot where the transport lends one), instead
+    /// of stamping its first 8 bytes only. The write is outside the timed
+    /// window; what it changes is the state (caches, CPU) the hand-off
+    /// starts from. Off by default.
+    #[arg(long)]
+    fill: bool,
 }
 
 #[derive(Args)]
@@ -365,6 +372,7 @@ fn plan_of(a: &PipelineArgs) -> Result<pipeline::Plan, String> {
         work_ms: a.work_ms,
         options: a.options.clone(),
         pin: pin::per_stage(&a.pin, a.hops + 2)?,
+        fill: a.fill,
     })
 }
 
@@ -418,6 +426,7 @@ async fn main_async(cli: Cli) -> Result<(), String> {
                 json: None,
                 options: w.options.clone(),
                 pin: Vec::new(),
+                fill: false,
             };
             let args = vec![
                 "--transport".to_owned(),

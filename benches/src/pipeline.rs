@@ -40,6 +40,9 @@ pub struct Plan {
     /// entries), or `None` for no pinning.
     #[serde(default)]
     pub pin: Option<Vec<usize>>,
+    /// The source writes the whole frame before each send (`--fill`).
+    #[serde(default)]
+    pub fill: bool,
 }
 
 impl Plan {
@@ -88,6 +91,9 @@ pub struct Report {
     /// The CPU of each stage, source first and sink last; `null` when not pinned.
     #[serde(default)]
     pub pin: Option<Vec<usize>>,
+    /// Whether the source wrote each whole frame before sending it (`--fill`).
+    #[serde(default)]
+    pub fill: bool,
     pub ipc_ms_per_frame: f64,
     pub work_ms_per_frame: f64,
     pub max_fps: f64,
@@ -159,16 +165,32 @@ async fn send_one(
     in_place: bool,
     ready: &bytes::Bytes,
     layout: &Layout,
+    fill: bool,
 ) -> Result<(), String> {
     let len = ready.len();
     if in_place {
-        // A camera would have written the frame here; we stamp it only.
+        // A camera would have written the frame here; we stamp it only,
+        // unless told to write it all (`--fill`).
         let mut loan = publ.loan(len).await.map_err(err)?;
+        if fill {
+            loan.copy_from_slice(ready);
+        }
         if len >= 8 {
             loan[..8].copy_from_slice(&i.to_le_bytes());
         }
         loan.layout = layout.clone();
         publ.send_loan(loan).await.map_err(err)
+    } else if fill {
+        // Written into a buffer of ours, then handed over (and copied by a
+        // transport that does not lend its memory).
+        let mut buf = ready.to_vec();
+        if len >= 8 {
+            buf[..8].copy_from_slice(&i.to_le_bytes());
+        }
+        let payload = bytes::Bytes::from(buf);
+        publ.send(Frame::new(payload).with_layout(layout.clone()))
+            .await
+            .map_err(err)
     } else {
         publ.send(Frame::new(ready.clone()).with_layout(layout.clone()))
             .await
@@ -196,7 +218,7 @@ fn source(
     // here, on the thread that sends, before the frame's send stamp.
     for i in 0..(plan.warmup + plan.frames) as u64 {
         match orders.line(CHILD_TIMEOUT) {
-            Ok(Some(_)) => rt.block_on(send_one(publ, i, in_place, &ready, &layout))?,
+            Ok(Some(_)) => rt.block_on(send_one(publ, i, in_place, &ready, &layout, plan.fill))?,
             Ok(None) => return Err("the sink stopped asking for frames".into()),
             Err(e) => return Err(format!("the sink stopped asking for frames: {e}")),
         }
@@ -209,7 +231,7 @@ fn source(
     }
     rt.block_on(async {
         for i in 0..plan.frames as u64 {
-            send_one(publ, i, in_place, &ready, &layout).await?;
+            send_one(publ, i, in_place, &ready, &layout, plan.fill).await?;
         }
         Ok(())
     })
@@ -368,6 +390,7 @@ pub async fn run(plan: Plan, progress: &indicatif::ProgressBar) -> Result<Report
         per_hop_us_p50: per_hop.clone(),
         per_hop_us_p99: per_hop_p99,
         pin: plan.pin.clone(),
+        fill: plan.fill,
         ipc_ms_per_frame: per_hop.iter().sum::<f64>() / 1e3,
         work_ms_per_frame: per_work.iter().fold(0.0, |a, b| a + b),
         max_fps,

@@ -227,6 +227,7 @@ mod tests {
             per_hop_us_p50: vec![ipc * 1e3, ipc * 1e3],
             per_hop_us_p99: vec![ipc * 1e3, ipc * 1e3],
             pin: None,
+            fill: false,
             ipc_ms_per_frame: 2.0 * ipc,
             work_ms_per_frame: work,
             max_fps: fps,

@@ -19,13 +19,32 @@ counted. The same frame contents go through every path. Rows:
   pyzmq copy=False ipc      send_multipart(copy=False) over ipc://, received
                             with copy=False and numpy.frombuffer
   multiprocessing.Queue     q.put(array) / q.get() (pickle through a pipe)
+  framewire shm-pool loan-stamp
+                            like `loan`, but only the first byte is written
+                            before the send, as the Rust harness does
+                            (`framewire-bench pipeline`): the same hand-off
+                            it measures, from Python
+
+With `--rust-bench PATH` (a release `framewire-bench` binary), the Rust
+harness measures the same hand-off in the same run, with the frame written
+(`--fill`) and stamped only, and the Python/Rust ratios are printed:
+
+  path=rust-shm-pool-loan-fill ...    framewire-bench pipeline --hops 0 --fill
+  path=rust-shm-pool-loan-stamp ...   framewire-bench pipeline --hops 0
+
+Writing 24.9 MB just before the send slows the hand-off that follows in Rust
+as much as in Python (caches and CPU state, not the binding), so compare
+like with like: `loan` with `rust-...-fill`, `loan-stamp` with
+`rust-...-stamp`.
 
 Prints one line per path: `path=... frames=N p50_us=... p90_us=... min_us=...`.
 """
 
 import argparse
+import json
 import multiprocessing as mp
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -139,10 +158,13 @@ def bench_framewire(ctx, frames, mode, src):
         def produce(pipe):
             pub.wait_for_subscribers(1, 30)
             for i in range(frames):
-                if mode == "loan":
+                if mode in ("loan", "stamp"):
                     loan = pub.loan(NBYTES)
                     a = loan.array("uint8", SHAPE)
-                    np.copyto(a, src[i % len(src)])  # producing the frame, in place
+                    if mode == "loan":
+                        np.copyto(a, src[i % len(src)])  # producing the frame, in place
+                    else:
+                        a[0, 0, 0] = i % 251  # stamped only, like the Rust harness
                     del a
                     t0 = time.monotonic_ns()
                     pub.send_loan(loan, metadata=t0.to_bytes(8, "little"))
@@ -191,9 +213,32 @@ def report(name, lat):
     return float(np.median(lat))
 
 
+def bench_rust(binary, frames, fill):
+    """One `framewire-bench pipeline --hops 0` run: its per-hop p50 and p99 (us)."""
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "pipeline.json")
+        cmd = [binary, "pipeline", "--transport", "shm-pool", "--hops", "0",
+               "--resolution", f"{W}x{H}", "--frames", str(max(frames, 2)), "--json", out]
+        if fill:
+            cmd.append("--fill")
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {r.stderr.strip()}")
+        with open(out) as f:
+            rep = json.load(f)
+    return rep["hop_us_p50"], rep["hop_us_p99"]
+
+
+def report_rust(name, frames, p50, p99):
+    print(f"path={name} frames={frames} p50_us={p50:.1f} p99_us={p99:.1f}", flush=True)
+    return p50
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frames", type=int, default=50)
+    p.add_argument("--rust-bench", metavar="PATH",
+                   help="a release framewire-bench binary: measure the same hand-off from Rust in this run")
     args = p.parse_args()
     ctx = mp.get_context("spawn")
     src = [make_frame(i) for i in range(4)]
@@ -203,8 +248,17 @@ def main():
     res["send"] = report("framewire-shm-pool-send", bench_framewire(ctx, args.frames, "send", src))
     res["zmq"] = report("pyzmq-copy-false-ipc", bench_zmq(ctx, args.frames, src))
     res["mpq"] = report("multiprocessing-queue-pickle", bench_mpq(ctx, args.frames, src))
+    res["stamp"] = report("framewire-shm-pool-loan-stamp",
+                          bench_framewire(ctx, args.frames, "stamp", src))
     print(f"pyzmq / framewire-loan = {res['zmq'] / res['loan']:.0f}x, "
           f"multiprocessing / framewire-loan = {res['mpq'] / res['loan']:.0f}x", flush=True)
+    if args.rust_bench:
+        fill = report_rust("rust-shm-pool-loan-fill", args.frames,
+                           *bench_rust(args.rust_bench, args.frames, True))
+        stamp = report_rust("rust-shm-pool-loan-stamp", args.frames,
+                            *bench_rust(args.rust_bench, args.frames, False))
+        print(f"python / rust: loan (frame written) = {res['loan'] / fill:.1f}x, "
+              f"loan-stamp = {res['stamp'] / stamp:.1f}x", flush=True)
     return 0
 
 

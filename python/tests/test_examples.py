@@ -24,4 +24,5 @@ def test_bench_runs():
     assert out.returncode == 0, out.stderr
     paths = [line.split()[0] for line in out.stdout.splitlines() if line.startswith("path=")]
     assert paths == ["path=framewire-shm-pool-loan", "path=framewire-shm-pool-send",
-                     "path=pyzmq-copy-false-ipc", "path=multiprocessing-queue-pickle"]
+                     "path=pyzmq-copy-false-ipc", "path=multiprocessing-queue-pickle",
+                     "path=framewire-shm-pool-loan-stamp"]

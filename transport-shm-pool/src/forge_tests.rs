@@ -663,7 +663,7 @@ async fn a_bad_claim_table_is_refused() {
         panic!("expected HELLO")
     };
     // An unsealed memfd could be truncated under the publisher: refused.
-    let fd = sys::memfd("unsealed", hello.claims_len).expect("memfd");
+    let fd = unsealed_memfd("unsealed", hello.claims_len);
     let msg = Msg::Claims {
         len: hello.claims_len,
     };
@@ -810,7 +810,7 @@ async fn forged_forwards(mode: RecvMode, via_socket: bool) {
         Err(Error::Protocol { message: m, .. }) => assert!(m.contains("out of range"), "{m}"),
         other => panic!("expected a protocol error, got {other:?}"),
     }
-    let unsealed = sys::memfd("unsealed", 8192).expect("memfd");
+    let unsealed = unsealed_memfd("unsealed", 8192);
     let msg = Msg::Segment {
         index: 1,
         inode: sys::inode(unsealed.as_fd()).expect("inode"),
@@ -1208,7 +1208,9 @@ async fn a_hugetlb_segment_is_refused() {
         }
     };
     rustix::fs::ftruncate(&fd, 2 << 20).expect("ftruncate to one huge page");
-    sys::seal(fd.as_fd(), false).expect("seal");
+    use rustix::fs::SealFlags;
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+        .expect("seal");
     let err = subscribe_to_segment("hugetlb", fd, 8192)
         .await
         .expect_err("a hugetlb segment");
@@ -1221,13 +1223,23 @@ async fn a_hugetlb_segment_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sparse_segment_is_refused() {
     let g = crate::pool::Geometry::new(2, 4 << 20).expect("geometry");
-    let fd = sys::memfd("forge-sparse", g.len).expect("memfd");
+    let fd = sys::memfd_sealed("forge-sparse", g.len).expect("memfd");
     // A correct control header (the first page), and nothing else written.
     rustix::io::pwrite(&fd, &g.header_bytes(), 0).expect("write the header");
-    sys::seal(fd.as_fd(), false).expect("seal");
+    sys::seal_seals(fd.as_fd()).expect("seal");
     let err = subscribe_to_segment("sparse", fd, 4 << 20)
         .await
         .expect_err("a sparse segment");
     let msg = err.to_string();
     assert!(msg.contains("unallocated pages"), "{msg}");
+}
+
+/// A memfd of `len` bytes without a single seal (what a hostile or buggy
+/// peer may pass: it could be truncated under a mapping).
+fn unsealed_memfd(name: &str, len: u64) -> std::os::fd::OwnedFd {
+    use rustix::fs::MemfdFlags;
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+        .expect("memfd");
+    rustix::fs::ftruncate(&fd, len).expect("ftruncate");
+    fd
 }

@@ -5,6 +5,8 @@ mod channel;
 pub mod config;
 #[cfg(test)]
 mod forge_tests;
+mod holders;
+mod lease;
 pub mod pool;
 mod publisher;
 mod registry;

@@ -18,11 +18,12 @@
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 
 use crossbeam_queue::ArrayQueue;
-use memmap2::{MmapOptions, MmapRaw};
+use transport_core::contract::PayloadLimit;
 use transport_core::{Error, Result};
+use transport_shm_support::copy::copy_to_vec;
 
 use crate::config::{MAX_POOL_BYTES, MAX_SLOTS};
 use crate::registry::{self, Registration};
@@ -132,7 +133,7 @@ impl Geometry {
 
 /// A mapped segment: the part publisher and subscriber share.
 struct Mapping {
-    map: MmapRaw,
+    map: sys::Mapping,
     geo: Geometry,
 }
 
@@ -170,7 +171,7 @@ impl Mapping {
         // SAFETY: slot `index` starts inside the mapping (geometry checked at
         // creation: data_offset + stride * slots == len), so the offset stays
         // within the same allocation.
-        unsafe { self.map.as_mut_ptr().add(self.geo.slot_offset(index)) }
+        unsafe { self.map.as_ptr().add(self.geo.slot_offset(index)) }
     }
 }
 
@@ -313,19 +314,16 @@ impl SlotPool {
             )
         };
         let label = format!("framewire-shm-pool:{name}");
-        let fd = sys::memfd(&label, geo.len).map_err(|e| Error::io(ctx(), e))?;
+        let fd = sys::memfd_sealed(&label, geo.len).map_err(|e| Error::io(ctx(), e))?;
         let len =
             usize::try_from(geo.len).map_err(|e| Error::io(ctx(), std::io::Error::other(e)))?;
-        let map = MmapOptions::new()
-            .len(len)
-            .populate()
-            .map_raw(&fd)
-            .map_err(|e| Error::io(ctx(), e))?;
+        let map =
+            sys::Mapping::map(fd.as_fd(), len, true, true).map_err(|e| Error::io(ctx(), e))?;
         let header = geo.header_bytes();
         // SAFETY: the mapping is at least one page long (data_offset >= one
         // page) and nobody else has the segment yet.
-        unsafe { std::ptr::copy_nonoverlapping(header.as_ptr(), map.as_mut_ptr(), header.len()) };
-        sys::seal(fd.as_fd(), true).map_err(|e| Error::io(ctx(), e))?;
+        unsafe { std::ptr::copy_nonoverlapping(header.as_ptr(), map.as_ptr(), header.len()) };
+        sys::seal_future_write_if_supported(fd.as_fd()).map_err(|e| Error::io(ctx(), e))?;
         let id = sys::inode(fd.as_fd()).map_err(|e| Error::io(ctx(), e))?;
         let free = FreeList::new(0, geo.slots);
         Ok(SlotPool {
@@ -350,6 +348,29 @@ impl SlotPool {
     /// Largest payload of a slot.
     pub fn slot_size(&self) -> u64 {
         self.map.geo.slot_size
+    }
+
+    /// The HELLO that announces this pool's segment (its identity and
+    /// geometry), with the publisher's `flags` and the claim table length it
+    /// asks for.
+    pub(crate) fn hello(&self, flags: u32, claims_len: u64) -> Hello {
+        let g = self.geometry();
+        Hello {
+            version: crate::wire::VERSION,
+            flags,
+            segment: self.segment_id(),
+            slots: g.slots,
+            slot_size: g.slot_size,
+            stride: g.stride,
+            data_offset: g.data_offset,
+            segment_len: g.len,
+            claims_len,
+        }
+    }
+
+    /// The slot size as the payload limit, named by its option `slot_size`.
+    pub fn payload_limit(&self) -> PayloadLimit {
+        PayloadLimit::named(self.slot_size(), "slot_size")
     }
 
     /// Slots free now.
@@ -506,11 +527,7 @@ impl SegmentMap {
         }
         let fd = read_only(fd).map_err(io)?;
         let len = usize::try_from(geo.len).map_err(|e| io(std::io::Error::other(e)))?;
-        let map = MmapOptions::new()
-            .len(len)
-            .populate()
-            .map_raw_read_only(&fd)
-            .map_err(io)?;
+        let map = sys::Mapping::map(fd.as_fd(), len, false, true).map_err(io)?;
         let mut header = [0u8; CTRL_HEADER as usize];
         // SAFETY: the mapping is at least one page long; the control header is
         // written once, before the segment is sealed and shared, and never again.
@@ -546,7 +563,7 @@ impl SegmentMap {
     pub(crate) fn header(&self, index: u32) -> (u64, u64) {
         let (g, l) = self.map.slot_header(index);
         // Relaxed loads (the only atomic accesses allowed on read-only
-        // memory, see `copy_shared`), each followed by an acquire fence:
+        // memory, see `transport_shm_support::copy`), each followed by an acquire fence:
         // together an acquire load, pairing with the release stores in
         // `SlotPool::set_header` (the length is stored before the generation).
         let generation = g.load(Ordering::Relaxed);
@@ -561,8 +578,8 @@ impl SegmentMap {
         self.map.slot_ptr(index).cast_const()
     }
 
-    /// Copies slot `index`'s first `len` bytes out with [`copy_shared`]
-    /// (relaxed atomic loads): safe however the publisher writes the slot
+    /// Copies slot `index`'s first `len` bytes out with
+    /// [`copy_to_vec`] (byte-wise relaxed atomic loads): safe however the publisher writes the slot
     /// meanwhile; the caller re-checks the header after an acquire fence to
     /// know whether the bytes are one publication.
     ///
@@ -576,52 +593,8 @@ impl SegmentMap {
         // slot_size <= stride`, so the range lies inside the read-only
         // mapping, which `self` keeps mapped for the call. This process never
         // writes it (it is mapped `PROT_READ`).
-        unsafe { copy_shared(self.slot_ptr(index), len) }
+        unsafe { copy_to_vec(self.slot_ptr(index), len) }
     }
-}
-
-/// Copies `len` bytes at `src`, which another process (or another mapping in
-/// this one) may be writing at the same time, without a data race: every
-/// byte is read by a relaxed atomic load (aligned 8-byte words, single bytes
-/// at the unaligned ends), never by a plain or SIMD load. The result may mix
-/// old and new bytes; a seqlock-style reader validates it afterwards
-/// (`fence(Acquire)`, then re-reading a version word).
-///
-/// # Safety
-/// `src .. src + len` lies in one live mapping that stays mapped for the
-/// call, and nothing in this process accesses it except through atomics (or
-/// through another mapping of the same memory).
-pub(crate) unsafe fn copy_shared(src: *const u8, len: usize) -> Vec<u8> {
-    let mut out = Vec::<u8>::with_capacity(len);
-    let dst = out.as_mut_ptr();
-    let head = src.align_offset(8).min(len);
-    let words = (len - head) / 8;
-    let tail = head + words * 8;
-    // SAFETY: (all loads below) every address is in `src .. src + len`, so
-    // inside the live mapping (caller's contract); word loads are at
-    // 8-aligned addresses (`head` aligns them). Relaxed atomic loads of up
-    // to register width are allowed on read-only memory (std::sync::atomic,
-    // "Atomic accesses to read-only memory"). Every store is to `dst .. dst + len`, inside the
-    // fresh allocation of `len` bytes.
-    unsafe {
-        for i in 0..head {
-            let b = AtomicU8::from_ptr(src.add(i).cast_mut()).load(Ordering::Relaxed);
-            dst.add(i).write(b);
-        }
-        for w in 0..words {
-            let off = head + 8 * w;
-            let v =
-                AtomicU64::from_ptr(src.add(off).cast_mut().cast::<u64>()).load(Ordering::Relaxed);
-            dst.add(off).cast::<u64>().write_unaligned(v);
-        }
-        for i in tail..len {
-            let b = AtomicU8::from_ptr(src.add(i).cast_mut()).load(Ordering::Relaxed);
-            dst.add(i).write(b);
-        }
-        // Every byte of `0 .. len` was written above.
-        out.set_len(len);
-    }
-    out
 }
 
 /// `fd` itself when it is read-only, else a read-only reopening of it: what
@@ -651,7 +624,7 @@ pub(crate) fn max_forwarded_len() -> u64 {
 pub(crate) struct ForeignMap {
     /// First field: leaves the registry before the mapping is unmapped.
     reg: Registration,
-    map: MmapRaw,
+    map: sys::Mapping,
 }
 
 impl std::fmt::Debug for ForeignMap {
@@ -702,12 +675,7 @@ impl ForeignMap {
         }
         let fd = read_only(fd).map_err(io)?;
         let n = usize::try_from(len).map_err(|e| io(std::io::Error::other(e)))?;
-        let mut opts = MmapOptions::new();
-        opts.len(n);
-        if len <= populate_up_to {
-            opts.populate();
-        }
-        let map = opts.map_raw_read_only(&fd).map_err(io)?;
+        let map = sys::Mapping::map(fd.as_fd(), n, false, len <= populate_up_to).map_err(io)?;
         let reg = registry::register(map.as_ptr(), len, fd, id, anchors);
         Ok(ForeignMap { reg, map })
     }

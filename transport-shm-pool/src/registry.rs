@@ -218,7 +218,7 @@ mod tests {
         // Addresses of a real buffer, so that no other mapping can be there.
         let buf = vec![0u8; 3 * 4096];
         let base = buf.as_ptr();
-        let fd = sys::memfd("registry-test", 4096).unwrap();
+        let fd = sys::memfd_sealed("registry-test", 4096).unwrap();
         let reg = register(base, 8192, fd, 42, Vec::new());
         // SAFETY: offsets stay inside `buf`.
         let (inside, edge) = unsafe { (base.add(100), base.add(8191)) };

@@ -40,7 +40,6 @@
 
 use std::collections::HashSet;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::linux::net::SocketAddrExt;
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -49,6 +48,8 @@ use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 use transport_core::{Error, LoanBuffer, Result};
 
+use crate::holders::Holders;
+use crate::lease::{Reserved, SlotHome};
 use crate::pool::{SegmentMap, SlotPool};
 use crate::sys;
 use crate::wire::{self, Hello, Msg, RecvBuf};
@@ -109,17 +110,11 @@ impl SlotRef {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-struct Acct {
-    generation: u64,
-    holders: u64,
-}
-
 /// A publisher's pool of shared slots with per-slot holder accounting.
 /// See the [module docs](self).
 pub struct SharedPool {
     pool: SlotPool,
-    acct: Mutex<Vec<Acct>>,
+    acct: Mutex<Vec<Holders>>,
     freed: Notify,
     stale: AtomicU64,
 }
@@ -138,7 +133,7 @@ impl SharedPool {
     /// `name` only labels the memfd.
     pub fn create(name: &str, slots: usize, slot_size: u64) -> Result<Arc<SharedPool>> {
         let pool = SlotPool::create(name, slots, slot_size)?;
-        let acct = vec![Acct::default(); pool.slots()];
+        let acct = vec![Holders::default(); pool.slots()];
         Ok(Arc::new(SharedPool {
             pool,
             acct: Mutex::new(acct),
@@ -147,32 +142,17 @@ impl SharedPool {
         }))
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<Acct>> {
+    fn lock(&self) -> MutexGuard<'_, Vec<Holders>> {
         // Critical sections are a few word updates; a poisoned lock is still consistent.
         self.acct.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn check_len(&self, len: usize) -> Result<()> {
-        let limit = self.pool.slot_size();
-        if len as u64 > limit {
-            return Err(Error::PayloadTooLarge {
-                len: len as u64,
-                limit,
-                option: "slot_size",
-            });
-        }
-        Ok(())
     }
 
     /// A free slot for a payload of `len` bytes, or `None` when every slot is
     /// in use; `len` past the slot size is [`Error::PayloadTooLarge`].
     pub fn try_alloc(self: &Arc<Self>, len: usize) -> Result<Option<SlotWriter>> {
-        self.check_len(len)?;
+        self.pool.payload_limit().check(len)?;
         Ok(self.pool.pop().map(|index| SlotWriter {
-            pool: self.clone(),
-            index,
-            len,
-            published: false,
+            slot: Reserved::new(self.clone(), index, len),
         }))
     }
 
@@ -202,9 +182,8 @@ impl SharedPool {
         let ok = r.segment == self.pool.segment_id() && holder < MAX_HOLDERS && {
             let mut acct = self.lock();
             match acct.get_mut(r.index as usize) {
-                Some(a) if a.generation == r.generation && a.holders & (1 << holder) != 0 => {
-                    a.holders &= !(1 << holder);
-                    let empty = a.holders == 0;
+                Some(a) if a.held_at(r.generation, 1 << holder) => {
+                    let empty = a.drop_holder(1 << holder);
                     drop(acct);
                     if empty {
                         self.free(r.index);
@@ -232,10 +211,9 @@ impl SharedPool {
         {
             let mut acct = self.lock();
             for (i, a) in acct.iter_mut().enumerate() {
-                if a.holders & bit != 0 {
+                if a.held_by(bit) {
                     n += 1;
-                    a.holders &= !bit;
-                    if a.holders == 0 {
+                    if a.drop_holder(bit) {
                         freed.push(i as u32);
                     }
                 }
@@ -250,8 +228,8 @@ impl SharedPool {
     /// The holders of the slot `r` names, while `r` is its current publication.
     pub fn holders(&self, r: &SlotRef) -> u64 {
         match self.lock().get(r.index as usize) {
-            Some(a) if a.generation == r.generation && r.segment == self.pool.segment_id() => {
-                a.holders
+            Some(a) if a.generation() == r.generation && r.segment == self.pool.segment_id() => {
+                a.mask()
             }
             _ => 0,
         }
@@ -315,25 +293,12 @@ impl SharedPool {
         );
         let ro = sys::reopen_read_only(self.pool.fd())
             .map_err(|e| Error::io("reopening the segment read-only", e))?;
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
-            .map_err(|e| Error::io(format!("abstract socket name @{name}"), e))?;
-        let std = std::os::unix::net::UnixListener::bind_addr(&addr)
+        let std = sys::bind_abstract(&name)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .map_err(|e| Error::io(format!("listening on @{name}"), e))?;
         let listener = tokio::net::UnixListener::from_std(std)
             .map_err(|e| Error::io(format!("listening on @{name}"), e))?;
-        let g = self.pool.geometry();
-        let hello = Hello {
-            version: wire::VERSION,
-            flags: 0,
-            segment: self.segment_id(),
-            slots: g.slots,
-            slot_size: g.slot_size,
-            stride: g.stride,
-            data_offset: g.data_offset,
-            segment_len: g.len,
-            claims_len: 0,
-        };
+        let hello = self.pool.hello(0, 0);
         let ro = Arc::new(ro);
         let open: Arc<Mutex<HashSet<u32>>> = Arc::default();
         let (closed_tx, closed) = mpsc::unbounded_channel();
@@ -476,31 +441,38 @@ fn random_u64() -> u64 {
 /// [`publish`](Self::publish) it. Dropped unpublished, the slot goes back.
 #[derive(Debug)]
 pub struct SlotWriter {
-    pool: Arc<SharedPool>,
-    index: u32,
-    len: usize,
-    published: bool,
+    slot: Reserved<SharedPool>,
+}
+
+impl SlotHome for SharedPool {
+    fn slot_pool(&self) -> &SlotPool {
+        &self.pool
+    }
+
+    fn give_back(&self, index: u32) {
+        self.free(index);
+    }
 }
 
 impl SlotWriter {
     /// The slot's index.
     pub fn index(&self) -> u32 {
-        self.index
+        self.slot.index()
     }
 
     /// The pool the slot belongs to.
     pub fn pool(&self) -> &Arc<SharedPool> {
-        &self.pool
+        self.slot.home()
     }
 
     /// The writable length asked for.
     pub fn len(&self) -> usize {
-        self.len
+        self.slot.len()
     }
 
     /// True for a zero-length writer.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.slot.len() == 0
     }
 
     /// Publishes the first `len` bytes (at most the length asked for) to the
@@ -509,24 +481,25 @@ impl SlotWriter {
     /// send. The slot returns to the free list when every holder released it
     /// (at once when `holders` is 0).
     pub fn publish(mut self, len: usize, holders: u64) -> SlotRef {
-        let len = len.min(self.len) as u64;
-        self.published = true;
-        let pool = &self.pool;
+        let len = len.min(self.slot.len()) as u64;
+        self.slot.disarm();
+        let index = self.slot.index();
+        let pool = self.slot.home();
         let generation = {
             let mut acct = pool.lock();
-            let a = &mut acct[self.index as usize];
+            let a = &mut acct[index as usize];
             // Never 0, so that a zeroed reference is never valid.
-            a.generation = a.generation.wrapping_add(1).max(1);
-            a.holders = holders;
-            pool.pool.set_header(self.index, a.generation, len);
-            a.generation
+            let generation = a.next_generation();
+            a.set_mask(holders);
+            pool.pool.set_header(index, generation, len);
+            generation
         };
         if holders == 0 {
-            pool.free(self.index);
+            pool.free(index);
         }
         SlotRef {
             segment: pool.segment_id(),
-            index: self.index,
+            index,
             generation,
             len,
         }
@@ -535,27 +508,15 @@ impl SlotWriter {
 
 impl LoanBuffer for SlotWriter {
     fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: the writer owns the slot exclusively (popped from the free
-        // list, not published: no holder, no reader) for as long as the
-        // slice borrows it mutably; `len <= slot_size` (checked at alloc).
-        unsafe { self.pool.pool.slot_mut(self.index, self.len) }
+        self.slot.as_mut_slice()
     }
 
     fn as_slice(&self) -> &[u8] {
-        // SAFETY: as above; the slice borrows the writer.
-        unsafe { self.pool.pool.slot(self.index, self.len) }
+        self.slot.as_slice()
     }
 
     fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
         self
-    }
-}
-
-impl Drop for SlotWriter {
-    fn drop(&mut self) {
-        if !self.published {
-            self.pool.free(self.index);
-        }
     }
 }
 

@@ -1,105 +1,71 @@
-//! Thin, safe wrappers over the system calls the pool needs: memfds and their
-//! seals, the abstract-namespace rendezvous socket, and non-blocking
+//! The system calls the pool needs on top of the shared-memory support
+//! crate ([`transport_shm_support::sys`], re-exported here under the names
+//! the pool uses): checks of a peer's segment with the pool's wording, anchor
+//! pipes, the async abstract-namespace rendezvous socket, and non-blocking
 //! `sendmsg`/`recvmsg` with file descriptors attached.
 
 use std::collections::VecDeque;
 use std::io;
-use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::linux::net::SocketAddrExt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
-use rustix::fs::{MemfdFlags, Mode, OFlags, SealFlags};
+use rustix::fs::OFlags;
 use rustix::io::Errno;
-use rustix::net::{
-    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
-    SendAncillaryMessage, SendFlags,
-};
 
 /// Most file descriptors accepted with one `recvmsg`: a SEGMENT's fd and its
 /// anchors is the most the protocol sends with one message (`wire` checks
 /// at compile time that this is `2 + wire::MAX_ANCHORS`).
-pub(crate) const MAX_FDS_PER_READ: usize = 10;
+pub(crate) use transport_shm_support::sys::MAX_FDS_PER_MSG as MAX_FDS_PER_READ;
+#[cfg(test)]
+pub(crate) use transport_shm_support::sys::page_size;
+use transport_shm_support::sys::{HUGETLBFS_MAGIC, SealFlags, SharedFdInfo, TMPFS_MAGIC};
+pub(crate) use transport_shm_support::sys::{
+    Mapping, bind_abstract, euid, memfd_sealed, page_align, peer_uid, reopen_read_only,
+    seal_future_write_if_supported, seal_seals,
+};
 
-/// The effective uid of this process.
-pub(crate) fn euid() -> u32 {
-    rustix::process::geteuid().as_raw()
-}
-
-/// The system's page size.
-pub(crate) fn page_size() -> usize {
-    rustix::param::page_size()
-}
-
-/// Rounds `n` up to a multiple of the page size, `None` on overflow.
-pub(crate) fn page_align(n: u64) -> Option<u64> {
-    let p = page_size() as u64;
-    n.checked_add(p - 1).map(|v| v / p * p)
-}
-
-/// Creates a memfd of `len` bytes that accepts seals.
-pub(crate) fn memfd(name: &str, len: u64) -> io::Result<OwnedFd> {
-    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
-    rustix::fs::ftruncate(&fd, len)?;
-    Ok(fd)
-}
-
-/// Seals a memfd's size (no shrink, no grow) and then its seals.
-///
-/// With `future_write`, no new writable mapping or `write(2)` is possible any
-/// more (the caller's existing writable mapping keeps working); kernels older
-/// than 5.1 lack that seal and go on without it.
-pub(crate) fn seal(fd: BorrowedFd<'_>, future_write: bool) -> io::Result<()> {
-    rustix::fs::fcntl_add_seals(fd, SealFlags::SHRINK | SealFlags::GROW)?;
-    if future_write {
-        match rustix::fs::fcntl_add_seals(fd, SealFlags::FUTURE_WRITE) {
-            Ok(()) | Err(Errno::INVAL) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    rustix::fs::fcntl_add_seals(fd, SealFlags::SEAL)?;
-    Ok(())
+/// What a received descriptor is (see [`SharedFdInfo`]), with pool wording
+/// for a descriptor that is not a sealable memfd.
+fn inspect(fd: BorrowedFd<'_>) -> io::Result<SharedFdInfo> {
+    transport_shm_support::sys::inspect_shared_fd(fd).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the peer's file descriptor is not a sealable memfd ({e})"),
+        )
+    })
 }
 
 /// Checks that `fd` is a memfd that can neither shrink nor be unsealed, and
 /// holds at least `len` bytes: mapping `len` bytes of it can never SIGBUS.
 pub(crate) fn check_sealed(fd: BorrowedFd<'_>, len: u64) -> io::Result<()> {
-    let seals = rustix::fs::fcntl_get_seals(fd).map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("the peer's file descriptor is not a sealable memfd ({e})"),
-        )
-    })?;
+    let info = inspect(fd)?;
     let need = SealFlags::SHRINK | SealFlags::SEAL;
-    if !seals.contains(need) {
+    if !info.seals.contains(need) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("the peer's memfd lacks the seals {need:?} (has {seals:?})"),
+            format!(
+                "the peer's memfd lacks the seals {need:?} (has {:?})",
+                info.seals
+            ),
         ));
     }
-    let size = rustix::fs::fstat(fd)?.st_size;
-    if u64::try_from(size).unwrap_or(0) < len {
+    if info.len < len {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("the peer's memfd holds {size} bytes, {len} announced"),
+            format!("the peer's memfd holds {} bytes, {len} announced", info.len),
         ));
     }
-    check_tmpfs(fd)
+    check_tmpfs(&info)
 }
 
-/// `f_type` of tmpfs (`TMPFS_MAGIC`): where every ordinary memfd lives.
-const TMPFS_MAGIC: u64 = 0x0102_1994;
-/// `f_type` of hugetlbfs (`HUGETLBFS_MAGIC`): where an `MFD_HUGETLB` memfd lives.
-const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
-
-/// Checks that `fd` lives on tmpfs, as an ordinary memfd does, and not on
+/// Checks that the file lives on tmpfs, as an ordinary memfd does, and not on
 /// hugetlbfs (an `MFD_HUGETLB` memfd) or anything else: a hugetlb page that
 /// cannot be allocated when it is first touched is a `SIGBUS`, not an
 /// error, so such a segment must never be mapped by a reader. A tmpfs page
 /// is allocated like any other memory (a failure is the OOM killer's, the
 /// same as for the process's own heap).
-pub(crate) fn check_tmpfs(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let magic = (rustix::fs::fstatfs(fd)?.f_type as u64) & 0xffff_ffff;
+fn check_tmpfs(info: &SharedFdInfo) -> io::Result<()> {
+    let magic = info.fs_magic;
     if magic == TMPFS_MAGIC {
         return Ok(());
     }
@@ -187,29 +153,13 @@ pub(crate) fn pipe_has_writers(fd: BorrowedFd<'_>) -> io::Result<bool> {
     }
 }
 
-/// Opens a second, read-only file description of `fd` through `/proc/self/fd`:
-/// what subscribers get, so that they cannot map the segment writable at all.
-pub(crate) fn reopen_read_only(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    Ok(rustix::fs::open(
-        path.as_str(),
-        OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?)
-}
-
-fn abstract_addr(name: &str) -> io::Result<std::os::unix::net::SocketAddr> {
-    std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
-}
-
 /// Listens on `name` in the abstract namespace (nothing on disk).
 ///
 /// A name still held by a publisher being torn down is retried for a moment.
 pub(crate) async fn listen(name: &str) -> io::Result<tokio::net::UnixListener> {
-    let addr = abstract_addr(name)?;
     let mut tries = 0;
     loop {
-        match std::os::unix::net::UnixListener::bind_addr(&addr) {
+        match bind_abstract(name) {
             Ok(l) => {
                 l.set_nonblocking(true)?;
                 return tokio::net::UnixListener::from_std(l);
@@ -249,18 +199,9 @@ pub(crate) async fn connect(name: &str) -> io::Result<tokio::net::UnixStream> {
     }
 }
 
-/// The uid of the process at the other end of a Unix socket (`SO_PEERCRED`).
-pub(crate) fn peer_uid(fd: BorrowedFd<'_>) -> io::Result<u32> {
-    Ok(rustix::net::sockopt::socket_peercred(fd)?.uid.as_raw())
-}
-
 /// One non-blocking `send` (no `SIGPIPE`).
 pub(crate) fn send_nb(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
-    Ok(rustix::net::send(
-        fd,
-        buf,
-        SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
-    )?)
+    send_fd_nb(fd, buf, &[])
 }
 
 /// One non-blocking `sendmsg` carrying `pass` with `SCM_RIGHTS`; the
@@ -270,23 +211,7 @@ pub(crate) fn send_fd_nb(
     buf: &[u8],
     pass: &[BorrowedFd<'_>],
 ) -> io::Result<usize> {
-    if pass.is_empty() {
-        return send_nb(fd, buf);
-    }
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_READ))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if pass.len() > MAX_FDS_PER_READ || !control.push(SendAncillaryMessage::ScmRights(pass)) {
-        return Err(io::Error::other(format!(
-            "{} descriptors do not fit one message (at most {MAX_FDS_PER_READ})",
-            pass.len()
-        )));
-    }
-    Ok(rustix::net::sendmsg(
-        fd,
-        &[io::IoSlice::new(buf)],
-        &mut control,
-        SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
-    )?)
+    transport_shm_support::sys::send_with_fds(fd, buf, pass, true)
 }
 
 /// One non-blocking `recvmsg` into `buf`; descriptors that arrive are appended
@@ -296,26 +221,7 @@ pub(crate) fn recv_nb(
     buf: &mut [u8],
     fds: &mut VecDeque<OwnedFd>,
 ) -> io::Result<usize> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_READ))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let msg = rustix::net::recvmsg(
-        fd,
-        &mut [io::IoSliceMut::new(buf)],
-        &mut control,
-        RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
-    )?;
-    for m in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(received) = m {
-            fds.extend(received);
-        }
-    }
-    if msg.flags.contains(ReturnFlags::CTRUNC) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "the peer sent more file descriptors than the protocol allows",
-        ));
-    }
-    Ok(msg.bytes)
+    transport_shm_support::sys::recv_with_fds_into(fd, buf, fds, MAX_FDS_PER_READ, true)
 }
 
 /// Sends all of `buf` (with `pass` attached to its first byte), waiting for

@@ -124,8 +124,9 @@ pub use crate::channel::{
 /// the anchors of a forwarded segment with SEGMENT); version 4 added
 /// FORWARDED (which taken slots a subscriber forwarded) and `max_held` in
 /// HELLO's flags; version 5 moved descriptors and pool-slot releases into
-/// the channel's rings (WAKE, markers; see "The claim table and the channel").
-pub const VERSION: u16 = 5;
+/// the channel's rings (WAKE, markers; see "The claim table and the channel");
+/// version 6 stamps each descriptor-ring entry with its position.
+pub const VERSION: u16 = 6;
 /// Most forwarded segments a publisher announces to one subscriber at once
 /// (SEGMENT indices are below this).
 pub const MAX_FORWARD_SEGMENTS: u32 = 16;

@@ -1,12 +1,14 @@
 #![doc = include_str!("../README.md")]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-mod copy;
 mod layout;
 mod proto;
 mod publisher;
 mod subscriber;
-pub mod sys;
+use transport_shm_support::copy;
+/// Operating-system helpers (Linux): sealed memfds, mappings, abstract
+/// sockets, fd passing, peer credentials; from the shared-memory support crate.
+pub use transport_shm_support::sys;
 
 use std::time::Duration;
 

@@ -205,8 +205,8 @@ fn attach(hello: &ServerHello, fd: OwnedFd) -> Result<Ring> {
     }
     // FUTURE_WRITE (or WRITE) also forbids punching holes: no page of the
     // ring can go away under our mapping, however the publisher behaves.
-    let need = rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW;
-    let no_holes = rustix::fs::SealFlags::FUTURE_WRITE | rustix::fs::SealFlags::WRITE;
+    let need = sys::SealFlags::SHRINK | sys::SealFlags::GROW;
+    let no_holes = sys::SealFlags::FUTURE_WRITE | sys::SealFlags::WRITE;
     if info.len != page + cap || !info.seals.contains(need) || !info.seals.intersects(no_holes) {
         return Err(Error::protocol(
             "shm-ring",

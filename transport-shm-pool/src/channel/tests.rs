@@ -34,10 +34,18 @@ fn claims_decide_between_take_and_reclaim() {
 
 #[test]
 fn unsealed_or_short_tables_are_refused() {
-    let fd = sys::memfd("x", 4096).unwrap();
+    use rustix::fs::MemfdFlags;
+    let fd =
+        rustix::fs::memfd_create("x", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+    rustix::fs::ftruncate(&fd, 4096).unwrap();
     assert!(ClaimTable::open(&fd, 4).is_err(), "unsealed");
-    let fd = sys::memfd("x", claims_len(4)).unwrap();
-    sys::seal(fd.as_fd(), false).unwrap();
+    let fd = sys::memfd_sealed("x", claims_len(4)).unwrap();
+    assert!(
+        ClaimTable::open(&fd, 4).is_err(),
+        "size sealed, but the seals are not"
+    );
+    let fd = sys::memfd_sealed("x", claims_len(4)).unwrap();
+    sys::seal_seals(fd.as_fd()).unwrap();
     assert!(ClaimTable::open(&fd, 4).is_ok());
     assert!(ClaimTable::open(&fd, 10_000).is_err(), "too short");
 }
@@ -84,6 +92,64 @@ fn entries_round_trip_and_the_ring_fills() {
     }
     assert_eq!(sub.peek_desc(tail).unwrap(), None);
     assert!(publ.desc_space(head));
+}
+
+/// An entry is ready for a spinning subscriber only once stamped with its
+/// own position: zero memory and the entries of the previous lap are not;
+/// a head that says "published" over an entry that is not stamped is a
+/// broken ring, reported, not read.
+#[test]
+fn entries_are_ready_only_when_stamped_with_their_position() {
+    let (sub, fd) = ClaimTable::create(4).unwrap();
+    let publ = ClaimTable::open(&fd, 4).unwrap();
+    let (mut head, mut tail) = (0u64, 0u64);
+    assert!(!sub.desc_stamped(0), "zero memory is not an entry");
+    for i in 0..8 {
+        publ.push_desc(&mut head, &desc(i));
+        assert!(sub.desc_stamped(i), "entry {i} just published");
+        assert!(!sub.desc_stamped(i + 1), "entry {} not yet", i + 1);
+    }
+    for i in 0..8 {
+        assert_eq!(sub.peek_desc(tail).unwrap(), Some(desc(i)));
+        sub.consume_desc(&mut tail);
+    }
+    // The next lap: every entry still holds the previous lap's stamp.
+    for pos in 8..16 {
+        assert!(!sub.desc_stamped(pos), "position {pos}: last lap's entry");
+    }
+    assert_eq!(sub.peek_desc(tail).unwrap(), None);
+    // A head past an entry the publisher never stamped: an error.
+    publ.poke(0, tail + 1);
+    let e = sub.peek_desc(tail).unwrap_err();
+    assert!(e.0.contains("not stamped"), "{}", e.0);
+    // Stamped after all: read as usual.
+    let mut h = tail;
+    publ.push_desc(&mut h, &desc(3));
+    assert_eq!(sub.peek_desc(tail).unwrap(), Some(desc(3)));
+}
+
+/// Consumed entries may be told to the publisher later, in one store: the
+/// room comes back then, and a publisher that asked for room hears of it.
+#[test]
+fn a_late_tail_gives_the_room_back_and_kicks() {
+    let (sub, fd) = ClaimTable::create(4).unwrap();
+    let publ = ClaimTable::open(&fd, 4).unwrap();
+    let mut head = 0u64;
+    for i in 0..8 {
+        publ.push_desc(&mut head, &desc(i));
+    }
+    assert!(!publ.desc_space(head));
+    publ.request_kick(KICK_SPACE);
+    // Copied out, not yet told: still no room.
+    let mut tail = 0u64;
+    for _ in 0..3 {
+        assert!(sub.peek_desc(tail).unwrap().is_some());
+        tail += 1;
+    }
+    assert!(!publ.desc_space(head));
+    assert!(sub.publish_tail(tail), "the publisher asked for room");
+    assert_eq!(publ.desc_room(head), 3);
+    assert!(!sub.publish_tail(tail), "one kick per request");
 }
 
 #[test]
@@ -164,19 +230,38 @@ fn parking_never_loses_a_wake_up() {
     let mut got = 0u64;
     let mut lost = 0u64;
     let start = Instant::now();
+    // As the subscriber does: consumed entries are told to the publisher
+    // late (at random here, and always before parking), and it spins on
+    // the entry's stamp for a while before it parks.
+    let mut told = 0u64;
+    let tell = |told: &mut u64, tail: u64| {
+        if *told != tail {
+            *told = tail;
+            if sub.publish_tail(tail) {
+                wakes.1.notify_all();
+            }
+        }
+    };
     while got < N && start.elapsed() < Duration::from_secs(60) {
         match sub.peek_desc(tail).unwrap() {
             Some(e) => {
                 assert_eq!(e, desc(got), "entries arrive in order, intact");
-                sub.consume_desc(&mut tail);
+                tail += 1;
                 got += 1;
+                if rng & 3 == 0 {
+                    tell(&mut told, tail);
+                }
             }
             None => {
                 rng ^= rng << 13;
                 rng ^= rng >> 7;
                 rng ^= rng << 17;
-                for _ in 0..(rng % 200) {
+                tell(&mut told, tail);
+                if (0..(rng % 200)).any(|_| {
                     std::hint::spin_loop();
+                    sub.desc_stamped(tail)
+                }) {
+                    continue;
                 }
                 let (m, c) = &*wakes;
                 let seen = *m.lock().unwrap();

@@ -112,8 +112,8 @@ fn forwarded_segments_are_bounded_checked_and_prefaulted_only_up_to_the_pool() {
         "exactly the largest pool's segment"
     );
 
-    let sparse = sys::memfd("sparse", 1 << 20).unwrap();
-    sys::seal(sparse.as_fd(), false).unwrap();
+    let sparse = sys::memfd_sealed("sparse", 1 << 20).unwrap();
+    sys::seal_seals(sparse.as_fd()).unwrap();
     let inode = sys::inode(sparse.as_fd()).unwrap();
     let e = ForeignMap::open(sparse, inode, 1 << 20, Vec::new(), u64::MAX).unwrap_err();
     assert!(e.to_string().contains("unallocated pages"), "{e}");
@@ -132,7 +132,7 @@ fn segment_is_sealed_and_mapped_read_only_by_subscribers() {
     let ro = sys::reopen_read_only(pool.fd()).unwrap();
     assert!(sys::is_read_only(ro.as_fd()).unwrap());
     // A read-only fd cannot be mapped writable at all.
-    assert!(MmapOptions::new().len(4096).map_raw(&ro).is_err());
+    assert!(sys::Mapping::map(ro.as_fd(), 4096, true, false).is_err());
     let g = pool.geometry();
     let hello = Hello {
         version: crate::wire::VERSION,

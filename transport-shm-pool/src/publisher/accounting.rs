@@ -29,7 +29,7 @@ impl Shared {
     /// when `state` is unlocked.
     pub(super) fn free_slot(&self, st: &mut State, index: u32) {
         let s = &mut st.slots[index as usize];
-        debug_assert!(s.in_flight && s.holders == 0);
+        debug_assert!(s.in_flight && s.hold.is_free());
         s.in_flight = false;
         st.in_flight -= 1;
         self.set_queued(st);
@@ -76,7 +76,7 @@ impl Shared {
             && st
                 .slots
                 .get(i)
-                .is_some_and(|s| s.in_flight && s.generation == generation && s.holders & bit != 0);
+                .is_some_and(|s| s.in_flight && s.hold.held_at(generation, bit));
         if !valid {
             self.stale_releases.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
@@ -89,8 +89,7 @@ impl Shared {
             return;
         }
         let s = &mut st.slots[i];
-        s.holders &= !bit;
-        if s.holders == 0 {
+        if s.hold.drop_holder(bit) {
             self.free_slot(st, i as u32);
         }
     }
@@ -157,9 +156,7 @@ impl Shared {
         let bit = 1u64 << conn.bit;
         let current = Self::conn_is_current(&st, conn);
         match st.slots.get_mut(index as usize) {
-            Some(s)
-                if current && s.in_flight && s.generation == generation && s.holders & bit != 0 =>
-            {
+            Some(s) if current && s.in_flight && s.hold.held_at(generation, bit) => {
                 s.forwarded |= bit;
             }
             _ => tracing::debug!(
@@ -184,9 +181,10 @@ impl Shared {
             let s = st.slots[index as usize];
             // Descriptors it has not taken yet come back at once; slots it
             // reads (views still alive) stay held until released or EOF.
-            if s.in_flight && s.holders & bit != 0 && conn.claims.reclaim(index, s.generation) {
-                st.slots[index as usize].holders &= !bit;
-                if st.slots[index as usize].holders == 0 {
+            if s.in_flight && s.hold.held_by(bit) && conn.claims.reclaim(index, s.hold.generation())
+            {
+                let emptied = st.slots[index as usize].hold.drop_holder(bit);
+                if emptied {
                     self.free_slot(&mut st, index);
                 }
             }
@@ -229,20 +227,19 @@ impl Shared {
         let (mut freed, mut kept) = (0, 0);
         for index in 0..st.slots.len() as u32 {
             let s = st.slots[index as usize];
-            if !(s.in_flight && s.holders & bit != 0) {
+            if !(s.in_flight && s.hold.held_by(bit)) {
                 continue;
             }
             if anchored
                 && (violated || s.forwarded & bit != 0)
-                && !conn.claims.reclaim(index, s.generation)
+                && !conn.claims.reclaim(index, s.hold.generation())
             {
                 // Taken and forwarded to a process that still holds the
                 // anchor (or a violating peer that may still view it).
                 kept += 1;
                 continue;
             }
-            st.slots[index as usize].holders &= !bit;
-            if st.slots[index as usize].holders == 0 {
+            if st.slots[index as usize].hold.drop_holder(bit) {
                 self.free_slot(&mut st, index);
                 freed += 1;
             }
@@ -289,9 +286,9 @@ impl Shared {
         let mut freed = 0;
         for index in 0..st.slots.len() as u32 {
             let s = &mut st.slots[index as usize];
-            if s.in_flight && s.holders & bit != 0 {
-                s.holders &= !bit;
-                if s.holders == 0 {
+            if s.in_flight && s.hold.held_by(bit) {
+                let emptied = s.hold.drop_holder(bit);
+                if emptied {
                     self.free_slot(&mut st, index);
                     freed += 1;
                 }
@@ -310,7 +307,7 @@ impl Shared {
         let st = lock(&self.state);
         st.slots[self.claim_range(Kind::Forward)]
             .iter()
-            .any(|s| s.in_flight && s.holders & bit != 0)
+            .any(|s| s.in_flight && s.hold.held_by(bit))
     }
 
     /// True when some subscriber would receive a frame on `topic`.
@@ -363,8 +360,8 @@ impl Shared {
         let mut found = None;
         for (_, index) in order {
             let i = index as usize;
-            let generation = st.slots[i].generation;
-            let mut h = st.slots[i].holders;
+            let generation = st.slots[i].hold.generation();
+            let mut h = st.slots[i].hold.mask();
             while h != 0 {
                 let b = h.trailing_zeros();
                 h &= h - 1;
@@ -380,10 +377,10 @@ impl Shared {
                     None => true,
                 };
                 if gone {
-                    st.slots[i].holders &= !(1u64 << b);
+                    st.slots[i].hold.drop_holder(1u64 << b);
                 }
             }
-            if st.slots[i].holders == 0 {
+            if st.slots[i].hold.is_free() {
                 st.slots[i].in_flight = false;
                 st.in_flight -= 1;
                 self.set_queued(&st);
@@ -482,8 +479,7 @@ impl Shared {
                 ..
             } = &mut *st;
             let s = &mut slots[index as usize];
-            s.generation += 1;
-            let generation = s.generation;
+            let generation = s.hold.next_generation();
             self.pool.set_header(index, generation, len);
             let mut mask = 0u64;
             for c in conns.iter().flatten() {
@@ -509,7 +505,7 @@ impl Shared {
                 self.unreserve(index);
                 return;
             }
-            s.holders = mask;
+            s.hold.set_mask(mask);
             s.forwarded = 0;
             s.seq = seq;
             s.in_flight = true;

@@ -24,12 +24,7 @@ async fn double_releases_from_drops_are_counted_not_panics() {
     // room (one slot of each is still taken).
     let free_pool = shared.pool.pop().unwrap();
     shared.pool.push(free_pool);
-    drop(SlotLoan {
-        shared: shared.clone(),
-        index: free_pool,
-        len: 10,
-        armed: true,
-    });
+    drop(SlotLoan::new(shared.clone(), free_pool, 10));
     let free_fwd = shared.fwd_free.pop().unwrap();
     shared.fwd_free.push(free_fwd);
     drop(SlotGuard {

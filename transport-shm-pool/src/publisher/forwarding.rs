@@ -150,8 +150,7 @@ impl Shared {
         let mut mask = 0u64;
         if let Some(fs) = segs.get_mut(seg as usize).and_then(Option::as_mut) {
             let s = &mut slots[index as usize];
-            s.generation += 1;
-            let generation = s.generation;
+            let generation = s.hold.next_generation();
             for c in conns.iter().flatten() {
                 if c.active.load(Ordering::Acquire) && topic.starts_with(c.prefix.as_str()) {
                     let bit = 1u64 << c.bit;
@@ -190,7 +189,7 @@ impl Shared {
             return;
         }
         let s = &mut slots[index as usize];
-        s.holders = mask;
+        s.hold.set_mask(mask);
         s.forwarded = 0;
         s.seq = seq;
         s.in_flight = true;

@@ -6,22 +6,13 @@ use super::*;
 
 impl Shared {
     pub(super) fn hello(&self) -> Hello {
-        let g = self.pool.geometry();
-        Hello {
-            version: wire::VERSION,
-            flags: (if self.policy == Policy::DropOldest {
-                wire::HELLO_RECLAIMS
-            } else {
-                0
-            }) | (self.max_held.min(0xffff) as u32) << wire::HELLO_MAX_HELD_SHIFT,
-            segment: self.pool.segment_id(),
-            slots: g.slots,
-            slot_size: g.slot_size,
-            stride: g.stride,
-            data_offset: g.data_offset,
-            segment_len: g.len,
-            claims_len: wire::claims_len(wire::claim_entries(g.slots)),
-        }
+        let flags = (if self.policy == Policy::DropOldest {
+            wire::HELLO_RECLAIMS
+        } else {
+            0
+        }) | (self.max_held.min(0xffff) as u32) << wire::HELLO_MAX_HELD_SHIFT;
+        let claims_len = wire::claims_len(wire::claim_entries(self.pool.geometry().slots));
+        self.pool.hello(flags, claims_len)
     }
 }
 
@@ -140,19 +131,7 @@ async fn handshake(shared: &Arc<Shared>, stream: UnixStream) -> Result<()> {
         .ok_or_else(|| Error::protocol("shm-pool", "CLAIMS arrived without its memfd"))?;
     let claims = match ClaimTable::open(&fd, wire::claim_entries(hello.slots)) {
         Ok(c) => c,
-        Err(e) => {
-            let reason = format!("bad claim table: {e}");
-            wire::send(
-                &stream,
-                &Msg::Reject {
-                    reason: reason.clone(),
-                },
-                None,
-                "REJECT",
-            )
-            .await?;
-            return Err(Error::protocol("shm-pool", reason));
-        }
+        Err(e) => return Err(reject(&stream, format!("bad claim table: {e}")).await),
     };
     drop(fd);
     // Subscribers send only RELEASE and UNSUBSCRIBE from now on: the small
@@ -200,16 +179,20 @@ async fn handshake(shared: &Arc<Shared>, stream: UnixStream) -> Result<()> {
                 "shm-pool `{}` already serves {MAX_SUBSCRIBERS} subscribers",
                 shared.name
             );
-            wire::send(
-                &stream,
-                &Msg::Reject {
-                    reason: reason.clone(),
-                },
-                None,
-                "REJECT",
-            )
-            .await?;
-            Err(Error::protocol("shm-pool", reason))
+            Err(reject(&stream, reason).await)
         }
+    }
+}
+
+/// Sends REJECT with `reason` to a subscriber mid-handshake; the error to
+/// end the handshake with: the protocol error naming `reason`, or the
+/// failure to send it.
+async fn reject(stream: &UnixStream, reason: String) -> Error {
+    let msg = Msg::Reject {
+        reason: reason.clone(),
+    };
+    match wire::send(stream, &msg, None, "REJECT").await {
+        Ok(()) => Error::protocol("shm-pool", reason),
+        Err(e) => e,
     }
 }

@@ -1,8 +1,10 @@
 //! Slots reserved and not yet published: the guard that returns a slot if
-//! a send fails, a loan of the slot memory, and the read-only view of a
-//! loaned slot used while its frame's header is encoded.
+//! a send fails, a loan of the slot memory (a [`Reserved`] slot of the
+//! publisher's pool), and the read-only view of a loaned slot used while its
+//! frame's header is encoded.
 
 use super::*;
+use crate::lease::{Reserved, SlotHome};
 
 /// Returns a reserved, unpublished slot (pool or forward) to its free list
 /// unless disarmed.
@@ -27,33 +29,15 @@ impl Drop for SlotGuard {
 }
 
 /// A slot lent through [`Publisher::loan`]: the writable slot memory itself.
-pub(super) struct SlotLoan {
-    pub(super) shared: Arc<Shared>,
-    pub(super) index: u32,
-    pub(super) len: usize,
-    pub(super) armed: bool,
-}
+pub(super) type SlotLoan = Reserved<Shared>;
 
-impl LoanBuffer for SlotLoan {
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: the loan owns the reserved slot exclusively until it is sent
-        // or dropped; `len <= slot_size` was checked when it was made.
-        unsafe { self.shared.pool.slot_mut(self.index, self.len) }
+impl SlotHome for Shared {
+    fn slot_pool(&self) -> &SlotPool {
+        &self.pool
     }
-    fn as_slice(&self) -> &[u8] {
-        // SAFETY: as above; only this loan writes the slot, through `&mut self`.
-        unsafe { self.shared.pool.slot(self.index, self.len) }
-    }
-    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
-        self
-    }
-}
 
-impl Drop for SlotLoan {
-    fn drop(&mut self) {
-        if self.armed {
-            self.shared.unreserve(self.index);
-        }
+    fn give_back(&self, index: u32) {
+        self.unreserve(index);
     }
 }
 

@@ -22,16 +22,18 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use transport_core::{
-    Endpoint, Error, Frame, Loan, LoanBuffer, Policy, PublishOptions, Publisher, Result,
-    StatCounters, Stats, async_trait, codec, contract::count_sent,
+    Endpoint, Error, Frame, Loan, Policy, PublishOptions, Publisher, Result, StatCounters, Stats,
+    async_trait, codec, contract::count_sent,
 };
 
 use crate::channel::{self, Entry, INLINE_HEADER, KICK_RELEASES, KICK_SPACE};
 use crate::config::{self, Config};
+use crate::holders::Holders;
 use crate::pool::{FreeList, SlotPool};
 use crate::registry::{self, SegFd};
 use crate::sys;
 use crate::wire::{self, ClaimTable, Desc, FwdDesc, Hello, Msg, RecvBuf};
+use transport_shm_support::loan::{Returned, take_back};
 
 mod accounting;
 mod conn;
@@ -67,10 +69,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 #[derive(Debug, Clone, Copy, Default)]
 struct SlotAcct {
-    /// Bumped each time the slot is published.
-    generation: u64,
-    /// Bit `k`: subscriber `k` holds the slot (offered, or taken and not released).
-    holders: u64,
+    /// The publication's generation and holders (bit `k`: subscriber `k`
+    /// holds the slot: offered, or taken and not released).
+    hold: Holders,
     /// Sequence number of the frame in the slot (for drop-oldest).
     seq: u64,
     /// Published and not yet free again.
@@ -393,18 +394,6 @@ impl ShmPoolPublisher {
         conns.iter().map(|c| lock(&c.out).queued()).sum()
     }
 
-    fn check_len(&self, len: usize) -> Result<()> {
-        let limit = self.shared.pool.slot_size();
-        if len as u64 > limit {
-            return Err(Error::PayloadTooLarge {
-                len: len as u64,
-                limit,
-                option: "slot_size",
-            });
-        }
-        Ok(())
-    }
-
     /// Stamps, encodes and publishes a frame whose payload is in the reserved slot.
     /// The frame (whose payload may be a `ReservedBytes` view of the slot) is
     /// always dropped before the guard gives up or returns the slot.
@@ -513,7 +502,7 @@ impl ShmPoolPublisher {
 impl Publisher for ShmPoolPublisher {
     async fn send(&mut self, frame: Frame) -> Result<()> {
         let len = frame.payload.len();
-        self.check_len(len)?;
+        self.shared.pool.payload_limit().check(len)?;
         codec::check_header(&frame)?;
         if !self.shared.has_recipient(&frame.topic) {
             // Nobody would read it: no slot, no copy, but the frame counts
@@ -554,35 +543,29 @@ impl Publisher for ShmPoolPublisher {
     }
 
     async fn loan(&mut self, len: usize) -> Result<Loan> {
-        self.check_len(len)?;
+        self.shared.pool.payload_limit().check(len)?;
         let index = self.shared.acquire(self.policy, Kind::Pool).await?;
-        Ok(Loan::new(Box::new(SlotLoan {
-            shared: self.shared.clone(),
+        Ok(Loan::new(Box::new(SlotLoan::new(
+            self.shared.clone(),
             index,
             len,
-            armed: true,
-        })))
+        ))))
     }
 
     async fn send_loan(&mut self, loan: Loan) -> Result<()> {
         let (mut frame, buf) = loan.into_parts();
-        let mut slot = match buf.into_any().downcast::<SlotLoan>() {
-            Ok(slot) => slot,
-            Err(other) => {
-                return match other.downcast::<BytesMut>() {
-                    Ok(heap) => {
-                        frame.payload = heap.freeze();
-                        self.send(frame).await
-                    }
-                    Err(_) => Err(Error::ForeignLoan),
-                };
+        let mut slot = match take_back::<SlotLoan>(buf)? {
+            Returned::Own(slot) => slot,
+            Returned::Heap(payload) => {
+                frame.payload = payload;
+                return self.send(frame).await;
             }
         };
-        if !Arc::ptr_eq(&slot.shared, &self.shared) {
+        if !Arc::ptr_eq(slot.home(), &self.shared) {
             return Err(Error::ForeignLoan);
         }
-        slot.armed = false;
-        let (index, len) = (slot.index, slot.len);
+        slot.disarm();
+        let (index, len) = (slot.index(), slot.len());
         drop(slot);
         let guard = SlotGuard {
             shared: self.shared.clone(),

@@ -54,7 +54,7 @@ fn removed_descriptors_carry_their_count_forward() {
 
 #[test]
 fn a_forget_cancels_the_queued_segment_of_its_index() {
-    let fd = sys::memfd("forget-test", 4096).unwrap();
+    let fd = sys::memfd_sealed("forget-test", 4096).unwrap();
     let seg = Arc::new(crate::registry::SegFd::for_tests(fd));
     let segment = |index| Outgoing::Segment {
         index,

@@ -115,7 +115,7 @@ fn copies_of_stale_references_are_never_torn() {
             .unwrap()
             .expect("a free slot: at most one frame is held");
         let next = lock(&pool.acct)[w.index() as usize]
-            .generation
+            .generation()
             .wrapping_add(1)
             .max(1);
         for chunk in w.as_mut_slice().chunks_mut(LEN / CHUNKS) {

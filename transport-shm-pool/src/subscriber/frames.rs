@@ -85,6 +85,14 @@ impl ShmPoolSubscriber {
                 d.len, d.index, geo.slot_size
             ))));
         }
+        // The slot header is read before the claim, so that its cache
+        // line and the claim word's travel at once, not one after the
+        // other. That is sound: the publisher wrote the header before it
+        // published the descriptor (whose stamp this side acquired), and it
+        // rewrites the header only for a slot no claim holds, so once the
+        // claim below succeeds at this generation, what was read is what
+        // the slot holds for it.
+        let (generation, len) = self.link.seg.header(d.index);
         match self
             .link
             .claims
@@ -104,7 +112,6 @@ impl ShmPoolSubscriber {
         }
         // From here on the slot is ours: every way out releases it or hands
         // it to a view.
-        let (generation, len) = self.link.seg.header(d.index);
         if generation != d.generation || len != d.len {
             self.link.release_now(d.index, d.generation);
             return Some(Err(invalid(format!(

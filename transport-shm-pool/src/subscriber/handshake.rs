@@ -193,6 +193,7 @@ impl ShmPoolSubscriber {
             over_max_held: AtomicU64::new(0),
             anchor,
             tail: 0,
+            tail_unpublished: false,
             spilled: false,
             missed: 0,
             held: None,

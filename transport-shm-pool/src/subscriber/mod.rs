@@ -150,6 +150,9 @@ pub struct ShmPoolSubscriber {
     anchor: Arc<OwnedFd>,
     /// Entries consumed from the channel's descriptor ring.
     tail: u64,
+    /// Entries before `tail` were consumed but the publisher has not been
+    /// told yet (see `consume_entry_later`).
+    tail_unpublished: bool,
     /// After a spill marker: messages come from the socket until RESUME.
     spilled: bool,
     missed: u64,
@@ -201,11 +204,13 @@ impl ShmPoolSubscriber {
     /// the end of the stream. Cancel-safe: a dropped wait leaves at most a
     /// WAKE to be discarded later.
     async fn wait(&mut self) {
+        // Room goes back before this side waits (or spins).
+        self.publish_tail();
         if let Some(spin) = self.busy_poll {
             let deadline = Instant::now() + spin;
             loop {
                 for _ in 0..64 {
-                    if self.link.claims.desc_ready(self.tail) {
+                    if self.link.claims.desc_stamped(self.tail) {
                         return;
                     }
                     std::hint::spin_loop();
@@ -320,7 +325,27 @@ impl ShmPoolSubscriber {
     /// Marks the entry at the tail consumed, waking the publisher if it
     /// waits for room in the ring.
     fn consume_entry(&mut self) {
+        self.tail_unpublished = false;
         if self.link.claims.consume_desc(&mut self.tail) {
+            self.link.wake_publisher(true);
+        }
+    }
+
+    /// Marks the entry at the tail consumed, to be told to the publisher
+    /// ([`publish_tail`](Self::publish_tail)) at the next `recv`: the
+    /// entry's room is not needed before then (the ring holds a
+    /// descriptor for every claim and a spill marker), and the store and
+    /// its fence stay out of this frame's hand-off.
+    fn consume_entry_later(&mut self) {
+        self.tail = self.tail.wrapping_add(1);
+        self.tail_unpublished = true;
+    }
+
+    /// Tells the publisher of entries consumed with
+    /// [`consume_entry_later`](Self::consume_entry_later), waking it if it
+    /// waits for room in the ring.
+    fn publish_tail(&mut self) {
+        if std::mem::take(&mut self.tail_unpublished) && self.link.claims.publish_tail(self.tail) {
             self.link.wake_publisher(true);
         }
     }
@@ -359,6 +384,7 @@ fn on_multi_thread_runtime() -> bool {
 #[async_trait]
 impl Subscriber for ShmPoolSubscriber {
     async fn recv(&mut self) -> Result<Frame> {
+        self.publish_tail();
         loop {
             if let Some(f) = self.held.take() {
                 return Ok(f);
@@ -394,14 +420,14 @@ impl Subscriber for ShmPoolSubscriber {
             };
             match entry {
                 Some(Entry::Desc(desc, header)) => {
-                    self.consume_entry();
+                    self.consume_entry_later();
                     if let Some(r) = self.on_desc(desc, &header) {
                         return r;
                     }
                     continue;
                 }
                 Some(Entry::Fwd(desc, header)) => {
-                    self.consume_entry();
+                    self.consume_entry_later();
                     if let Some(r) = self.on_fwd(desc, &header) {
                         return r;
                     }

@@ -129,7 +129,7 @@ async fn handshake(
     let info = sys::inspect_shared_fd(page_fd.as_fd()).map_err(|e| {
         Error::protocol("shm-ring", format!("a subscriber's page is unusable: {e}")).with_source(e)
     })?;
-    let need = rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW;
+    let need = sys::SealFlags::SHRINK | sys::SealFlags::GROW;
     if info.len < sys::page_size() as u64 || !info.seals.contains(need) {
         return Err(Error::protocol(
             "shm-ring",

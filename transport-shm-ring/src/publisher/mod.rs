@@ -20,6 +20,7 @@ use transport_core::{
     Endpoint, Error, Frame, Loan, LoanBuffer, Policy, Publisher, Result, StatCounters, Stats,
     codec, monotonic_ns,
 };
+use transport_shm_support::loan::{Returned, take_back};
 
 use crate::layout::{
     self, KIND_FRAME, KIND_SKIP, MIN_ENVELOPE, PageMap, READER_MAGIC, RECORD_HEADER, RecordHeader,
@@ -647,16 +648,11 @@ impl Publisher for ShmRingPublisher {
 
     async fn send_loan(&mut self, loan: Loan) -> Result<()> {
         let (mut frame, buf) = loan.into_parts();
-        let rl = match buf.into_any().downcast::<RingLoan>() {
-            Ok(rl) => rl,
-            Err(other) => {
-                return match other.downcast::<BytesMut>() {
-                    Ok(heap) => {
-                        frame.payload = heap.freeze();
-                        self.send(frame).await
-                    }
-                    Err(_) => Err(Error::ForeignLoan),
-                };
+        let rl = match take_back::<RingLoan>(buf)? {
+            Returned::Own(rl) => rl,
+            Returned::Heap(payload) => {
+                frame.payload = payload;
+                return self.send(frame).await;
             }
         };
         let state = match &self.loan {

@@ -2,8 +2,7 @@
 //! the mirrored ring mapping, abstract-namespace Unix sockets, fd passing with
 //! `SCM_RIGHTS`, and peer credentials.
 //!
-//! Nothing here knows about rings or frames, so the module can move to a crate
-//! shared with `transport-shm-pool` as it is. Every function returns
+//! Nothing here knows about rings, pools or frames. Every function returns
 //! [`std::io::Error`]; callers add context.
 
 use std::io;
@@ -13,7 +12,7 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
 use std::ptr::NonNull;
 
-use rustix::fs::{FileType, MemfdFlags, Mode, OFlags, SealFlags};
+use rustix::fs::{FileType, MemfdFlags, Mode, OFlags};
 use rustix::io::Errno;
 use rustix::mm::{MapFlags, ProtFlags};
 use rustix::net::{
@@ -21,14 +20,27 @@ use rustix::net::{
     SendAncillaryMessage, SendFlags,
 };
 
+pub use rustix::fs::SealFlags;
+
 /// The size of a memory page on this host.
 pub fn page_size() -> usize {
     rustix::param::page_size()
 }
 
+/// Rounds `n` up to a multiple of the page size, `None` on overflow.
+pub fn page_align(n: u64) -> Option<u64> {
+    let p = page_size() as u64;
+    n.checked_add(p - 1).map(|v| v / p * p)
+}
+
 /// The real user id of this process.
 pub fn my_uid() -> u32 {
     rustix::process::getuid().as_raw()
+}
+
+/// The effective user id of this process.
+pub fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
 }
 
 /// The user id of the process at the other end of a connected Unix socket
@@ -62,6 +74,19 @@ pub fn memfd_sealed(name: &str, len: u64) -> io::Result<OwnedFd> {
 pub fn seal_future_write(fd: BorrowedFd<'_>) -> io::Result<()> {
     rustix::fs::fcntl_add_seals(fd, SealFlags::FUTURE_WRITE | SealFlags::SEAL)?;
     Ok(())
+}
+
+/// As [`seal_future_write`], but on kernels older than 5.1, which lack the
+/// future-write seal, seals only against further sealing. Returns whether
+/// the future-write seal is in force.
+pub fn seal_future_write_if_supported(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let sealed = match rustix::fs::fcntl_add_seals(fd, SealFlags::FUTURE_WRITE) {
+        Ok(()) => true,
+        Err(Errno::INVAL) => false,
+        Err(e) => return Err(e.into()),
+    };
+    seal_seals(fd)?;
+    Ok(sealed)
 }
 
 /// Seals a memfd against further sealing.
@@ -104,6 +129,9 @@ pub struct SharedFdInfo {
     pub seals: SealFlags,
     /// The fd was opened read-only.
     pub read_only: bool,
+    /// The inode number: the identity of a memfd, the same in every process
+    /// that holds it.
+    pub inode: u64,
 }
 
 impl SharedFdInfo {
@@ -148,6 +176,7 @@ pub fn inspect_shared_fd(fd: BorrowedFd<'_>) -> io::Result<SharedFdInfo> {
         fs_magic,
         seals,
         read_only: mode == OFlags::RDONLY,
+        inode: st.st_ino,
     })
 }
 
@@ -343,55 +372,109 @@ pub fn connect_abstract(name: &str) -> io::Result<UnixStream> {
     UnixStream::connect_addr(&abstract_addr(name)?)
 }
 
-/// Sends `data` with at most one file descriptor attached (`SCM_RIGHTS`).
-/// Returns how many bytes went out; the descriptor travels with the first.
-pub fn send_with_fd(
+/// Most file descriptors one message carries ([`send_with_fds`]) or one
+/// receive accepts ([`recv_with_fds_into`]).
+pub const MAX_FDS_PER_MSG: usize = 10;
+
+/// One `sendmsg` of `data` with the descriptors `fds` attached
+/// (`SCM_RIGHTS`, at most [`MAX_FDS_PER_MSG`]); never raises `SIGPIPE`, and
+/// with `nonblocking` fails with `WouldBlock` instead of waiting. Returns how
+/// many bytes went out; the descriptors travel with the first. Without
+/// descriptors it is a plain `send`.
+pub fn send_with_fds(
     sock: BorrowedFd<'_>,
     data: &[u8],
-    fd: Option<BorrowedFd<'_>>,
+    fds: &[BorrowedFd<'_>],
+    nonblocking: bool,
 ) -> io::Result<usize> {
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let flags = if nonblocking {
+        SendFlags::DONTWAIT | SendFlags::NOSIGNAL
+    } else {
+        SendFlags::NOSIGNAL
+    };
+    if fds.is_empty() {
+        return Ok(rustix::net::send(sock, data, flags)?);
+    }
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MSG))];
     let mut control = SendAncillaryBuffer::new(&mut space);
-    let fds;
-    if let Some(fd) = fd {
-        fds = [fd];
-        if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
-            return Err(io::Error::other("no room for the file descriptor"));
-        }
+    if fds.len() > MAX_FDS_PER_MSG || !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other(format!(
+            "{} descriptors do not fit one message (at most {MAX_FDS_PER_MSG})",
+            fds.len()
+        )));
     }
     Ok(rustix::net::sendmsg(
         sock,
         &[io::IoSlice::new(data)],
         &mut control,
-        SendFlags::NOSIGNAL,
+        flags,
     )?)
 }
 
-/// Receives bytes into `buf` and any file descriptors sent with them (at most
-/// two; more, or a truncated control message, is an error and the extra
-/// descriptors are closed by the kernel). Descriptors are close-on-exec.
-pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
+/// Sends `data` with at most one file descriptor attached (`SCM_RIGHTS`),
+/// waiting for room: [`send_with_fds`] for the handshakes that pass one.
+pub fn send_with_fd(
+    sock: BorrowedFd<'_>,
+    data: &[u8],
+    fd: Option<BorrowedFd<'_>>,
+) -> io::Result<usize> {
+    send_with_fds(sock, data, fd.as_slice(), false)
+}
+
+/// One `recvmsg` into `buf`; the descriptors that arrive with the bytes
+/// (close-on-exec) are appended to `fds`. More than `max_fds` of them (at
+/// most [`MAX_FDS_PER_MSG`] are ever accepted), or a truncated control
+/// message, is an `InvalidData` error: the descriptors past `max_fds` are
+/// closed (by the kernel, or here). With `nonblocking` it fails with
+/// `WouldBlock` instead of waiting. Returns the bytes read, 0 at end of
+/// stream.
+pub fn recv_with_fds_into(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut impl Extend<OwnedFd>,
+    max_fds: usize,
+    nonblocking: bool,
+) -> io::Result<usize> {
+    let flags = if nonblocking {
+        RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC
+    } else {
+        RecvFlags::CMSG_CLOEXEC
+    };
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MSG))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
-    let msg = rustix::net::recvmsg(
-        sock,
-        &mut [io::IoSliceMut::new(buf)],
-        &mut control,
-        RecvFlags::CMSG_CLOEXEC,
-    )?;
-    let mut fds = Vec::new();
+    let msg = rustix::net::recvmsg(sock, &mut [io::IoSliceMut::new(buf)], &mut control, flags)?;
+    let mut kept = 0;
+    let mut too_many = false;
     for m in control.drain() {
         if let RecvAncillaryMessage::ScmRights(rights) = m {
-            fds.extend(rights);
+            for fd in rights {
+                if kept < max_fds {
+                    fds.extend(Some(fd));
+                    kept += 1;
+                } else {
+                    // Closed here.
+                    too_many = true;
+                }
+            }
         }
     }
-    if msg.flags.contains(ReturnFlags::CTRUNC) {
+    if too_many || msg.flags.contains(ReturnFlags::CTRUNC) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "the peer sent more file descriptors than expected",
         ));
     }
-    Ok((msg.bytes, fds))
+    Ok(msg.bytes)
+}
+
+/// Receives bytes into `buf` and any file descriptors sent with them (at most
+/// two; more, or a truncated control message, is an error and the extra
+/// descriptors are closed), waiting for them: [`recv_with_fds_into`] for the
+/// handshakes. Descriptors are close-on-exec.
+pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut fds = Vec::new();
+    let n = recv_with_fds_into(sock, buf, &mut fds, 2, false)?;
+    Ok((n, fds))
 }
 
 /// Shuts a socket down in both directions, so that the peer sees EOF at once
@@ -503,6 +586,30 @@ mod tests {
         // The name is gone with the socket: nothing to sweep after a crash.
         assert!(connect_abstract(&name).is_err());
         assert!(bind_abstract(&name).is_ok());
+    }
+
+    #[test]
+    fn fds_past_the_limit_are_an_error_and_nonblocking_waits_for_nothing() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut buf = [0u8; 8];
+        let e = recv_with_fds_into(b.as_fd(), &mut buf, &mut Vec::new(), 2, true).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        let m: Vec<OwnedFd> = (0..3)
+            .map(|_| memfd_sealed("framewire-test", 4096).unwrap())
+            .collect();
+        let pass: Vec<BorrowedFd<'_>> = m.iter().map(|f| f.as_fd()).collect();
+        assert_eq!(send_with_fds(a.as_fd(), b"x", &pass, true).unwrap(), 1);
+        let e = recv_with_fds(b.as_fd(), &mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        assert_eq!(send_with_fds(a.as_fd(), b"yz", &pass, false).unwrap(), 2);
+        let mut got = std::collections::VecDeque::new();
+        assert_eq!(
+            recv_with_fds_into(b.as_fd(), &mut buf, &mut got, MAX_FDS_PER_MSG, true).unwrap(),
+            2
+        );
+        assert_eq!(got.len(), 3);
+        let too_many: Vec<BorrowedFd<'_>> = (0..=MAX_FDS_PER_MSG).map(|_| m[0].as_fd()).collect();
+        assert!(send_with_fds(a.as_fd(), b"x", &too_many, true).is_err());
     }
 
     #[test]

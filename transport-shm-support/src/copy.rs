@@ -1,9 +1,10 @@
-//! Bulk copies into and out of the ring, whose bytes another process may be
-//! writing (or reading) at the same time.
+//! Bulk copies into and out of shared memory whose bytes another process may
+//! be writing (or reading) at the same time.
 //!
-//! A reader lapped under `drop-oldest` copies bytes that the writer is
-//! overwriting, and throws the copy away when the seqlock check after it
-//! fails (see `subscriber.rs`, `read_next`). Plain loads (`memcpy`, SIMD
+//! A seqlock reader (an shm-ring reader lapped under `drop-oldest`, an
+//! shm-pool reader copying a slot that is being reused) copies bytes that
+//! the writer is overwriting, and throws the copy away when the check after
+//! it fails. Plain loads (`memcpy`, SIMD
 //! intrinsics) racing with a write are a data race in Rust's memory model,
 //! undefined behaviour whatever is done with the result; even through a raw
 //! pointer. [`copy`] is therefore a *byte-wise atomic* copy: every byte is
@@ -34,7 +35,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
 
 /// Copies of at least this many bytes use streaming stores where available
 /// (as `transport_core::copy`).
-pub(crate) const STREAM_MIN: usize = transport_core::copy::STREAM_MIN;
+pub const STREAM_MIN: usize = transport_core::copy::STREAM_MIN;
 
 /// Copies `len` bytes from `src` to `dst`, every byte as if by a `Relaxed`
 /// atomic load and store (see the module docs): either side may be shared
@@ -45,7 +46,8 @@ pub(crate) const STREAM_MIN: usize = transport_core::copy::STREAM_MIN;
 /// `src` must be valid for reads and `dst` for writes of `len` bytes, and
 /// the ranges must not overlap. Other processes (or threads, through atomic
 /// accesses or this function) may access either range meanwhile.
-pub(crate) unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) {
+#[inline]
+pub unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         let avx2 = std::arch::is_x86_feature_detected!("avx2");
@@ -78,8 +80,34 @@ pub(crate) unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) {
 /// copy is stale. (The streaming copy above and the one of
 /// `transport_core::copy` also fence before they start; this one covers the
 /// bytes an application writes into a loan, with whatever instructions.)
-pub(crate) fn store_fence() {
+#[inline]
+pub fn store_fence() {
     transport_core::copy::store_fence();
+}
+
+/// Copies `len` bytes at `src` into a new vector with [`copy`]: `src` may be
+/// shared memory that another process (or another mapping in this one)
+/// writes at the same time, and the result may then mix old and new bytes;
+/// a seqlock-style reader validates it afterwards (`fence(Acquire)`, then
+/// re-reading a version word).
+///
+/// # Safety
+/// `src .. src + len` lies in one live mapping (or allocation) that stays
+/// valid for reads for the call, and nothing in this process accesses it
+/// meanwhile except through atomics, [`copy`], or another mapping of the
+/// same memory.
+#[inline]
+pub unsafe fn copy_to_vec(src: *const u8, len: usize) -> Vec<u8> {
+    let mut out = Vec::<u8>::with_capacity(len);
+    // SAFETY: `src` is valid for `len` bytes of reads (caller's contract);
+    // the fresh allocation is valid for `len` bytes of writes and distinct
+    // from any mapping.
+    unsafe {
+        copy(out.as_mut_ptr(), src, len);
+        // Every byte of `0 .. len` was written by the copy.
+        out.set_len(len);
+    }
+    out
 }
 
 /// The portable byte-wise atomic copy (used where there is no assembly
@@ -87,8 +115,7 @@ pub(crate) fn store_fence() {
 ///
 /// # Safety
 /// As [`copy`].
-#[cfg_attr(all(target_arch = "x86_64", not(test)), allow(dead_code))]
-pub(crate) unsafe fn copy_portable(dst: *mut u8, src: *const u8, len: usize) {
+pub unsafe fn copy_portable(dst: *mut u8, src: *const u8, len: usize) {
     let byte = |i: usize| {
         // SAFETY: `i < len`: in bounds of both ranges (caller's contract);
         // any address is aligned for `AtomicU8`, and its accesses are atomic.
@@ -301,6 +328,12 @@ mod tests {
         ] {
             check(copy, len);
             check(copy_portable, len);
+            let src: Vec<u8> = (0..len).map(|i| (i * 13) as u8).collect();
+            // SAFETY: `src` is a live vector of `len` bytes.
+            assert!(
+                unsafe { copy_to_vec(src.as_ptr(), len) } == src,
+                "len {len}"
+            );
         }
         // The streaming path, including an unaligned head and a ragged tail.
         check(copy, STREAM_MIN + 333);
