@@ -142,12 +142,6 @@ impl Transport for TcpTransport {
     ) -> Result<TcpSubscriber> {
         let cfg = Config::from_endpoint(endpoint)?;
         let mode = opts.resolve_mode(endpoint)?;
-        opts_policy_check(endpoint)?;
         subscriber::connect(endpoint, cfg, mode, opts.topic_prefix.clone()).await
     }
-}
-
-/// Subscribers accept the publisher's `policy=` so one URL serves both, but it must parse.
-fn opts_policy_check(endpoint: &Endpoint) -> Result<()> {
-    endpoint.parse_param::<Policy>("policy").map(|_| ())
 }

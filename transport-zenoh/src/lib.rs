@@ -427,7 +427,6 @@ impl Transport for ZenohTransport {
     ) -> Result<ZenohSubscriber> {
         let cfg = Config::from_endpoint(endpoint)?;
         let mode = opts.resolve_mode(endpoint)?;
-        endpoint.parse_param::<Policy>("policy")?;
         subscriber::open(cfg, mode, opts.topic_prefix.clone()).await
     }
 }

@@ -49,6 +49,30 @@ pub async fn publisher_drop_disconnects_subscribers<H: Harness>(h: &'static H) {
     }
 }
 
+/// A subscriber URL may carry the publisher's `policy=` (one URL serves
+/// both ends), but a value that does not parse is refused with
+/// [`Error::InvalidOption`] naming `policy`, as the publisher refuses it;
+/// a valid one is accepted. (Found in review: two backends ignored it.)
+pub async fn subscribe_checks_the_policy_option<H: Harness>(h: &'static H) {
+    let ep = h.endpoint(None);
+    let t = h.transport();
+    let publ = within("publish", t.publish(&ep, &PublishOptions::default()))
+        .await
+        .expect("publish");
+    // Where it really listens (a tcp port 0 is given one).
+    let ep = publ.endpoint().clone();
+    let bad = ep.clone().with_param("policy", "sometimes");
+    match within("subscribe", t.subscribe(&bad, &SubscribeOptions::default())).await {
+        Err(Error::InvalidOption { option, .. }) => assert_eq!(option, "policy"),
+        Err(other) => panic!("a bad policy= on subscribe: expected InvalidOption, got {other}"),
+        Ok(_) => panic!("a bad policy= on subscribe was accepted"),
+    }
+    let good = ep.clone().with_param("policy", "block");
+    within("subscribe", t.subscribe(&good, &SubscribeOptions::default()))
+        .await
+        .expect("subscribe with a valid policy=");
+}
+
 /// Cancelling `recv` (a timeout firing) loses no frame.
 pub async fn cancelled_recv_loses_no_frame<H: Harness>(h: &'static H) {
     let ep = h.endpoint(None);

@@ -153,7 +153,13 @@ impl SubscribeOptions {
         self
     }
     /// The mode in force: this option, else the URL's `recv=`, else owned.
+    ///
+    /// It also checks the URL's `policy=`: a subscriber accepts the
+    /// publisher's option, so that one URL serves both ends, but a value
+    /// that does not parse is an [`Error::InvalidOption`](crate::Error::InvalidOption) here as on the
+    /// publisher (every backend calls this when it subscribes).
     pub fn resolve_mode(&self, endpoint: &Endpoint) -> Result<RecvMode> {
+        endpoint.parse_param::<Policy>("policy")?;
         match self.recv_mode {
             Some(m) => Ok(m),
             None => Ok(endpoint
