@@ -174,9 +174,20 @@ async fn paced(
 }
 
 async fn stalled_peer_under_drop_oldest(hz: u32, size: usize, queue: usize) {
+    stalled_peer_under_drop_oldest_x(hz, size, queue, true, true).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn experiment() {
+    let Ok(x) = std::env::var("ZX") else { return };
+    let v: Vec<usize> = x.split(':').map(|n| n.parse().unwrap()).collect();
+    stalled_peer_under_drop_oldest_x(v[0] as u32, v[1] * MIB, v[2], v[3] == 1, v[4] == 1).await;
+}
+
+async fn stalled_peer_under_drop_oldest_x(hz: u32, size: usize, queue: usize, stop: bool, second: bool) {
     let url = format!("zmq+tcp://127.0.0.1:0?policy=drop-oldest&queue={queue}");
     let mut p = publisher(&url).await;
-    let stalled = child(p.endpoint().url());
+    let stalled = second.then(|| child(p.endpoint().url()));
     let s = tokio::time::timeout(
         T,
         ZmqTransport.subscribe(p.endpoint(), &SubscribeOptions::default()),
@@ -184,17 +195,20 @@ async fn stalled_peer_under_drop_oldest(hz: u32, size: usize, queue: usize) {
     .await
     .expect("in time")
     .expect("subscribe");
-    p.wait_for_subscribers(2, T).await.expect("two subscribers");
+    p.wait_for_subscribers(1 + second as usize, T).await.expect("two subscribers");
     let reader = healthy(s);
     let before = rss();
     let mut peak = 0u64;
     // 1 s, then the child is stopped for 10 s, then 1 s more.
+    let t0 = Instant::now();
     let (sent, _) = paced(&mut p, hz, 12, size, |sec| {
         peak = peak.max(rss().saturating_sub(before));
-        match sec {
-            1 => stalled.signal("-STOP"),
-            11 => stalled.signal("-CONT"),
-            _ => {}
+        if let (Some(stalled), true) = (&stalled, stop) {
+            match sec {
+                1 => stalled.signal("-STOP"),
+                11 => stalled.signal("-CONT"),
+                _ => {}
+            }
         }
     })
     .await;
@@ -203,6 +217,7 @@ async fn stalled_peer_under_drop_oldest(hz: u32, size: usize, queue: usize) {
         .expect("flush in time")
         .expect("flush");
     let stats = p.stats();
+    let paced_for = t0.elapsed();
     drop(p);
     let seen = tokio::time::timeout(T, reader)
         .await
@@ -210,7 +225,7 @@ async fn stalled_peer_under_drop_oldest(hz: u32, size: usize, queue: usize) {
         .expect("reader");
     eprintln!(
         "{hz} Hz, {} MiB, a peer stopped 10 s: healthy got {} of {sent} (lagged {}, gaps {}); \
-         publisher dropped {} in all; peak RSS growth {} MiB",
+         publisher dropped {} in all; peak RSS growth {} MiB; sent in {paced_for:?}",
         size / MIB,
         seen.frames,
         seen.lagged,
