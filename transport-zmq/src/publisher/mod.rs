@@ -93,7 +93,13 @@ pub(crate) async fn bind(
         pool,
         announce,
     });
-    let driver = Driver::new(events, written, acceptor.abort_handle(), shared.clone(), attach);
+    let driver = Driver::new(
+        events,
+        written,
+        acceptor.abort_handle(),
+        shared.clone(),
+        attach,
+    );
     let driver = tokio::spawn(driver.run());
     Ok(ZmqPublisher {
         shared,
