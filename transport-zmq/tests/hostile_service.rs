@@ -302,7 +302,7 @@ fn attacker(addr: &str, i: usize, stop: &AtomicBool, tally: &Tally, junk: &[u8])
             },
             // Half-open: nothing at all, or the first 10 bytes of a greeting.
             1 => {
-                if (i / kinds.len()) % 2 == 0 {
+                if (i / kinds.len()).is_multiple_of(2) {
                     let _ = write_all(&mut c, &greeting()[..10], stop, tally);
                 }
                 silent(&mut c, stop);
