@@ -123,6 +123,8 @@ pub(crate) struct Ctx {
     pub handshake_timeout: Duration,
     pub write_timeout: Duration,
     pub events: mpsc::Sender<Event>,
+    /// Where writers report finished writes ([`Event::Written`]).
+    pub written: mpsc::UnboundedSender<Event>,
 }
 
 /// Accepts connections until aborted.
@@ -234,7 +236,16 @@ async fn serve(
     {
         return;
     }
+    let mut budget = Budget::new();
     let why = loop {
+        if let Some(pause) = budget.pause() {
+            // Over its budget of subscriptions: this connection is not read
+            // for a while (its peer's writes wait), nobody else is slowed.
+            tokio::select! {
+                _ = &mut killed => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
         let r = tokio::select! {
             _ = &mut killed => return,
             r = reader.next(&UPSTREAM_LIMITS) => r,
@@ -279,11 +290,54 @@ async fn serve(
             Err(e) if e.is_eof() => break "the subscriber closed the connection".to_owned(),
             Err(e) => break e.to_string(),
         };
+        if matches!(ev, Event::Subscription { .. }) {
+            budget.spend();
+        }
         if ctx.events.send(ev).await.is_err() {
             return;
         }
     };
     let _ = ctx.events.send(Event::Closed { conn, why }).await;
+}
+
+/// Subscriptions (and cancellations) one connection may send at once; a
+/// real subscriber sends a few, a plain one at most a few per topic.
+const SUBSCRIPTION_BURST: f64 = 2048.0;
+/// Then this many per second: a connection flooding the publisher with
+/// subscriptions costs the driver a bounded share of its time.
+const SUBSCRIPTIONS_PER_SEC: f64 = 1000.0;
+
+/// A token bucket over one connection's subscriptions.
+struct Budget {
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl Budget {
+    fn new() -> Budget {
+        Budget {
+            tokens: SUBSCRIPTION_BURST,
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    fn refill(&mut self) {
+        let now = tokio::time::Instant::now();
+        let earned = now.duration_since(self.at).as_secs_f64() * SUBSCRIPTIONS_PER_SEC;
+        self.tokens = (self.tokens + earned).min(SUBSCRIPTION_BURST);
+        self.at = now;
+    }
+
+    fn spend(&mut self) {
+        self.refill();
+        self.tokens -= 1.0;
+    }
+
+    /// How long to wait before reading again (none while in budget).
+    fn pause(&mut self) -> Option<Duration> {
+        self.refill();
+        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / SUBSCRIPTIONS_PER_SEC))
+    }
 }
 
 async fn write_loop(mut wr: Box<dyn Wr>, mut rx: mpsc::Receiver<Write>, conn: u64, ctx: Ctx) {
@@ -309,7 +363,7 @@ async fn write_loop(mut wr: Box<dyn Wr>, mut rx: mpsc::Receiver<Write>, conn: u6
             data: w.data,
             result,
         };
-        if ctx.events.send(ev).await.is_err() || failed {
+        if ctx.written.send(ev).is_err() || failed {
             return;
         }
     }

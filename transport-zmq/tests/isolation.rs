@@ -1,6 +1,7 @@
 //! One subscriber's trouble is its own: a subscriber process stopped with
 //! SIGSTOP costs a healthy subscriber no frame under `drop-oldest` (8 MiB
-//! frames at 30 Hz, 1 MiB at 100 Hz) and the publisher's memory stays bounded;
+//! frames at 30 Hz and, when the machine carries the rate, at 100 Hz; 1 MiB
+//! at 100 Hz) and the publisher's memory stays bounded;
 //! under `block` the publisher waits for it at most `write_timeout`, then
 //! cuts it off; and 100 hostile connections (random bytes, half-open, a
 //! greeting then silence) do not slow the service to a real subscriber.
@@ -173,10 +174,66 @@ async fn paced(
     (sent, longest)
 }
 
-async fn stalled_peer_under_drop_oldest(hz: u32, size: usize, queue: usize) {
+/// Whether a run's losses are judged.
+#[derive(Clone, Copy, PartialEq)]
+enum Judge {
+    Always,
+    /// Only if the publisher kept its pace (sent within 10% of the
+    /// schedule): else the machine did not carry the rate, and the run is
+    /// reported as skipped.
+    IfPaced,
+}
+
+async fn stalled_peer_under_drop_oldest(hz: u32, size: usize, queue: usize, judge: Judge) {
+    stalled_peer_under_drop_oldest_x(hz, size, queue, true, true, judge).await
+}
+
+/// A measurement, not a test: does nothing unless
+/// `FRAMEWIRE_ISOLATION_MEASURE=HZ:MIB:QUEUE:STOP:SECOND` is set (STOP and
+/// SECOND 0 or 1: stop the second subscriber; have one). Then it runs that
+/// case and asserts what the test does. The issue's figures come from it on a
+/// release build (`cargo test --release -p transport-zmq --test isolation
+/// measure -- --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn measure() {
+    let Ok(x) = std::env::var("FRAMEWIRE_ISOLATION_MEASURE") else {
+        return;
+    };
+    let _one = SERIAL.lock().await;
+    let v: Vec<usize> = x
+        .split(':')
+        .map(|n| {
+            n.parse()
+                .expect("FRAMEWIRE_ISOLATION_MEASURE: HZ:MIB:QUEUE:STOP:SECOND")
+        })
+        .collect();
+    assert_eq!(
+        v.len(),
+        5,
+        "FRAMEWIRE_ISOLATION_MEASURE: HZ:MIB:QUEUE:STOP:SECOND"
+    );
+    stalled_peer_under_drop_oldest_x(
+        v[0] as u32,
+        v[1] * MIB,
+        v[2],
+        v[3] == 1,
+        v[4] == 1,
+        Judge::Always,
+    )
+    .await;
+}
+
+async fn stalled_peer_under_drop_oldest_x(
+    hz: u32,
+    size: usize,
+    queue: usize,
+    stop: bool,
+    second: bool,
+    judge: Judge,
+) {
     let url = format!("zmq+tcp://127.0.0.1:0?policy=drop-oldest&queue={queue}");
     let mut p = publisher(&url).await;
-    let stalled = child(p.endpoint().url());
+    let stalled = second.then(|| child(p.endpoint().url()));
     let s = tokio::time::timeout(
         T,
         ZmqTransport.subscribe(p.endpoint(), &SubscribeOptions::default()),
@@ -184,17 +241,22 @@ async fn stalled_peer_under_drop_oldest(hz: u32, size: usize, queue: usize) {
     .await
     .expect("in time")
     .expect("subscribe");
-    p.wait_for_subscribers(2, T).await.expect("two subscribers");
+    p.wait_for_subscribers(1 + second as usize, T)
+        .await
+        .expect("two subscribers");
     let reader = healthy(s);
     let before = rss();
     let mut peak = 0u64;
     // 1 s, then the child is stopped for 10 s, then 1 s more.
+    let t0 = Instant::now();
     let (sent, _) = paced(&mut p, hz, 12, size, |sec| {
         peak = peak.max(rss().saturating_sub(before));
-        match sec {
-            1 => stalled.signal("-STOP"),
-            11 => stalled.signal("-CONT"),
-            _ => {}
+        if let (Some(stalled), true) = (&stalled, stop) {
+            match sec {
+                1 => stalled.signal("-STOP"),
+                11 => stalled.signal("-CONT"),
+                _ => {}
+            }
         }
     })
     .await;
@@ -203,6 +265,7 @@ async fn stalled_peer_under_drop_oldest(hz: u32, size: usize, queue: usize) {
         .expect("flush in time")
         .expect("flush");
     let stats = p.stats();
+    let paced_for = t0.elapsed();
     drop(p);
     let seen = tokio::time::timeout(T, reader)
         .await
@@ -210,7 +273,7 @@ async fn stalled_peer_under_drop_oldest(hz: u32, size: usize, queue: usize) {
         .expect("reader");
     eprintln!(
         "{hz} Hz, {} MiB, a peer stopped 10 s: healthy got {} of {sent} (lagged {}, gaps {}); \
-         publisher dropped {} in all; peak RSS growth {} MiB",
+         publisher dropped {} in all; peak RSS growth {} MiB; sent in {paced_for:?}",
         size / MIB,
         seen.frames,
         seen.lagged,
@@ -218,11 +281,22 @@ async fn stalled_peer_under_drop_oldest(hz: u32, size: usize, queue: usize) {
         stats.dropped,
         peak / MIB as u64
     );
-    assert_eq!(
-        (seen.frames, seen.lagged, seen.gaps),
-        (sent, 0, 0),
-        "the healthy subscriber lost frames"
-    );
+    let schedule = Duration::from_secs(12);
+    if judge == Judge::IfPaced && paced_for > schedule + schedule / 10 {
+        // Printed uncaptured, like the conformance suite's skips.
+        let line = format!(
+            "SKIPPED {hz} Hz x {} MiB: the machine did not carry the rate (sent in \
+             {paced_for:?} instead of {schedule:?}), so losses are not judged",
+            size / MIB
+        );
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("{line}\n").as_bytes());
+    } else {
+        assert_eq!(
+            (seen.frames, seen.lagged, seen.gaps),
+            (sent, 0, 0),
+            "the healthy subscriber lost frames"
+        );
+    }
     // Per subscriber: `queue` (4) frames queued and one being written, plus
     // the frame being built and the healthy subscriber's own read-ahead and
     // buffers: about 20 frames, far from the gigabytes sent meanwhile.
@@ -237,16 +311,23 @@ async fn stalled_peer_under_drop_oldest(hz: u32, size: usize, queue: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_subscriber_costs_a_healthy_one_nothing_under_drop_oldest() {
     let _one = SERIAL.lock().await;
-    stalled_peer_under_drop_oldest(30, 8 * MIB, 4).await;
-    // 100 Hz of 8 MiB is 800 MB/s to each of two subscribers, which a
-    // loaded 2-core machine does not sustain even with no peer stopped (a
-    // release build lost 135 of 1200 frames so, and 38 with the peer
-    // stopped): at 100 Hz the test isolates the stall with 1 MiB frames.
-    // A queue of 16 (160 ms at 100 Hz) lets the healthy reader be
-    // descheduled for a moment on a loaded CI machine without losing a
-    // frame (with 4 it lost 4 of 1200 so, with the stalled peer's frames
-    // dropped as they should be); memory stays bounded by the check below.
-    stalled_peer_under_drop_oldest(100, MIB, 16).await;
+    stalled_peer_under_drop_oldest(30, 8 * MIB, 4, Judge::Always).await;
+    // 100 Hz of 8 MiB is 800 MB/s to each of two subscribers, through the
+    // kernel's loopback copies (send and receive: most of the CPU time, the
+    // backend copies nothing itself). Stop 17 saw the healthy subscriber lose
+    // 135 of 1200 so in a release build with no peer stopped: the test
+    // process had about half a core then, the others being busy compiling.
+    // With the CPU to itself (builds at nice 19) it loses none, release or
+    // debug, with the default queue: so that case is judged whenever the
+    // publisher kept its pace, and reported as skipped when the machine did
+    // not carry the rate.
+    stalled_peer_under_drop_oldest(100, 8 * MIB, 4, Judge::IfPaced).await;
+    // And the stall at 100 Hz, always judged, with 1 MiB frames. A queue of
+    // 16 (160 ms at 100 Hz) lets the healthy reader be descheduled for a
+    // moment on a loaded CI machine without losing a frame (with 4 it lost 4
+    // of 1200 so, with the stalled peer's frames dropped as they should be);
+    // memory stays bounded by the check below.
+    stalled_peer_under_drop_oldest(100, MIB, 16, Judge::Always).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

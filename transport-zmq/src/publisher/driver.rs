@@ -23,6 +23,11 @@ use crate::wire::{self, Control, SubscriberId, Welcome};
 /// Upstream messages handled per turn of the driver before it writes again.
 const UPSTREAM_BATCH: usize = 256;
 
+/// Topic prefixes one plain subscriber may hold at once: each costs a check
+/// per frame sent, so a peer subscribing to ever new prefixes is cut off
+/// here instead of slowing every `send`.
+pub(crate) const MAX_PREFIXES: usize = 1024;
+
 /// One write the driver has to do.
 pub(super) enum Job {
     Control(SubscriberId, Control),
@@ -50,6 +55,8 @@ struct Conn {
 
 pub(super) struct Driver {
     events: mpsc::Receiver<Event>,
+    /// Write completions ([`Event::Written`] only), handled first.
+    written: mpsc::UnboundedReceiver<Event>,
     /// Stopped with the driver.
     acceptor: tokio::task::AbortHandle,
     shared: Arc<Shared>,
@@ -63,12 +70,14 @@ impl Driver {
     /// A driver for `shared`, fed by the connections' `events`.
     pub(super) fn new(
         events: mpsc::Receiver<Event>,
+        written: mpsc::UnboundedReceiver<Event>,
         acceptor: tokio::task::AbortHandle,
         shared: Arc<Shared>,
         attach: Option<Server>,
     ) -> Driver {
         Driver {
             events,
+            written,
             acceptor,
             shared,
             peers: HashMap::new(),
@@ -143,6 +152,7 @@ impl Driver {
             }
             let woke = tokio::select! {
                 biased;
+                Some(ev) = self.written.recv() => Woke::Event(Some(ev)),
                 ev = self.events.recv() => Woke::Event(ev),
                 c = Self::next_closed(self.attach.as_mut()) => Woke::Closed(c),
                 _ = &mut wake => Woke::Other,
@@ -247,8 +257,12 @@ impl Driver {
         self.shared.changed.notify_waiters();
     }
 
-    /// Handles what connections already reported, without waiting.
+    /// Handles what connections already reported, without waiting: every
+    /// finished write, then at most [`UPSTREAM_BATCH`] other events.
     fn drain_events(&mut self) {
+        while let Ok(ev) = self.written.try_recv() {
+            self.event(ev);
+        }
         for _ in 0..UPSTREAM_BATCH {
             match self.events.try_recv() {
                 Ok(ev) => self.event(ev),
@@ -323,9 +337,7 @@ impl Driver {
             let Some(sub) = st.subs.iter_mut().find(|x| x.id == id) else {
                 return;
             };
-            if let Some(i) = sub.prefixes.iter().position(|p| *p == s.prefix) {
-                sub.prefixes.remove(i);
-            }
+            sub.prefixes.remove(&s.prefix);
             // A framewire subscriber's cancel is its goodbye; a plain one
             // leaves when it has no subscription left.
             let gone = framewire || sub.prefixes.is_empty();
@@ -339,7 +351,16 @@ impl Driver {
         let mut st = self.shared.lock();
         if let Some(sub) = st.subs.iter_mut().find(|x| x.id == id) {
             if !framewire && !sub.prefixes.contains(&s.prefix) {
-                sub.prefixes.push(s.prefix);
+                if sub.prefixes.len() >= MAX_PREFIXES {
+                    drop(st);
+                    self.remove(
+                        &id,
+                        &format!("it subscribed to more than {MAX_PREFIXES} topic prefixes"),
+                        true,
+                    );
+                    return;
+                }
+                sub.prefixes.insert(s.prefix);
             }
             // A framewire subscriber subscribes once; a second one is ignored.
             return;
@@ -367,7 +388,7 @@ impl Driver {
         st.subs.push(Sub {
             id,
             framewire,
-            prefixes: vec![s.prefix],
+            prefixes: std::collections::HashSet::from([s.prefix]),
             queue: LagQueue::new(),
             writing: false,
             needs_welcome: framewire,
@@ -688,6 +709,7 @@ impl Driver {
         let deadline = Instant::now() + self.shared.cfg.peer_timeout;
         while !self.shared.lock().subs.is_empty() {
             let ev = tokio::select! {
+                Some(ev) = self.written.recv() => Some(ev),
                 ev = self.events.recv() => ev,
                 _ = tokio::time::sleep_until(deadline) => break,
             };

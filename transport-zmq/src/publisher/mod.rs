@@ -60,11 +60,16 @@ pub(crate) async fn bind(
     let (pool, attach, announce) = shm::open(&cfg, reported.address())?;
     let instance = wire::random_u64();
     let (events_tx, events) = mpsc::channel(conn::EVENT_QUEUE);
+    // Write completions: at most one per connection in flight, so unbounded
+    // is bounded; apart from the rest so that no flood of upstream messages
+    // delays the next write to a subscriber.
+    let (written_tx, written) = mpsc::unbounded_channel();
     let ctx = conn::Ctx {
         instance,
         handshake_timeout: cfg.handshake_timeout,
         write_timeout: cfg.write_timeout,
         events: events_tx,
+        written: written_tx,
     };
     let acceptor = tokio::spawn(conn::accept_loop(listener, ctx));
     let stats = Arc::new(StatCounters::default());
@@ -88,7 +93,13 @@ pub(crate) async fn bind(
         pool,
         announce,
     });
-    let driver = Driver::new(events, acceptor.abort_handle(), shared.clone(), attach);
+    let driver = Driver::new(
+        events,
+        written,
+        acceptor.abort_handle(),
+        shared.clone(),
+        attach,
+    );
     let driver = tokio::spawn(driver.run());
     Ok(ZmqPublisher {
         shared,

@@ -18,7 +18,7 @@ pub(super) async fn listen(
     let mut socket_file = None;
     let (listener, reported) = match address {
         Address::Tcp(addr) => {
-            let l = tokio::net::TcpListener::bind(addr.as_str())
+            let l = bind_tcp(addr)
                 .await
                 .map_err(|e| Error::io(format!("binding {addr}"), e))?;
             let local = l
@@ -50,6 +50,40 @@ pub(super) async fn listen(
         }
     };
     Ok((listener, reported, socket_file))
+}
+
+/// What the kernel may buffer of what one peer sends us (accepted
+/// connections inherit it from the listener). A subscriber only ever sends
+/// small messages (subscriptions, status reports, slot releases), so this
+/// costs it nothing; without it, every hostile connection could make the
+/// kernel take megabytes of garbage (loopback autotuning) before the
+/// publisher has read the 10 bytes it needs to refuse it, and an attacker
+/// reconnecting at once kept the machine busy copying gigabytes.
+const UPSTREAM_RCVBUF: u32 = 16 << 10;
+
+/// Binds a TCP listener on `addr` (host:port, resolved) with a small receive
+/// buffer (see [`UPSTREAM_RCVBUF`]).
+async fn bind_tcp(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let s = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }?;
+        s.set_reuseaddr(true)?;
+        s.set_recv_buffer_size(UPSTREAM_RCVBUF)?;
+        match s.bind(a).and_then(|()| s.listen(1024)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            "the address resolves to nothing",
+        )
+    }))
 }
 
 /// A Unix socket file this publisher created, removed when it is dropped

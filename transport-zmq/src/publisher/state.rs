@@ -77,7 +77,7 @@ pub(super) struct Sub {
     /// never expected to report status).
     pub(super) framewire: bool,
     /// Topic prefixes it subscribed to (a framewire subscriber has one).
-    pub(super) prefixes: Vec<String>,
+    pub(super) prefixes: std::collections::HashSet<String>,
     pub(super) queue: LagQueue<Arc<Msg>>,
     /// The driver is writing to this subscriber now.
     pub(super) writing: bool,
