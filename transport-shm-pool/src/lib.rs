@@ -16,8 +16,7 @@ mod sys;
 pub mod wire;
 
 use transport_core::{
-    Capabilities, Endpoint, Policy, PublishOptions, Result, SubscribeOptions, Transport,
-    async_trait,
+    Capabilities, Endpoint, PublishOptions, Result, SubscribeOptions, Transport, async_trait,
 };
 
 pub use config::Config;
@@ -48,15 +47,10 @@ impl Transport for ShmPoolTransport {
 
     fn capabilities(&self, endpoint: &Endpoint) -> Result<Capabilities> {
         let cfg = Config::from_endpoint(endpoint)?;
-        let mut c = Capabilities::new("shm-pool");
+        let mut c = Capabilities::bounded("shm-pool", cfg.slot_size, cfg.slots);
         c.zero_copy_views = true;
         c.loan_in_place = true;
-        c.cross_host = false;
         c.cross_process = true;
-        c.policies = Policy::ALL.to_vec();
-        c.max_payload = cfg.slot_size;
-        c.queue_depth = cfg.slots;
-        c.counts_subscribers = true;
         Ok(c)
     }
 

@@ -136,14 +136,10 @@ impl Transport for ShmRingTransport {
 
     fn capabilities(&self, endpoint: &Endpoint) -> Result<Capabilities> {
         let cfg = Config::from_endpoint(endpoint)?;
-        let mut c = Capabilities::new("shm-ring");
-        c.zero_copy_views = false;
+        let depth = usize::try_from(cfg.max_records).unwrap_or(usize::MAX);
+        let mut c = Capabilities::bounded("shm-ring", cfg.max_payload(), depth);
         c.loan_in_place = true;
         c.cross_process = true;
-        c.policies = Policy::ALL.to_vec();
-        c.max_payload = cfg.max_payload();
-        c.queue_depth = usize::try_from(cfg.max_records).unwrap_or(usize::MAX);
-        c.counts_subscribers = true;
         Ok(c)
     }
 

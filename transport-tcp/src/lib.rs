@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use transport_core::{
-    COMMON_PARAMS, Capabilities, Endpoint, Error, Policy, PublishOptions, Result, SubscribeOptions,
+    COMMON_PARAMS, Capabilities, Endpoint, Error, PublishOptions, Result, SubscribeOptions,
     Transport,
 };
 
@@ -119,13 +119,9 @@ impl Transport for TcpTransport {
 
     fn capabilities(&self, endpoint: &Endpoint) -> Result<Capabilities> {
         let cfg = Config::from_endpoint(endpoint)?;
-        let mut c = Capabilities::new("tcp");
+        let mut c = Capabilities::bounded("tcp", cfg.max_payload, cfg.queue);
         c.cross_host = endpoint.scheme() == "tcp";
         c.cross_process = true;
-        c.policies = Policy::ALL.to_vec();
-        c.max_payload = cfg.max_payload;
-        c.queue_depth = cfg.queue;
-        c.counts_subscribers = true;
         Ok(c)
     }
 

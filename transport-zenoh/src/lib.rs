@@ -397,13 +397,10 @@ impl Transport for ZenohTransport {
 
     fn capabilities(&self, endpoint: &Endpoint) -> Result<Capabilities> {
         let cfg = Config::from_endpoint(endpoint)?;
-        let mut c = Capabilities::new("zenoh");
+        let mut c = Capabilities::bounded("zenoh", cfg.max_payload, cfg.queue);
         c.cross_host = true;
         c.cross_process = true;
         c.policies = vec![Policy::Block, Policy::DropOldest];
-        c.max_payload = cfg.max_payload;
-        c.queue_depth = cfg.queue;
-        c.counts_subscribers = true;
         c.per_publisher_seq = true;
         Ok(c)
     }

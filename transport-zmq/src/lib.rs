@@ -9,9 +9,7 @@ pub mod wire;
 pub mod zmtp;
 
 use async_trait::async_trait;
-use transport_core::{
-    Capabilities, Endpoint, Policy, PublishOptions, Result, SubscribeOptions, Transport,
-};
+use transport_core::{Capabilities, Endpoint, PublishOptions, Result, SubscribeOptions, Transport};
 
 pub use publisher::ZmqPublisher;
 pub use subscriber::ZmqSubscriber;
@@ -40,19 +38,15 @@ impl Transport for ZmqTransport {
 
     fn capabilities(&self, endpoint: &Endpoint) -> Result<Capabilities> {
         let cfg = Config::from_endpoint(endpoint)?;
-        let mut c = Capabilities::new("zmq");
+        let mut c = Capabilities::bounded("zmq", cfg.payload_limit().0, cfg.queue);
         c.cross_host = matches!(cfg.address, config::Address::Tcp(_));
         c.cross_process = true;
-        c.policies = Policy::ALL.to_vec();
-        c.max_payload = cfg.payload_limit().0;
-        c.queue_depth = cfg.queue;
         if cfg.shm == config::Shm::Pool {
             // Views of the publisher's slots on this host (owned copies
             // elsewhere), and loans that are the slot itself.
             c.zero_copy_views = true;
             c.loan_in_place = true;
         }
-        c.counts_subscribers = true;
         Ok(c)
     }
 

@@ -225,6 +225,31 @@ impl Capabilities {
             per_publisher_seq: false,
         }
     }
+
+    /// The capabilities most backends share: every [`Policy`], the publisher
+    /// counts its subscribers, and each subscriber's queue (or the pool)
+    /// holds at most `queue_depth` frames of at most `max_payload` bytes.
+    /// Everything else is as in [`Capabilities::new`]: set the fields where
+    /// the backend differs (processes, hosts, zero-copy, loans).
+    ///
+    /// ```
+    /// use transport_core::{Capabilities, Policy};
+    ///
+    /// let mut c = Capabilities::bounded("mine", 16 << 20, 8);
+    /// c.cross_process = true;
+    /// assert_eq!(c.policies, Policy::ALL);
+    /// assert!(c.counts_subscribers && !c.cross_host && !c.zero_copy_views);
+    /// assert_eq!((c.max_payload, c.queue_depth), (16 << 20, 8));
+    /// ```
+    pub fn bounded(name: &'static str, max_payload: u64, queue_depth: usize) -> Capabilities {
+        Capabilities {
+            policies: Policy::ALL.to_vec(),
+            max_payload,
+            queue_depth,
+            counts_subscribers: true,
+            ..Capabilities::new(name)
+        }
+    }
 }
 
 /// Counters kept by publishers and subscribers.
